@@ -1,0 +1,71 @@
+"""Defaults shared by every config: each knob an ablation may turn lives here.
+
+Model configs (`unet.py`, ...) start from `get_config()` and change only what
+differs. Any key can be overridden on the command line, e.g.
+`--config.num_epochs=5 --config.data.manual_dir=/data/lgg`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.num_epochs = 50
+  config.global_batch_size = 16    # split evenly over every device
+  config.eval_batch_size = 32
+  config.compute_dtype = "float32"  # or "bfloat16" (parameters stay float32)
+  config.threshold = 0.5            # on the sigmoid probability
+  config.checkpoint_every_epochs = 1
+  config.keep_checkpoints = 2
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "unet"
+  config.model.base_width = 64      # channels of the first level, doubled per level
+  config.model.depth = 4            # levels; depth - 1 max-pools
+  config.model.align_corners = True  # the seed's nn.Upsample(align_corners=True)
+
+  config.data = ml_collections.ConfigDict()
+  # Folder holding kaggle_3m/ (or kaggle_3m/ itself). Empty: the embedded
+  # synthetic dataset below, generated once under data_dir.
+  config.data.manual_dir = ""
+  config.data.data_dir = "~/.cache/lgg_jax"  # prepared TFDS copies and the synthetic data
+  config.data.image_size = 256
+  config.data.normalization = "slice"  # "slice": per-channel z-score; "unit": x / 255
+  config.data.num_workers = 0        # grain worker processes; 0 reads in the main process
+  config.data.synthetic = ml_collections.ConfigDict()
+  config.data.synthetic.num_patients = 40
+  config.data.synthetic.min_slices = 20
+  config.data.synthetic.max_slices = 40
+  config.data.synthetic.image_size = 256
+  config.data.synthetic.seed = 0
+
+  config.split = ml_collections.ConfigDict()
+  config.split.protocol = "patient"  # "slice" reproduces the seed's leaky split (ablation only)
+  config.split.num_folds = 5         # fold `fold` is the test set
+  config.split.fold = 0
+  config.split.val_fraction = 0.15   # of the non-test patients
+  config.split.seed = 0
+
+  config.augment = ml_collections.ConfigDict()
+  config.augment.name = "flips"      # "none" | "flips"
+  config.augment.flip_probability = 0.5
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.name = "dice_bce"      # "dice_bce" | "dice" | "bce"
+  config.loss.bce_weight = 1.0
+  config.loss.dice_weight = 1.0
+  config.loss.smooth = 1.0
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "adamw"    # "adamw" | "adam" | "sgd"
+  config.optimizer.learning_rate = 1e-3
+  config.optimizer.schedule = "cosine"  # "cosine" | "constant"
+  config.optimizer.warmup_steps = 100
+  config.optimizer.final_lr_fraction = 0.01
+  config.optimizer.weight_decay = 1e-4
+  config.optimizer.b1 = 0.9
+  config.optimizer.b2 = 0.999
+  config.optimizer.momentum = 0.9    # sgd only
+  config.optimizer.grad_clip_norm = 1.0  # 0 disables
+  return config

@@ -1,0 +1,88 @@
+"""TFDS builder for the LGG dataset, written as array_record (no TensorFlow).
+
+One split, `slices`, holds every slice; patient-level splits are made later by
+`splits.py` so folds can change without rebuilding. Images and masks are
+stored as PNG bytes we encode ourselves (tfds would need TensorFlow to
+encode arrays), read back by `tfds` data sources for grain.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+
+import cv2
+import numpy as np
+import tensorflow_datasets as tfds
+
+from lgg_jax.data import kaggle
+
+
+def _png(array: np.ndarray) -> bytes:
+  if array.ndim == 3:
+    array = array[..., ::-1]  # opencv writes BGR; the TIFFs are RGB
+  ok, buf = cv2.imencode(".png", array)
+  if not ok:
+    raise RuntimeError("PNG encoding failed")
+  return buf.tobytes()
+
+
+class Lgg(tfds.core.GeneratorBasedBuilder):
+  """LGG Segmentation Dataset (Buda et al. 2019) from a local `kaggle_3m/`."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      "Download the LGG Segmentation Dataset (kaggle_3m/) and set "
+      "config.data.manual_dir to the folder that holds it.")
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=__doc__,
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=kaggle.IMAGE_SHAPE, encoding_format="png"),
+            "mask": tfds.features.Image(shape=kaggle.IMAGE_SHAPE[:2] + (1,), encoding_format="png"),
+            "patient_id": tfds.features.Text(),
+            "slice_index": np.int32,
+            "has_tumor": np.bool_,
+        }),
+        citation="Buda, Saha, Mazurowski. Computers in Biology and Medicine 109 (2019).",
+    )
+
+  def _split_generators(self, dl_manager):
+    root = kaggle.find_kaggle_root(dl_manager.manual_dir)
+    slices = kaggle.list_slices(root)
+    # Validate every file before the writer starts (it writes as it goes).
+    for s in slices:
+      kaggle.read_image(s.image_path)
+      kaggle.read_mask(s.mask_path)
+    kaggle.read_clinical(root, sorted({s.patient_id for s in slices}))
+    logging.info("validated %d slices of %d patients in %s", len(slices),
+                 len({s.patient_id for s in slices}), root)
+    return {"slices": self._generate_examples(slices)}
+
+  def _generate_examples(self, slices):
+    for s in slices:
+      mask = kaggle.read_mask(s.mask_path)
+      yield f"{s.patient_id}_{s.index}", {
+          "image": _png(kaggle.read_image(s.image_path)),
+          "mask": _png(mask[..., None]),
+          "patient_id": s.patient_id,
+          "slice_index": s.index,
+          "has_tumor": bool(mask.any()),
+      }
+
+
+def build(manual_dir: str | pathlib.Path, data_dir: str | pathlib.Path) -> Lgg:
+  """Prepares (once per distinct source) and returns the builder.
+
+  The prepared copy lives under `data_dir/<fingerprint of the source>/`, so
+  two different folders never share a cache and an edited source is rebuilt.
+  tfds writes into an `incomplete.*` folder and renames it when done.
+  """
+  root = kaggle.find_kaggle_root(manual_dir)
+  fp = kaggle.fingerprint(root)
+  builder = Lgg(data_dir=str(pathlib.Path(data_dir).expanduser() / fp), file_format="array_record")
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
+  return builder

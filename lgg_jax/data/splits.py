@@ -1,0 +1,101 @@
+"""Train / validation / test splits.
+
+`patient`: K-fold over patients (fold `fold` is the test set), stratified by
+each patient's fraction of tumour slices; validation patients come from the
+remaining folds. No patient is in two splits, and the split depends only on
+the sorted patient ids, their tumour fractions and the seed.
+
+`slice`: the seed notebook's slice-level split, where one patient's slices
+land in train and test alike. It inflates Dice; it exists only so the
+leakage ablation can measure by how much.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  train: np.ndarray   # record indices
+  val: np.ndarray
+  test: np.ndarray
+  patients: dict      # split name -> sorted patient ids it contains
+
+  def summary(self) -> dict:
+    return {name: {"slices": int(len(getattr(self, name))), "patients": len(self.patients[name])}
+            for name in ("train", "val", "test")}
+
+
+def make_split(patient_ids: np.ndarray, has_tumor: np.ndarray, *, protocol: str = "patient",
+               num_folds: int = 5, fold: int = 0, val_fraction: float = 0.15, seed: int = 0) -> Split:
+  """`patient_ids` and `has_tumor` are per record, in record order."""
+  if num_folds < 2:
+    raise ValueError(f"config.split.num_folds must be >= 2, got {num_folds}")
+  if not 0 <= fold < num_folds:
+    raise ValueError(f"config.split.fold must be in [0, {num_folds}), got {fold}")
+  if not 0 < val_fraction < 1:
+    raise ValueError(f"config.split.val_fraction must be in (0, 1), got {val_fraction}")
+  patient_ids = np.asarray(patient_ids)
+  has_tumor = np.asarray(has_tumor, bool)
+  if protocol == "patient":
+    return _patient_split(patient_ids, has_tumor, num_folds, fold, val_fraction, seed)
+  if protocol == "slice":
+    logging.warning("split protocol 'slice' puts slices of one patient in train and test: "
+                    "its Dice is inflated and only meant for the leakage ablation")
+    return _slice_split(patient_ids, has_tumor, num_folds, fold, val_fraction, seed)
+  raise ValueError(f"config.split.protocol must be 'patient' or 'slice', got {protocol!r}")
+
+
+def _stratified_folds(keys: np.ndarray, strata: np.ndarray, num_folds: int,
+                      rng: np.random.Generator) -> np.ndarray:
+  """Fold label per key: sorted by stratum, each run of K gets a permutation."""
+  order = np.lexsort((keys, strata))
+  folds = np.empty(len(keys), int)
+  for start in range(0, len(keys), num_folds):
+    chunk = order[start:start + num_folds]
+    folds[chunk] = rng.permutation(num_folds)[:len(chunk)]
+  return folds
+
+
+def _pick_stratified(candidates: np.ndarray, strata: np.ndarray, count: int,
+                     rng: np.random.Generator) -> np.ndarray:
+  """`count` candidates, one from each of `count` equal bins along the strata."""
+  order = candidates[np.lexsort((candidates, strata[candidates]))]
+  bins = np.array_split(order, count)
+  return np.array(sorted(int(rng.choice(b)) for b in bins if len(b)))
+
+
+def _patient_split(patient_ids, has_tumor, num_folds, fold, val_fraction, seed) -> Split:
+  patients = np.unique(patient_ids)  # sorted
+  if len(patients) < num_folds + 1:
+    raise ValueError(f"{len(patients)} patients cannot make {num_folds} folds plus validation")
+  record_patient = np.searchsorted(patients, patient_ids)
+  tumour_fraction = (np.bincount(record_patient, weights=has_tumor, minlength=len(patients))
+                     / np.bincount(record_patient, minlength=len(patients)))
+  rng = np.random.default_rng(seed)
+  folds = _stratified_folds(patients, tumour_fraction, num_folds, rng)
+  test = np.flatnonzero(folds == fold)
+  rest = np.flatnonzero(folds != fold)
+  n_val = max(1, int(round(val_fraction * len(rest))))
+  val = _pick_stratified(rest, tumour_fraction, n_val, rng)
+  train = np.setdiff1d(rest, val)
+  members = {"train": train, "val": val, "test": test}
+  return Split(**{name: np.flatnonzero(np.isin(record_patient, idx)) for name, idx in members.items()},
+               patients={name: [str(p) for p in patients[idx]] for name, idx in members.items()})
+
+
+def _slice_split(patient_ids, has_tumor, num_folds, fold, val_fraction, seed) -> Split:
+  rng = np.random.default_rng(seed)
+  records = np.arange(len(patient_ids))
+  folds = _stratified_folds(records, has_tumor.astype(int), num_folds, rng)
+  test = np.flatnonzero(folds == fold)
+  rest = np.flatnonzero(folds != fold)
+  val = _pick_stratified(rest, has_tumor.astype(int), max(1, int(round(val_fraction * len(rest)))), rng)
+  train = np.setdiff1d(rest, val)
+  return Split(train=train, val=val, test=test,
+               patients={name: sorted({str(p) for p in patient_ids[idx]})
+                         for name, idx in (("train", train), ("val", val), ("test", test))})

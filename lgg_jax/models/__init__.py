@@ -1,0 +1,30 @@
+"""Models chosen by name: `create(config.model, rngs=...)`."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lgg_jax.models import unet
+
+
+def _unet(cfg, dtype, rngs):
+  return unet.UNet(base_width=cfg.base_width, depth=cfg.depth, align_corners=cfg.align_corners,
+                   dtype=dtype, rngs=rngs)
+
+
+REGISTRY = {"unet": _unet}
+
+
+def create(model_config, *, compute_dtype: str = "float32", rngs: nnx.Rngs) -> nnx.Module:
+  if model_config.name not in REGISTRY:
+    raise ValueError(f"config.model.name: unknown model {model_config.name!r} "
+                     f"(known: {', '.join(sorted(REGISTRY))})")
+  if compute_dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"config.compute_dtype must be 'float32' or 'bfloat16', got {compute_dtype!r}")
+  return REGISTRY[model_config.name](model_config, jnp.dtype(compute_dtype), rngs)
+
+
+def count_params(model: nnx.Module) -> int:
+  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -1,0 +1,357 @@
+"""The one trainer: `train_and_evaluate(config, workdir)`.
+
+Steps are pure jax functions over the `nnx.split` state (a plain pytree), run
+data-parallel with pmap semantics through `jax.shard_map` over a 1-D mesh of
+every device: each device takes its rows of the global batch, and gradients,
+metrics and BatchNorm statistics are averaged over the `data` axis.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tqdm
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from lgg_jax import losses, metrics, models, provenance
+from lgg_jax.data import pipeline
+
+AXIS = "data"
+
+
+# --------------------------------------------------------------------------- setup
+
+def validate_config(config, device_count: int, process_count: int) -> None:
+  """Fails before any work on settings that would fail (or mislead) later."""
+  for name in ("global_batch_size", "eval_batch_size"):
+    value = config[name]
+    if value <= 0 or value % device_count:
+      raise ValueError(f"config.{name}={value} must be a positive multiple of the "
+                       f"device count ({device_count})")
+    if value % process_count:
+      raise ValueError(f"config.{name}={value} must divide among {process_count} processes")
+  if config.model.name == "unet" and config.data.image_size % 2 ** (config.model.depth - 1):
+    raise ValueError(f"config.data.image_size={config.data.image_size} must be divisible by "
+                     f"2**(config.model.depth - 1) = {2 ** (config.model.depth - 1)}")
+  if config.num_epochs <= 0:
+    raise ValueError(f"config.num_epochs must be positive, got {config.num_epochs}")
+  if config.data.manual_dir and not pathlib.Path(config.data.manual_dir).expanduser().exists():
+    raise ValueError(f"config.data.manual_dir={config.data.manual_dir} does not exist")
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  return jax.sharding.Mesh(np.array(jax.devices()), (AXIS,))
+
+
+def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
+  opt = config.optimizer
+  warmup = min(opt.warmup_steps, max(total_steps - 1, 0))
+  if opt.schedule == "cosine":
+    schedule = optax.warmup_cosine_decay_schedule(0.0, opt.learning_rate, warmup, max(total_steps, 1),
+                                                  end_value=opt.learning_rate * opt.final_lr_fraction)
+  elif opt.schedule == "constant":
+    schedule = optax.join_schedules([optax.linear_schedule(0.0, opt.learning_rate, warmup),
+                                     optax.constant_schedule(opt.learning_rate)], [warmup])
+  else:
+    raise ValueError(f"config.optimizer.schedule: unknown schedule {opt.schedule!r} (known: cosine, constant)")
+  if opt.name == "adamw":
+    base = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay)
+  elif opt.name == "adam":
+    base = optax.adam(schedule, b1=opt.b1, b2=opt.b2)
+  elif opt.name == "sgd":
+    base = optax.sgd(schedule, momentum=opt.momentum, nesterov=True)
+  else:
+    raise ValueError(f"config.optimizer.name: unknown optimizer {opt.name!r} (known: adamw, adam, sgd)")
+  chain = [optax.clip_by_global_norm(opt.grad_clip_norm)] if opt.grad_clip_norm else []
+  return optax.chain(*chain, base), schedule
+
+
+def create_state(config, tx):
+  """Returns (train graphdef, eval graphdef, state pytree)."""
+  model = models.create(config.model, compute_dtype=config.compute_dtype, rngs=nnx.Rngs(config.seed))
+  train_view = nnx.view(model, use_running_average=False, deterministic=False, raise_if_not_found=False)
+  eval_view = nnx.view(model, use_running_average=True, deterministic=True, raise_if_not_found=False)
+  train_graphdef, params, model_state = nnx.split(train_view, nnx.Param, ...)
+  eval_graphdef = nnx.graphdef(eval_view)
+  state = {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": model_state,
+           "opt_state": tx.init(params)}
+  return train_graphdef, eval_graphdef, state
+
+
+# --------------------------------------------------------------------------- steps
+
+def _slice_dice(counts):
+  total = counts["predicted"] + counts["true"]
+  return jnp.where(total == 0, 1.0, 2.0 * counts["intersection"] / jnp.maximum(total, 1))
+
+
+def make_train_step(graphdef, tx, config, mesh):
+  def per_device(state, batch):
+    def loss_fn(params):
+      model = nnx.merge(graphdef, params, state["model_state"])
+      logits = model(batch["image"])
+      loss = losses.per_sample_loss(logits, batch["mask"], config.loss).mean()
+      return loss, (logits, nnx.state(model, nnx.Not(nnx.Param)))
+
+    (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    grads = jax.lax.pmean(grads, AXIS)
+    model_state = jax.lax.pmean(model_state, AXIS)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    counts = metrics.slice_counts(logits, batch["mask"], config.threshold)
+    stats = {"loss": jax.lax.pmean(loss, AXIS),
+             "dice_sum": jax.lax.psum(_slice_dice(counts).sum(), AXIS),
+             "slices": jax.lax.psum(jnp.float32(logits.shape[0]), AXIS),
+             "grad_norm": optax.tree.norm(grads)}
+    new_state = {"step": state["step"] + 1, "params": params, "model_state": model_state,
+                 "opt_state": opt_state}
+    return new_state, stats
+
+  step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()))
+  return jax.jit(step, donate_argnums=(0,))
+
+
+def make_eval_step(graphdef, config):
+  @jax.jit
+  def eval_step(params, model_state, batch):
+    model = nnx.merge(graphdef, params, model_state)
+    logits = model(batch["image"])
+    counts = metrics.slice_counts(logits, batch["mask"], config.threshold)
+    return {**counts, "loss": losses.per_sample_loss(logits, batch["mask"], config.loss),
+            "index": batch["index"]}
+  return eval_step
+
+
+def global_batch(local: dict, mesh) -> dict:
+  sharding = NamedSharding(mesh, P(AXIS))
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
+
+
+def evaluate(eval_step, state, data, indices, config, mesh) -> tuple[dict, dict]:
+  """Metrics of `indices` (a split) and the per-slice counts behind them."""
+  outputs = []
+  for local in pipeline.eval_batches(data, indices, config, jax.process_index(), jax.process_count()):
+    out = eval_step(state["params"], state["model_state"], global_batch(local, mesh))
+    outputs.append(jax.tree.map(np.asarray, multihost_utils.process_allgather(out, tiled=True)))
+  merged = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+  keep = merged.pop("index") >= 0
+  merged = {k: v[keep] for k, v in merged.items()}
+  merged["index"] = np.concatenate([o["index"] for o in outputs])[keep]
+  patient_ids = data.patient_ids[merged["index"]]
+  summary = metrics.summarise(patient_ids, merged)
+  summary["loss"] = float(merged["loss"].mean())
+  return summary, merged
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+def _pure(state):
+  """Plain nested dicts for Orbax (nnx.State -> dict)."""
+  return {k: (nnx.to_pure_dict(v) if isinstance(v, nnx.State) else v) for k, v in state.items()}
+
+
+def _checkpoint_managers(workdir: pathlib.Path, config):
+  latest = ocp.CheckpointManager(
+      workdir / "checkpoints",
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
+      item_names=("state", "data"))
+  best = ocp.CheckpointManager(
+      workdir / "best",
+      options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["val_dice"],
+                                           best_mode="max", create=True),
+      item_names=("state",))
+  return latest, best
+
+
+def _restore_into(state, restored):
+  out = dict(state)
+  for k in ("params", "model_state"):
+    template = jax.tree.map(lambda x: x, state[k])  # a copy to fill
+    nnx.replace_by_pure_dict(template, restored.get(k, {}))
+    out[k] = template
+  out["opt_state"] = restored["opt_state"]
+  out["step"] = restored["step"]
+  return out
+
+
+def _abstract(state):
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, _pure(state))
+
+
+# --------------------------------------------------------------------------- logging
+
+class MetricsLog:
+  """metrics.jsonl + TensorBoard (tensorboardX: no TensorFlow); process 0 only."""
+
+  def __init__(self, workdir: pathlib.Path, resume_step: int):
+    self.enabled = jax.process_index() == 0
+    self.path = workdir / "metrics.jsonl"
+    if not self.enabled:
+      return
+    # A resumed run drops records written after its checkpoint, so the log
+    # reads like one uninterrupted run.
+    if self.path.exists():
+      kept = [line for line in self.path.read_text().splitlines()
+              if line.strip() and json.loads(line)["step"] <= resume_step]
+      self.path.write_text("".join(line + "\n" for line in kept))
+    from tensorboardX import SummaryWriter
+    self.writer = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1)
+
+  def write(self, record: dict):
+    if not self.enabled:
+      return
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    for key, value in record.items():
+      if key not in ("step", "epoch") and isinstance(value, (int, float)) and math.isfinite(value):
+        self.writer.add_scalar(key.replace("_", "/", 1), value, record["step"])
+    self.writer.flush()
+
+  def close(self):
+    if self.enabled:
+      self.writer.close()
+
+
+# --------------------------------------------------------------------------- loop
+
+def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
+  """Trains, evaluates every epoch, checkpoints, resumes; returns the summary."""
+  workdir = pathlib.Path(workdir).expanduser()
+  validate_config(config, jax.device_count(), jax.process_count())
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe = workdir / f".write_test_{jax.process_index()}"
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as e:
+    raise ValueError(f"workdir {workdir} is not writable: {e}") from e
+
+  is_main = jax.process_index() == 0
+  mesh = make_mesh()
+  data = pipeline.load(config)
+  steps_per_epoch = len(data.split.train) // config.global_batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"{len(data.split.train)} training slices make no batch of "
+                     f"config.global_batch_size={config.global_batch_size}")
+  total_steps = steps_per_epoch * config.num_epochs
+  logging.info("split %s; %d steps per epoch, %d devices", data.split.summary(), steps_per_epoch,
+               jax.device_count())
+
+  tx, schedule = make_optimizer(config, total_steps)
+  train_graphdef, eval_graphdef, state = create_state(config, tx)
+  logging.info("model %s: %d parameters", config.model.name,
+               sum(x.size for x in jax.tree.leaves(state["params"])))
+  replicated = NamedSharding(mesh, P())
+  state = jax.device_put(state, replicated)
+  train_step = make_train_step(train_graphdef, tx, config, mesh)
+  eval_step = make_eval_step(eval_graphdef, config)
+
+  train_iter = pipeline.train_dataset(data, config, jax.process_index(), jax.process_count())
+  latest, best = _checkpoint_managers(workdir, config)
+  start_step = 0
+  if latest.latest_step() is not None:
+    start_step = latest.latest_step()
+    restored = latest.restore(start_step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_abstract(state)), data=ocp.args.JsonRestore()))
+    state = jax.device_put(_restore_into(state, restored["state"]), replicated)
+    train_iter.set_state(restored["data"])
+    logging.info("resumed from %s at step %d", latest.directory, start_step)
+  log = MetricsLog(workdir, start_step)
+  if is_main:
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+  on_cpu = jax.default_backend() == "cpu"
+  epoch_stats, record = [], {}
+  bar = tqdm.tqdm(total=total_steps, initial=start_step, disable=not is_main, unit="step",
+                  dynamic_ncols=True)
+  step_started = None
+  for step in range(start_step, total_steps):
+    batch = global_batch(next(train_iter), mesh)
+    state, stats = train_step(state, batch)
+    if on_cpu:
+      # Back-to-back collective steps on fake CPU devices can deadlock in
+      # XLA:CPU's rendezvous when several steps are in flight on a small
+      # thread pool; waiting for each step there costs nothing on one CPU.
+      jax.block_until_ready(stats)
+    epoch_stats.append(stats)
+    bar.update(1)
+    if step == start_step + 1:
+      jax.block_until_ready(stats)
+      _report_step_time(time.perf_counter() - step_started, total_steps - step - 1, on_cpu, config)
+    step_started = time.perf_counter()
+
+    if (step + 1) % steps_per_epoch == 0:
+      epoch = (step + 1) // steps_per_epoch
+      host = jax.tree.map(lambda *xs: np.asarray(xs), *jax.device_get(epoch_stats))
+      epoch_stats = []
+      train_loss = float(host["loss"].mean())
+      if not np.isfinite(host["loss"]).all():
+        last = latest.latest_step()
+        raise FloatingPointError(
+            f"non-finite training loss in epoch {epoch} (step {step + 1}); stopping. "
+            f"The last good checkpoint is step {last} in {workdir / 'checkpoints'}.")
+      val, _ = evaluate(eval_step, state, data, data.split.val, config, mesh)
+      record = {"epoch": epoch, "step": step + 1, "lr": float(schedule(step)),
+                "train_loss": train_loss, "train_dice": float(host["dice_sum"].sum() / host["slices"].sum()),
+                "val_loss": val["loss"], "val_dice": val["patient_dice"],
+                "val_slice_dice": val["slice_dice"], "val_pooled_dice": val["pooled_dice"]}
+      log.write(record)
+      bar.write(f"epoch {epoch:3d} step {step + 1:6d}  train loss {record['train_loss']:.4f} "
+                f"dice {record['train_dice']:.4f} | val loss {val['loss']:.4f} "
+                f"patient dice {val['patient_dice']:.4f} slice dice {val['slice_dice']:.4f}")
+      if epoch % config.checkpoint_every_epochs == 0 or step + 1 == total_steps:
+        pure = _pure(state)
+        latest.save(step + 1, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(pure), data=ocp.args.JsonSave(train_iter.get_state())))
+        best.save(step + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(pure)),
+                  metrics={"val_dice": val["patient_dice"]})
+  bar.close()
+  latest.wait_until_finished()
+  best.wait_until_finished()
+
+  final_val, _ = evaluate(eval_step, state, data, data.split.val, config, mesh)
+  summary = {"val_dice": final_val["patient_dice"], "val": final_val, "step": int(state["step"]),
+             "steps_per_epoch": steps_per_epoch, "split": data.split.summary(),
+             "split_patients": data.split.patients}
+  best_step = best.best_step()
+  if best_step is not None:
+    restored = best.restore(best_step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_abstract(state))))
+    best_state = jax.device_put(_restore_into(state, restored["state"]), replicated)
+    best_val, _ = evaluate(eval_step, best_state, data, data.split.val, config, mesh)
+    test, _ = evaluate(eval_step, best_state, data, data.split.test, config, mesh)
+    summary.update(best_step=int(best_step), best_val_dice=best_val["patient_dice"],
+                   test_dice=test["patient_dice"], test=test)
+  summary["provenance"] = provenance.collect(config, data)
+  if is_main:
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(f"done: val per-patient Dice {summary['val_dice']:.4f}"
+          + (f", best {summary['best_val_dice']:.4f} at step {summary['best_step']}, "
+             f"test per-patient Dice (best checkpoint) {summary['test_dice']:.4f}" if best_step else "")
+          + f"; summary in {workdir / 'summary.json'}")
+  log.close()
+  latest.close()
+  best.close()
+  return summary
+
+
+def _report_step_time(seconds: float, remaining_steps: int, on_cpu: bool, config) -> None:
+  eta_min = seconds * remaining_steps / 60
+  message = f"one train step takes {seconds:.2f} s here; about {eta_min:.0f} min to go"
+  logging.info(message)
+  if on_cpu and eta_min > 30:
+    tqdm.tqdm.write(f"WARNING: {message} on the CPU. For a run sized for a CPU use "
+                    f"configs/unet_cpu.py (128x128, narrow U-Net, ~10 min on 2 cores).")

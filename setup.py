@@ -1,0 +1,37 @@
+"""lgg_jax: low-grade glioma segmentation in brain MRI with JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="lgg_jax",
+    version="0.1.0",
+    description="LGG brain-MRI segmentation (U-Net, FPN, ResNeXt50-UNet) in JAX/Flax NNX",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["lgg_jax", "lgg_jax.*"]),
+    install_requires=[
+        # jax 0.10.x on Python 3.11 CPU machines; 0.11.x on the GPU image.
+        "jax>=0.10,<0.12",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.11",
+        # TFDS without TensorFlow: array_record files read through grain.
+        "tensorflow-datasets>=4.9.9",
+        "importlib_resources",  # tfds imports it when TensorFlow is absent
+        "array-record>=0.8",
+        "grain>=0.2.12",
+        # 2.0.8 is the last MIT-licensed release; 2.1+ is AGPL.
+        "albumentations>=2.0.8,<2.1",
+        "opencv-python-headless>=4.10",
+        "numpy>=1.26",
+        "ml-collections>=1.0",
+        "tifffile>=2024.1",
+        "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
+        "absl-py>=2.0",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+    },
+)

@@ -1,0 +1,49 @@
+"""Test setup: 8 fake CPU devices (before jax is imported) and shared fixtures."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+REAL_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "lgg_dev" / "kaggle_3m"
+
+
+@pytest.fixture(scope="session")
+def tiny_spec():
+  from lgg_jax.data import synthetic
+  return synthetic.SyntheticSpec(num_patients=8, min_slices=6, max_slices=8, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory, tiny_spec):
+  """A tiny synthetic kaggle_3m/ shared by the tests (read-only by convention)."""
+  from lgg_jax.data import synthetic
+  return synthetic.write_dataset(tmp_path_factory.mktemp("synthetic"), tiny_spec)
+
+
+def tiny_config(tmp_path, manual_dir=""):
+  """A config small enough for many train steps in seconds on one CPU."""
+  import sys
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+  from configs import default
+  config = default.get_config()
+  config.data.manual_dir = str(manual_dir)
+  config.data.data_dir = str(tmp_path / "cache")
+  config.data.image_size = 32
+  config.data.synthetic.num_patients = 8
+  config.data.synthetic.min_slices = 6
+  config.data.synthetic.max_slices = 8
+  config.model.base_width = 4
+  config.model.depth = 3
+  config.global_batch_size = 8
+  config.eval_batch_size = 16
+  config.num_epochs = 2
+  config.split.num_folds = 4
+  config.split.val_fraction = 0.2
+  config.optimizer.warmup_steps = 2
+  return config

@@ -28,7 +28,7 @@ def main(argv):
   import jax  # after flags, so XLA_FLAGS from the environment apply
 
   from lgg_jax import train
-  workdir = _WORKDIR.value or str(pathlib.Path("runs") / pathlib.Path(flags.FLAGS["config"].value).stem)
+  workdir = _WORKDIR.value or str(pathlib.Path("runs") / pathlib.Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem)
   logging.info("JAX %s on %d %s device(s), process %d of %d; workdir %s", jax.__version__,
                jax.device_count(), jax.default_backend(), jax.process_index(), jax.process_count(), workdir)
   train.train_and_evaluate(_CONFIG.value, workdir)

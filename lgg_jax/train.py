@@ -28,6 +28,7 @@ from jax.sharding import PartitionSpec as P
 
 from lgg_jax import losses, metrics, models, provenance
 from lgg_jax.data import pipeline
+from lgg_jax.models import weights
 
 AXIS = "data"
 
@@ -43,9 +44,15 @@ def validate_config(config, device_count: int, process_count: int) -> None:
                        f"device count ({device_count})")
     if value % process_count:
       raise ValueError(f"config.{name}={value} must divide among {process_count} processes")
-  if config.model.name == "unet" and config.data.image_size % 2 ** (config.model.depth - 1):
+  if config.model.name not in models.REGISTRY:
+    raise ValueError(f"config.model.name: unknown model {config.model.name!r} "
+                     f"(known: {', '.join(sorted(models.REGISTRY))})")
+  divisor = {"unet": 2 ** (config.model.depth - 1), "fpn": 32, "resnext_unet": 32}[config.model.name]
+  if config.data.image_size % divisor:
     raise ValueError(f"config.data.image_size={config.data.image_size} must be divisible by "
-                     f"2**(config.model.depth - 1) = {2 ** (config.model.depth - 1)}")
+                     f"{divisor} for model {config.model.name}")
+  if config.model.pretrained_path and not pathlib.Path(config.model.pretrained_path).expanduser().is_file():
+    raise ValueError(f"config.model.pretrained_path={config.model.pretrained_path} is not a file")
   if config.num_epochs <= 0:
     raise ValueError(f"config.num_epochs must be positive, got {config.num_epochs}")
   if config.data.manual_dir and not pathlib.Path(config.data.manual_dir).expanduser().exists():
@@ -79,16 +86,35 @@ def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
   return optax.chain(*chain, base), schedule
 
 
-def create_state(config, tx):
-  """Returns (train graphdef, eval graphdef, state pytree)."""
+def create_model(config) -> nnx.Module:
   model = models.create(config.model, compute_dtype=config.compute_dtype, rngs=nnx.Rngs(config.seed))
+  if config.model.pretrained_path:
+    if not hasattr(model, "encoder"):
+      raise ValueError(f"config.model.pretrained_path is set but model {config.model.name!r} has no "
+                       "pretrained encoder (only resnext_unet)")
+    weights.load_encoder(model.encoder, weights.read_state_dict(config.model.pretrained_path),
+                         source=config.model.pretrained_path)
+    logging.info("encoder weights loaded from %s", config.model.pretrained_path)
+  return model
+
+
+def create_state(config, tx):
+  """Returns (graphdefs, state pytree).
+
+  graphdefs: "train"; "train_frozen_bn" (encoder BatchNorm on running
+  statistics, for config.model.freeze_encoder_bn_epochs); "eval".
+  """
+  model = create_model(config)
   train_view = nnx.view(model, use_running_average=False, deterministic=False, raise_if_not_found=False)
+  frozen_bn_view = nnx.view(train_view, only=nnx.PathContains("encoder"), use_running_average=True,
+                            raise_if_not_found=False)
   eval_view = nnx.view(model, use_running_average=True, deterministic=True, raise_if_not_found=False)
   train_graphdef, params, model_state = nnx.split(train_view, nnx.Param, ...)
-  eval_graphdef = nnx.graphdef(eval_view)
+  graphdefs = {"train": train_graphdef, "train_frozen_bn": nnx.graphdef(frozen_bn_view),
+               "eval": nnx.graphdef(eval_view)}
   state = {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": model_state,
            "opt_state": tx.init(params)}
-  return train_graphdef, eval_graphdef, state
+  return graphdefs, state
 
 
 # --------------------------------------------------------------------------- steps
@@ -98,7 +124,11 @@ def _slice_dice(counts):
   return jnp.where(total == 0, 1.0, 2.0 * counts["intersection"] / jnp.maximum(total, 1))
 
 
-def make_train_step(graphdef, tx, config, mesh):
+def _in_encoder(path) -> bool:
+  return any(getattr(k, "key", None) == "encoder" for k in path)
+
+
+def make_train_step(graphdef, tx, config, mesh, freeze_encoder: bool = False):
   def per_device(state, batch):
     def loss_fn(params):
       model = nnx.merge(graphdef, params, state["model_state"])
@@ -109,7 +139,13 @@ def make_train_step(graphdef, tx, config, mesh):
     (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     grads = jax.lax.pmean(grads, AXIS)
     model_state = jax.lax.pmean(model_state, AXIS)
+    if freeze_encoder:
+      grads = jax.tree_util.tree_map_with_path(
+          lambda path, g: jnp.zeros_like(g) if _in_encoder(path) else g, grads)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    if freeze_encoder:  # also stops weight decay and momentum from moving it
+      updates = jax.tree_util.tree_map_with_path(
+          lambda path, u: jnp.zeros_like(u) if _in_encoder(path) else u, updates)
     params = optax.apply_updates(state["params"], updates)
     counts = metrics.slice_counts(logits, batch["mask"], config.threshold)
     stats = {"loss": jax.lax.pmean(loss, AXIS),
@@ -229,7 +265,7 @@ class MetricsLog:
 
 def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
   """Trains, evaluates every epoch, checkpoints, resumes; returns the summary."""
-  workdir = pathlib.Path(workdir).expanduser()
+  workdir = pathlib.Path(workdir).expanduser().resolve()  # Orbax wants absolute paths
   validate_config(config, jax.device_count(), jax.process_count())
   try:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -251,13 +287,21 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
                jax.device_count())
 
   tx, schedule = make_optimizer(config, total_steps)
-  train_graphdef, eval_graphdef, state = create_state(config, tx)
+  graphdefs, state = create_state(config, tx)
   logging.info("model %s: %d parameters", config.model.name,
                sum(x.size for x in jax.tree.leaves(state["params"])))
   replicated = NamedSharding(mesh, P())
   state = jax.device_put(state, replicated)
-  train_step = make_train_step(train_graphdef, tx, config, mesh)
-  eval_step = make_eval_step(eval_graphdef, config)
+  train_steps = {}  # (freeze encoder, freeze encoder BN) -> compiled step, built on first use
+
+  def train_step_for(epoch: int):
+    key = (epoch < config.model.freeze_encoder_epochs, epoch < config.model.freeze_encoder_bn_epochs)
+    if key not in train_steps:
+      graphdef = graphdefs["train_frozen_bn" if key[1] else "train"]
+      train_steps[key] = make_train_step(graphdef, tx, config, mesh, freeze_encoder=key[0])
+    return train_steps[key]
+
+  eval_step = make_eval_step(graphdefs["eval"], config)
 
   train_iter = pipeline.train_dataset(data, config, jax.process_index(), jax.process_count())
   latest, best = _checkpoint_managers(workdir, config)
@@ -280,7 +324,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
   step_started = None
   for step in range(start_step, total_steps):
     batch = global_batch(next(train_iter), mesh)
-    state, stats = train_step(state, batch)
+    state, stats = train_step_for(step // steps_per_epoch)(state, batch)
     if on_cpu:
       # Back-to-back collective steps on fake CPU devices can deadlock in
       # XLA:CPU's rendezvous when several steps are in flight on a small

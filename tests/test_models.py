@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 from lgg_jax import models
-from lgg_jax.models import unet
+from lgg_jax.models import layers
 
 
 def _config(**kw):
@@ -42,7 +42,62 @@ def test_upsample_align_corners_matches_torch_semantics():
   # torch.nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True) on
   # [[0, 1]] gives [0, 1/3, 2/3, 1] along that axis: the corners stay put.
   x = jnp.array([0.0, 1.0]).reshape(1, 1, 2, 1)
-  y = unet.upsample2x(x)[0, 0, :, 0]
+  y = layers.upsample2x(x)[0, 0, :, 0]
   np.testing.assert_allclose(y, [0, 1 / 3, 2 / 3, 1], rtol=1e-6)
   # Half-pixel convention differs (what jax.image.resize does).
-  assert not np.allclose(unet.upsample2x(x, align_corners=False)[0, 0, :, 0], y)
+  assert not np.allclose(layers.upsample2x(x, align_corners=False)[0, 0, :, 0], y)
+
+
+def _full_config(name):
+  import sys, pathlib
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+  from configs import default
+  config = default.get_config().model
+  config.name = name
+  return config
+
+
+@pytest.mark.parametrize("name,count", [("unet", 7_782_913), ("fpn", 25_238_593),
+                                        ("resnext_unet", 30_947_777)])
+def test_full_size_parameter_counts(name, count):
+  # unet and fpn: the seed notebook's modules; resnext_unet: the PyTorch peer
+  # in ../shared/peers/ (torchvision resnext50_32x4d encoder + seed decoder).
+  model = nnx.eval_shape(lambda: models.create(_full_config(name), rngs=nnx.Rngs(0)))
+  assert models.count_params(model) == count
+
+
+def _tiny(name):
+  config = _full_config(name)
+  config.base_width = 4
+  config.fpn.update(pyramid_channels=8, segmentation_channels=8, group_norm_groups=4)
+  config.resnext.update(stem_width=8, blocks=(1, 2, 1, 1), groups=4, width_per_group=16)
+  return config
+
+
+@pytest.mark.parametrize("name", ["unet", "fpn", "resnext_unet"])
+def test_tiny_models_map_images_to_one_logit_per_pixel(name):
+  model = models.create(_tiny(name), rngs=nnx.Rngs(0))
+  model = nnx.view(model, use_running_average=True, raise_if_not_found=False)
+  out = model(jnp.ones((2, 64, 64, 3)))
+  assert out.shape == (2, 64, 64, 1) and out.dtype == jnp.float32
+  assert bool(jnp.isfinite(out).all())
+
+
+@pytest.mark.parametrize("groups,channels,stride", [(4, 32, 1), (8, 32, 2), (32, 256, 1)])
+def test_grouped_conv_split_equals_feature_group_count(groups, channels, stride):
+  rngs = nnx.Rngs(0)
+  ref = layers.GroupedConv(channels, channels, 3, groups=groups, strides=stride, padding=1, impl="xla",
+                           rngs=rngs)
+  split = layers.GroupedConv(channels, channels, 3, groups=groups, strides=stride, padding=1,
+                             impl="split", rngs=nnx.Rngs(1))
+  split.kernel[...] = ref.kernel[...]
+  x = jax.random.normal(jax.random.key(0), (2, 12, 12, channels))
+
+  def loss(module, x):
+    return jnp.sum(jnp.sin(module(x)))
+
+  np.testing.assert_allclose(split(x), ref(x), rtol=1e-5, atol=1e-5)
+  g_ref = nnx.grad(loss, argnums=(0, 1))(ref, x)
+  g_split = nnx.grad(loss, argnums=(0, 1))(split, x)
+  np.testing.assert_allclose(g_split[0].kernel[...], g_ref[0].kernel[...], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(g_split[1], g_ref[1], rtol=1e-4, atol=1e-5)

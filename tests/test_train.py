@@ -27,9 +27,9 @@ def test_train_step_on_one_device_equals_eight_devices(tmp_path):
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = jax.sharding.Mesh(np.array(devices), (train.AXIS,))
     tx, _ = train.make_optimizer(config, total_steps=10)
-    graphdef, _, state = train.create_state(config, tx)
+    graphdefs, state = train.create_state(config, tx)
     state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-    step = train.make_train_step(graphdef, tx, config, mesh)
+    step = train.make_train_step(graphdefs["train"], tx, config, mesh)
     for _ in range(2):
       state, stats = step(state, train.global_batch(batch, mesh))
       jax.block_until_ready(state)

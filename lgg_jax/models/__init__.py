@@ -6,7 +6,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lgg_jax.models import unet
+from lgg_jax.models import fpn, resnext, unet
+
+# The mesh axis the trainer averages over; BatchNorm syncs its statistics on it.
+DATA_AXIS = "data"
 
 
 def _unet(cfg, dtype, rngs):
@@ -14,7 +17,21 @@ def _unet(cfg, dtype, rngs):
                    dtype=dtype, rngs=rngs)
 
 
-REGISTRY = {"unet": _unet}
+def _fpn(cfg, dtype, rngs):
+  return fpn.FPN(base_width=cfg.base_width, pyramid_channels=cfg.fpn.pyramid_channels,
+                 segmentation_channels=cfg.fpn.segmentation_channels,
+                 group_norm_groups=cfg.fpn.group_norm_groups, align_corners=cfg.align_corners,
+                 dtype=dtype, rngs=rngs)
+
+
+def _resnext(cfg, dtype, rngs):
+  r = cfg.resnext
+  return resnext.ResNeXtUNet(stem_width=r.stem_width, blocks=tuple(r.blocks), groups=r.groups,
+                             width_per_group=r.width_per_group, grouped_conv=r.grouped_conv,
+                             axis_name=DATA_AXIS if r.sync_batch_norm else None, dtype=dtype, rngs=rngs)
+
+
+REGISTRY = {"unet": _unet, "fpn": _fpn, "resnext_unet": _resnext}
 
 
 def create(model_config, *, compute_dtype: str = "float32", rngs: nnx.Rngs) -> nnx.Module:

@@ -7,49 +7,10 @@ BatchNorm. At base_width=64, depth=4: 15 convs, 7,782,913 parameters.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-# He init suits ReLU stacks without normalisation.
-_KERNEL_INIT = nnx.initializers.kaiming_normal()
-
-
-class DoubleConv(nnx.Module):
-
-  def __init__(self, in_channels: int, out_channels: int, *, dtype, rngs: nnx.Rngs):
-    conv = lambda cin: nnx.Conv(cin, out_channels, (3, 3), padding=1, dtype=dtype,
-                                kernel_init=_KERNEL_INIT, rngs=rngs)
-    self.conv1 = conv(in_channels)
-    self.conv2 = conv(out_channels)
-
-  def __call__(self, x):
-    return nnx.relu(self.conv2(nnx.relu(self.conv1(x))))
-
-
-def _interpolation_matrix(n_in: int, n_out: int) -> np.ndarray:
-  """Linear interpolation weights with align_corners=True (torch semantics)."""
-  if n_in == 1:
-    return np.ones((n_out, 1), np.float32)
-  position = np.arange(n_out) * (n_in - 1) / (n_out - 1)
-  low = np.clip(np.floor(position).astype(int), 0, n_in - 2)
-  frac = (position - low).astype(np.float32)
-  matrix = np.zeros((n_out, n_in), np.float32)
-  matrix[np.arange(n_out), low] = 1 - frac
-  matrix[np.arange(n_out), low + 1] += frac
-  return matrix
-
-
-def upsample2x(x: jax.Array, align_corners: bool = True) -> jax.Array:
-  """Bilinear x2 on NHWC. align_corners=True matches the seed's nn.Upsample;
-  False is jax.image.resize's half-pixel convention."""
-  b, h, w, c = x.shape
-  if not align_corners:
-    return jax.image.resize(x, (b, 2 * h, 2 * w, c), "bilinear")
-  rows = jnp.asarray(_interpolation_matrix(h, 2 * h), x.dtype)
-  cols = jnp.asarray(_interpolation_matrix(w, 2 * w), x.dtype)
-  return jnp.einsum("oh,pw,bhwc->bopc", rows, cols, x)
+from lgg_jax.models.layers import DoubleConv, max_pool2, upsample2x
 
 
 class UNet(nnx.Module):
@@ -68,7 +29,7 @@ class UNet(nnx.Module):
     skips = []
     for i, block in enumerate(self.down):
       if i:
-        x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+        x = max_pool2(x)
       x = block(x)
       skips.append(x)
     for block, skip in zip(self.up, reversed(skips[:-1])):

@@ -1,0 +1,118 @@
+"""Load torchvision `resnext50_32x4d` ImageNet weights into the encoder.
+
+Reads a local file only (nothing is downloaded): `.pth`/`.pt` through torch
+when it is installed, `.safetensors` with numpy alone. Keys map by name
+(torchvision's names are the encoder's attribute names); the classifier
+(`fc.*`) is skipped on purpose. Any other unexpected key, any encoder
+parameter left without a value, or any shape mismatch is an error naming
+them all.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import struct
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+_SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64,
+                       "I32": np.int32, "BF16": None}
+_BN_NAMES = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
+_SKIPPED = ("fc.weight", "fc.bias")
+
+
+def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
+  path = pathlib.Path(path).expanduser()
+  if not path.is_file():
+    raise FileNotFoundError(f"pretrained weights {path} do not exist")
+  if path.suffix == ".safetensors":
+    return _read_safetensors(path)
+  if path.suffix in (".pth", ".pt", ".bin"):
+    try:
+      import torch
+    except ImportError as e:
+      raise ImportError(f"{path}: reading .pth needs torch; install it or convert the file to "
+                        ".safetensors") from e
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+      state = state["state_dict"]
+    return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
+  raise ValueError(f"{path}: unknown weight format {path.suffix!r} (use .pth or .safetensors)")
+
+
+def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+  """The format is 8 bytes of header length, a JSON header, raw little-endian data."""
+  data = path.read_bytes()
+  try:
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+  except (struct.error, ValueError) as e:
+    raise ValueError(f"{path}: not a safetensors file ({e})") from e
+  out, base = {}, 8 + n
+  for name, info in header.items():
+    if name == "__metadata__":
+      continue
+    start, end = info["data_offsets"]
+    raw = data[base + start:base + end]
+    if info["dtype"] == "BF16":
+      array = (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
+    elif info["dtype"] in _SAFETENSORS_DTYPES:
+      array = np.frombuffer(raw, _SAFETENSORS_DTYPES[info["dtype"]])
+    else:
+      raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+    out[name] = array.reshape(info["shape"])
+  return out
+
+
+def _encoder_targets(encoder: nnx.Module) -> dict[str, tuple[nnx.Variable, callable]]:
+  """torchvision key -> (variable to fill, converter from the torch array)."""
+  targets = {}
+
+  def conv(prefix, module):
+    kernel = module.kernel
+    targets[f"{prefix}.weight"] = (kernel, lambda w: np.transpose(w, (2, 3, 1, 0)))  # OIHW -> HWIO
+
+  def bn(prefix, module):
+    for torch_name, ours in _BN_NAMES.items():
+      targets[f"{prefix}.{torch_name}"] = (getattr(module, ours), lambda w: w)
+
+  conv("conv1", encoder.conv1)
+  bn("bn1", encoder.bn1)
+  for li, layer in enumerate((encoder.layer1, encoder.layer2, encoder.layer3, encoder.layer4), start=1):
+    for bi, block in enumerate(layer):
+      p = f"layer{li}.{bi}"
+      for i in (1, 2, 3):
+        conv(f"{p}.conv{i}", getattr(block, f"conv{i}"))
+        bn(f"{p}.bn{i}", getattr(block, f"bn{i}"))
+      if block.downsample_conv is not None:
+        conv(f"{p}.downsample.0", block.downsample_conv)
+        bn(f"{p}.downsample.1", block.downsample_bn)
+  return targets
+
+
+def load_encoder(encoder: nnx.Module, state_dict: dict[str, np.ndarray], source: str = "weights") -> None:
+  """Fills `encoder` in place; raises naming every problem at once."""
+  targets = _encoder_targets(encoder)
+  state = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked") and k not in _SKIPPED}
+  missing = sorted(set(targets) - set(state))
+  unexpected = sorted(set(state) - set(targets))
+  mismatched = []
+  for key in sorted(set(targets) & set(state)):
+    variable, convert = targets[key]
+    value = convert(np.asarray(state[key]))
+    if value.shape != variable.shape:
+      mismatched.append(f"{key}: file {value.shape} vs model {tuple(variable.shape)}")
+  problems = []
+  if missing:
+    problems.append(f"missing keys ({len(missing)}): {', '.join(missing[:10])}")
+  if unexpected:
+    problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:10])}")
+  if mismatched:
+    problems.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched[:10])}")
+  if problems:
+    raise ValueError(f"{source} do not fit the ResNeXt encoder: " + " | ".join(problems))
+  for key, (variable, convert) in targets.items():
+    variable[...] = jnp.asarray(convert(np.asarray(state[key])), variable[...].dtype)

@@ -64,8 +64,21 @@ def get_config() -> ml_collections.ConfigDict:
   config.split.seed = 0
 
   config.augment = ml_collections.ConfigDict()
-  config.augment.name = "flips"      # "none" | "flips"
+  # "none" | "flips" | "seed" (the seed's set) | "distortions" (seed + elastic/grid/optical)
+  config.augment.name = "flips"
   config.augment.flip_probability = 0.5
+  config.augment.rotate90_probability = 0.5
+  config.augment.transpose_probability = 0.5
+  config.augment.affine_probability = 0.25   # the seed's ShiftScaleRotate(0.01, 0.04, 0)
+  config.augment.shift_limit = 0.01          # fraction of the image size
+  config.augment.scale_limit = 0.04
+  config.augment.rotate_limit = 0.0          # degrees
+  config.augment.distortion_probability = 0.8  # one of the three below
+  config.augment.elastic_alpha = 120.0
+  config.augment.elastic_sigma = 6.0         # 120 * 0.05, as the seed
+  config.augment.grid_num_steps = 5
+  config.augment.grid_distort_limit = 0.3
+  config.augment.optical_distort_limit = 0.5  # albumentations 2.x range is [-1, 1]
 
   config.loss = ml_collections.ConfigDict()
   config.loss.name = "dice_bce"      # "dice_bce" | "dice" | "bce"

@@ -99,7 +99,7 @@ def create_model(config) -> nnx.Module:
 
 
 def create_state(config, tx):
-  """Returns (graphdefs, state pytree).
+  """Returns (graphdefs, state): state is a plain pytree of arrays.
 
   graphdefs: "train"; "train_frozen_bn" (encoder BatchNorm on running
   statistics, for config.model.freeze_encoder_bn_epochs); "eval".
@@ -112,12 +112,20 @@ def create_state(config, tx):
   train_graphdef, params, model_state = nnx.split(train_view, nnx.Param, ...)
   graphdefs = {"train": train_graphdef, "train_frozen_bn": nnx.graphdef(frozen_bn_view),
                "eval": nnx.graphdef(eval_view)}
+  # Plain nested dicts of arrays: what shard_map, Orbax and weight import see.
+  params, model_state = nnx.to_pure_dict(params), nnx.to_pure_dict(model_state)
   state = {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": model_state,
            "opt_state": tx.init(params)}
   return graphdefs, state
 
 
 # --------------------------------------------------------------------------- steps
+
+def merge(graphdef, params: dict, model_state: dict) -> nnx.Module:
+  """A module from plain dicts, made inside the current trace (so BatchNorm
+  may update its statistics there)."""
+  return nnx.merge(graphdef, nnx.State(params), nnx.State(model_state))
+
 
 def _slice_dice(counts):
   total = counts["predicted"] + counts["true"]
@@ -130,13 +138,14 @@ def _in_encoder(path) -> bool:
 
 def make_train_step(graphdef, tx, config, mesh, freeze_encoder: bool = False):
   def per_device(state, batch):
-    def loss_fn(params):
-      model = nnx.merge(graphdef, params, state["model_state"])
+    def loss_fn(params, model_state):
+      model = merge(graphdef, params, model_state)
       logits = model(batch["image"])
       loss = losses.per_sample_loss(logits, batch["mask"], config.loss).mean()
-      return loss, (logits, nnx.state(model, nnx.Not(nnx.Param)))
+      return loss, (logits, nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param))))
 
-    (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"], state["model_state"])
     grads = jax.lax.pmean(grads, AXIS)
     model_state = jax.lax.pmean(model_state, AXIS)
     if freeze_encoder:
@@ -163,7 +172,7 @@ def make_train_step(graphdef, tx, config, mesh, freeze_encoder: bool = False):
 def make_eval_step(graphdef, config):
   @jax.jit
   def eval_step(params, model_state, batch):
-    model = nnx.merge(graphdef, params, model_state)
+    model = merge(graphdef, params, model_state)
     logits = model(batch["image"])
     counts = metrics.slice_counts(logits, batch["mask"], config.threshold)
     return {**counts, "loss": losses.per_sample_loss(logits, batch["mask"], config.loss),
@@ -194,11 +203,6 @@ def evaluate(eval_step, state, data, indices, config, mesh) -> tuple[dict, dict]
 
 # --------------------------------------------------------------------------- checkpoints
 
-def _pure(state):
-  """Plain nested dicts for Orbax (nnx.State -> dict)."""
-  return {k: (nnx.to_pure_dict(v) if isinstance(v, nnx.State) else v) for k, v in state.items()}
-
-
 def _checkpoint_managers(workdir: pathlib.Path, config):
   latest = ocp.CheckpointManager(
       workdir / "checkpoints",
@@ -212,19 +216,8 @@ def _checkpoint_managers(workdir: pathlib.Path, config):
   return latest, best
 
 
-def _restore_into(state, restored):
-  out = dict(state)
-  for k in ("params", "model_state"):
-    template = jax.tree.map(lambda x: x, state[k])  # a copy to fill
-    nnx.replace_by_pure_dict(template, restored.get(k, {}))
-    out[k] = template
-  out["opt_state"] = restored["opt_state"]
-  out["step"] = restored["step"]
-  return out
-
-
 def _abstract(state):
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, _pure(state))
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
 
 
 # --------------------------------------------------------------------------- logging
@@ -310,7 +303,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     start_step = latest.latest_step()
     restored = latest.restore(start_step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(_abstract(state)), data=ocp.args.JsonRestore()))
-    state = jax.device_put(_restore_into(state, restored["state"]), replicated)
+    state = jax.device_put(restored["state"], replicated)
     train_iter.set_state(restored["data"])
     logging.info("resumed from %s at step %d", latest.directory, start_step)
   log = MetricsLog(workdir, start_step)
@@ -357,10 +350,9 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
                 f"dice {record['train_dice']:.4f} | val loss {val['loss']:.4f} "
                 f"patient dice {val['patient_dice']:.4f} slice dice {val['slice_dice']:.4f}")
       if epoch % config.checkpoint_every_epochs == 0 or step + 1 == total_steps:
-        pure = _pure(state)
         latest.save(step + 1, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(pure), data=ocp.args.JsonSave(train_iter.get_state())))
-        best.save(step + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(pure)),
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(train_iter.get_state())))
+        best.save(step + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
                   metrics={"val_dice": val["patient_dice"]})
   bar.close()
   latest.wait_until_finished()
@@ -374,7 +366,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
   if best_step is not None:
     restored = best.restore(best_step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(_abstract(state))))
-    best_state = jax.device_put(_restore_into(state, restored["state"]), replicated)
+    best_state = jax.device_put(restored["state"], replicated)
     best_val, _ = evaluate(eval_step, best_state, data, data.split.val, config, mesh)
     test, _ = evaluate(eval_step, best_state, data, data.split.test, config, mesh)
     summary.update(best_step=int(best_step), best_val_dice=best_val["patient_dice"],

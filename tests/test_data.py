@@ -1,4 +1,6 @@
+import json
 import shutil
+import zipfile
 
 import numpy as np
 import pytest
@@ -14,12 +16,12 @@ def test_synthetic_layout_matches_published_dataset(tiny_dataset, tiny_spec):
   assert len(patients) == tiny_spec.num_patients
   header = (tiny_dataset / "data.csv").read_text().splitlines()[0].split(",")
   assert tuple(header) == synthetic.CLINICAL_COLUMNS and len(header) == 18
-  slices = kaggle.list_slices(tiny_dataset)
-  image = tifffile.imread(slices[0].image_path)
-  mask = tifffile.imread(slices[0].mask_path)
+  slices = kaggle.list_slices(kaggle.open_source(tiny_dataset))
+  image = tifffile.imread(tiny_dataset / slices[0].image_path)
+  mask = tifffile.imread(tiny_dataset / slices[0].mask_path)
   assert image.shape == (256, 256, 3) and image.dtype == np.uint8
   assert mask.shape == (256, 256) and set(np.unique(mask)) <= {0, 255}
-  compressions = {tifffile.TiffFile(s.image_path).pages[0].compression.name for s in slices}
+  compressions = {tifffile.TiffFile(tiny_dataset / s.image_path).pages[0].compression.name for s in slices}
   assert compressions == {"NONE", "ADOBE_DEFLATE"}  # both forms occur in the wild
 
 
@@ -57,13 +59,13 @@ def test_flair_threshold_alone_does_not_find_synthetic_tumours():
 def test_builder_round_trip_equals_tiffs(tiny_dataset, tmp_path):
   b = builder.build(tiny_dataset.parent, tmp_path / "tfds")
   source = b.as_data_source("slices")
-  slices = {(s.patient_id, s.index): s for s in kaggle.list_slices(tiny_dataset)}
+  slices = {(s.patient_id, s.index): s for s in kaggle.list_slices(kaggle.open_source(tiny_dataset))}
   assert len(source) == len(slices)
   for i in range(len(source)):
     ex = source[i]
     s = slices[(ex["patient_id"].decode(), int(ex["slice_index"]))]
-    mask = tifffile.imread(s.mask_path)
-    np.testing.assert_array_equal(ex["image"], tifffile.imread(s.image_path))
+    mask = tifffile.imread(tiny_dataset / s.mask_path)
+    np.testing.assert_array_equal(ex["image"], tifffile.imread(tiny_dataset / s.image_path))
     np.testing.assert_array_equal(ex["mask"][..., 0], mask)
     assert bool(ex["has_tumor"]) == bool(mask.any())
 
@@ -77,13 +79,14 @@ def test_builder_round_trip_on_two_real_patients(tmp_path):
   shutil.copy(REAL_DATA / "data.csv", src / "data.csv")
   b = builder.build(src, tmp_path / "tfds")
   source = b.as_data_source("slices")
-  slices = {(s.patient_id, s.index): s for s in kaggle.list_slices(src)}
+  slices = {(s.patient_id, s.index): s for s in kaggle.list_slices(kaggle.open_source(src))}
   assert len(source) == len(slices) > 20
   for i in range(len(source)):
     ex = source[i]
     s = slices[(ex["patient_id"].decode(), int(ex["slice_index"]))]
-    np.testing.assert_array_equal(ex["image"], tifffile.imread(s.image_path))
-    np.testing.assert_array_equal(ex["mask"][..., 0], tifffile.imread(s.mask_path))
+    np.testing.assert_array_equal(ex["image"], tifffile.imread(src / s.image_path))
+    np.testing.assert_array_equal(ex["mask"][..., 0], tifffile.imread(src / s.mask_path))
+    assert json.loads(ex["clinical"])["Patient"] == s.patient_id[:12]
 
 
 def _copy(src, dst):
@@ -97,13 +100,17 @@ def _copy(src, dst):
     ("bad_mask_values", "mask values must be 0 or 255"),
     ("wrong_shape", "shape"),
     ("gap", "slice numbers"),
+    ("wrong_dtype", "dtype uint16"),
+    ("duplicate", "duplicate slice number 2"),
+    ("empty_patient", "empty patient folder"),
 ])
 def test_broken_input_names_the_file_and_writes_nothing(tiny_dataset, tmp_path, breakage, message):
   root = _copy(tiny_dataset, tmp_path / "src")
   patient = sorted(p for p in root.iterdir() if p.is_dir())[1]
   image, mask = patient / f"{patient.name}_2.tif", patient / f"{patient.name}_2_mask.tif"
   culprit = {"missing_mask": image, "truncated": image, "bad_mask_values": mask,
-             "wrong_shape": image, "gap": patient}[breakage]
+             "wrong_shape": image, "gap": patient, "wrong_dtype": image,
+             "duplicate": patient / f"{patient.name}_02.tif", "empty_patient": root / "TCGA_XX_0000_20000101"}[breakage]
   if breakage == "missing_mask":
     mask.unlink()
   elif breakage == "truncated":
@@ -115,8 +122,82 @@ def test_broken_input_names_the_file_and_writes_nothing(tiny_dataset, tmp_path, 
   elif breakage == "gap":
     image.unlink()
     mask.unlink()
+  elif breakage == "wrong_dtype":
+    tifffile.imwrite(image, np.zeros((256, 256, 3), np.uint16))
+  elif breakage == "duplicate":
+    shutil.copy(image, culprit)
+  elif breakage == "empty_patient":
+    culprit.mkdir()
   with pytest.raises(kaggle.DataError, match=message) as err:
     builder.build(root, tmp_path / "tfds")
   assert str(culprit) in str(err.value)
   written = [p for p in (tmp_path / "tfds").rglob("*.array_record*")]
   assert written == []
+
+
+def _zip_folder(folder, archive, top="lgg-mri-segmentation"):
+  with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+    for f in sorted(folder.rglob("*")):
+      z.write(f, f"{top}/kaggle_3m/{f.relative_to(folder)}")
+  return archive
+
+
+def _records(builder_):
+  source = builder_.as_data_source("slices")
+  return sorted((ex["patient_id"], int(ex["slice_index"]), ex["image"].tobytes(), ex["mask"].tobytes(),
+                 ex["clinical"]) for ex in (source[i] for i in range(len(source))))
+
+
+def test_zip_archive_and_enclosing_folder_give_the_same_dataset(tiny_dataset, tmp_path):
+  from_folder = builder.build(tiny_dataset, tmp_path / "a")
+  (tmp_path / "download").mkdir()
+  _zip_folder(tiny_dataset, tmp_path / "download" / "archive.zip")
+  from_zip = builder.build(tmp_path / "download", tmp_path / "b")
+  assert _records(from_zip) == _records(from_folder)
+  nested = tmp_path / "outer" / "lgg-mri-segmentation"
+  shutil.copytree(tiny_dataset, nested / "kaggle_3m")
+  assert _records(builder.build(tmp_path / "outer", tmp_path / "c")) == _records(from_folder)
+
+
+def test_zip_without_kaggle_3m_is_refused(tmp_path):
+  archive = tmp_path / "dl" / "wrong.zip"
+  archive.parent.mkdir()
+  with zipfile.ZipFile(archive, "w") as z:
+    z.writestr("something/else.txt", "x")
+  with pytest.raises(kaggle.DataError, match="wrong.zip: the zip archive holds no kaggle_3m"):
+    builder.build(archive.parent, tmp_path / "tfds")
+
+
+def test_clinical_table_mismatches_are_warned(tiny_dataset, tmp_path, caplog):
+  root = _copy(tiny_dataset, tmp_path / "src")
+  lines = (root / "data.csv").read_text().splitlines()
+  (root / "data.csv").write_text("\n".join(lines[:-1] + ["TCGA_ZZ_9999" + "," * 17]) + "\n")
+  with caplog.at_level("WARNING"):
+    b = builder.build(root, tmp_path / "tfds")
+  text = caplog.text
+  assert "has images but no row" in text and "TCGA_ZZ_9999 has a row but no images" in text
+  rows = {json.loads(ex["clinical"]).get("Patient") for ex in
+          (b.as_data_source("slices")[i] for i in range(len(b.as_data_source("slices"))))}
+  assert None in rows  # the patient without a row gets an empty record, not dropped
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL_DATA.exists(), reason="../shared/data/lgg_dev is absent")
+def test_real_dataset_counts_and_zip_equivalence(tmp_path):
+  b = builder.build(REAL_DATA, tmp_path / "tfds")
+  meta = b.as_data_source("slices", decoders={"image": __import__("tensorflow_datasets").decode.SkipDecoding(),
+                                               "mask": __import__("tensorflow_datasets").decode.SkipDecoding()})
+  records = [meta[i] for i in range(len(meta))]
+  assert len({r["patient_id"] for r in records}) == 62
+  assert len(records) == 2121
+  assert sum(bool(r["has_tumor"]) for r in records) == 769
+  (tmp_path / "dl").mkdir()
+  _zip_folder(REAL_DATA, tmp_path / "dl" / "lgg.zip")
+  from_zip = builder.build(tmp_path / "dl", tmp_path / "tfds_zip")
+  meta_zip = from_zip.as_data_source("slices", decoders={
+      "image": __import__("tensorflow_datasets").decode.SkipDecoding(),
+      "mask": __import__("tensorflow_datasets").decode.SkipDecoding()})
+  zipped = sorted((r["patient_id"], r["slice_index"], r["image"], r["mask"], r["clinical"])
+                  for r in (meta_zip[i] for i in range(len(meta_zip))))
+  assert zipped == sorted((r["patient_id"], r["slice_index"], r["image"], r["mask"], r["clinical"])
+                          for r in records)

@@ -2,12 +2,26 @@
 
 Each augmenter is `fn(example, rng) -> example` for grain's `random_map`, so
 its randomness is a function of the seed and the element's position in the
-data order, and the image and its mask always get the same transform.
+data order (hence reproducible per seed and epoch, in any worker), and the
+image and its mask always get the same geometric transform. Masks are warped
+with nearest-neighbour interpolation and stay {0, 255}.
+
+Sets:
+  none         no augmentation
+  flips        horizontal / vertical flip and 90-degree rotation (numpy only)
+  seed         the seed notebook's training set: flips, rotate90, transpose and
+               a small shift/scale/rotate (Affine), with albumentations
+  distortions  `seed` plus one of ElasticTransform, GridDistortion and
+               OpticalDistortion (the seed's strong set)
 """
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+
+NAMES = ("none", "flips", "seed", "distortions")
 
 
 def _flips(example: dict, rng: np.random.Generator, p: float) -> dict:
@@ -22,10 +36,56 @@ def _flips(example: dict, rng: np.random.Generator, p: float) -> dict:
   return {**example, "image": np.ascontiguousarray(image), "mask": np.ascontiguousarray(mask)}
 
 
+def build_compose(cfg):
+  """The albumentations pipeline for a set; every parameter comes from cfg."""
+  os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # else it asks the network on import
+  import albumentations as A
+  transforms = [
+      A.HorizontalFlip(p=cfg.flip_probability),
+      A.VerticalFlip(p=cfg.flip_probability),
+      A.RandomRotate90(p=cfg.rotate90_probability),
+      A.Transpose(p=cfg.transpose_probability),
+      # ShiftScaleRotate is deprecated in albumentations 2.x; Affine replaces it.
+      A.Affine(translate_percent=(-cfg.shift_limit, cfg.shift_limit),
+               scale=(1 - cfg.scale_limit, 1 + cfg.scale_limit),
+               rotate=(-cfg.rotate_limit, cfg.rotate_limit), fill=0, fill_mask=0,
+               p=cfg.affine_probability),
+  ]
+  if cfg.name == "distortions":
+    transforms.append(A.OneOf([
+        A.ElasticTransform(alpha=cfg.elastic_alpha, sigma=cfg.elastic_sigma, fill=0, fill_mask=0, p=1.0),
+        A.GridDistortion(num_steps=cfg.grid_num_steps, distort_limit=cfg.grid_distort_limit,
+                         fill=0, fill_mask=0, p=1.0),
+        A.OpticalDistortion(distort_limit=cfg.optical_distort_limit, fill=0, fill_mask=0, p=1.0),
+    ], p=cfg.distortion_probability))
+  return A.Compose(transforms)
+
+
+class Albumentations:
+  """Picklable for grain workers; the pipeline is built on first use."""
+
+  def __init__(self, cfg):
+    self.cfg = cfg
+    self._compose = None
+
+  def __getstate__(self):
+    return {"cfg": self.cfg, "_compose": None}
+
+  def __call__(self, example: dict, rng: np.random.Generator) -> dict:
+    if self._compose is None:
+      self._compose = build_compose(self.cfg)
+    self._compose.set_random_seed(int(rng.integers(2**31 - 1)))
+    out = self._compose(image=example["image"], mask=example["mask"])
+    return {**example, "image": np.ascontiguousarray(out["image"]),
+            "mask": np.ascontiguousarray(out["mask"])}
+
+
 def make(augment_config):
   name = augment_config.name
   if name == "none":
     return lambda example, rng: example
   if name == "flips":
     return lambda example, rng: _flips(example, rng, augment_config.flip_probability)
-  raise ValueError(f"config.augment.name: unknown augmentation {name!r} (known: none, flips)")
+  if name in ("seed", "distortions"):
+    return Albumentations(augment_config)
+  raise ValueError(f"config.augment.name: unknown augmentation {name!r} (known: {', '.join(NAMES)})")

@@ -8,8 +8,10 @@ encode arrays), read back by `tfds` data sources for grain.
 
 from __future__ import annotations
 
+import json
 import logging
 import pathlib
+import shutil
 
 import cv2
 import numpy as np
@@ -45,44 +47,56 @@ class Lgg(tfds.core.GeneratorBasedBuilder):
             "patient_id": tfds.features.Text(),
             "slice_index": np.int32,
             "has_tumor": np.bool_,
+            "clinical": tfds.features.Text(),  # the patient's data.csv row as JSON
         }),
         citation="Buda, Saha, Mazurowski. Computers in Biology and Medicine 109 (2019).",
     )
 
   def _split_generators(self, dl_manager):
-    root = kaggle.find_kaggle_root(dl_manager.manual_dir)
-    slices = kaggle.list_slices(root)
+    del dl_manager  # the source is opened by `build`: it may be a zip, not a folder
+    source = self.source
+    slices = kaggle.list_slices(source)
     # Validate every file before the writer starts (it writes as it goes).
     for s in slices:
-      kaggle.read_image(s.image_path)
-      kaggle.read_mask(s.mask_path)
-    kaggle.read_clinical(root, sorted({s.patient_id for s in slices}))
-    logging.info("validated %d slices of %d patients in %s", len(slices),
-                 len({s.patient_id for s in slices}), root)
-    return {"slices": self._generate_examples(slices)}
+      kaggle.read_image(source, s.image_path)
+      kaggle.read_mask(source, s.mask_path)
+    patients = sorted({s.patient_id for s in slices})
+    clinical = kaggle.read_clinical(source, patients)
+    logging.info("validated %d slices of %d patients in %s", len(slices), len(patients),
+                 source.describe(""))
+    return {"slices": self._generate_examples(source, slices, clinical)}
 
-  def _generate_examples(self, slices):
+  def _generate_examples(self, source, slices, clinical):
     for s in slices:
-      mask = kaggle.read_mask(s.mask_path)
+      mask = kaggle.read_mask(source, s.mask_path)
       yield f"{s.patient_id}_{s.index}", {
-          "image": _png(kaggle.read_image(s.image_path)),
+          "image": _png(kaggle.read_image(source, s.image_path)),
           "mask": _png(mask[..., None]),
           "patient_id": s.patient_id,
           "slice_index": s.index,
           "has_tumor": bool(mask.any()),
+          "clinical": json.dumps(clinical.get(s.patient_id, {}), sort_keys=True),
       }
 
 
 def build(manual_dir: str | pathlib.Path, data_dir: str | pathlib.Path) -> Lgg:
   """Prepares (once per distinct source) and returns the builder.
 
+  `manual_dir` holds kaggle_3m/ (or is it), or holds the downloaded zip.
   The prepared copy lives under `data_dir/<fingerprint of the source>/`, so
-  two different folders never share a cache and an edited source is rebuilt.
-  tfds writes into an `incomplete.*` folder and renames it when done.
+  two different sources never share a cache and an edited source is rebuilt.
+  tfds writes into an `incomplete.*` folder and renames it when done; a
+  failure removes that folder, so no partial dataset is ever left.
   """
-  root = kaggle.find_kaggle_root(manual_dir)
-  fp = kaggle.fingerprint(root)
-  builder = Lgg(data_dir=str(pathlib.Path(data_dir).expanduser() / fp), file_format="array_record")
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
+  source = kaggle.open_source(manual_dir)
+  root = pathlib.Path(data_dir).expanduser() / source.fingerprint()
+  builder = Lgg(data_dir=str(root), file_format="array_record")
+  builder.source = source
+  try:
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(source.location.parent)))
+  except BaseException:
+    for leftover in root.glob("**/incomplete.*"):
+      shutil.rmtree(leftover, ignore_errors=True)
+    raise
   return builder

@@ -10,9 +10,11 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import logging
 import pathlib
 import re
+import zipfile
 
 import numpy as np
 import tifffile
@@ -28,86 +30,157 @@ class DataError(ValueError):
 class Slice:
   patient_id: str          # folder name, e.g. TCGA_CS_4941_19960909
   index: int               # the <n> in <patient>_<n>.tif, 1-based
-  image_path: pathlib.Path
-  mask_path: pathlib.Path
+  image_path: str          # a name that `Source.read` understands
+  mask_path: str
 
 
-def find_kaggle_root(manual_dir: str | pathlib.Path) -> pathlib.Path:
-  """`manual_dir` may be `kaggle_3m/` itself or a folder that contains it."""
+class Source:
+  """The files of one `kaggle_3m/`, in a folder or inside a zip archive.
+
+  Names are paths relative to `kaggle_3m/` ("<patient>/<file>"); `describe`
+  turns one into what an error message should show (a real path, or
+  archive.zip:member).
+  """
+
+  def __init__(self, location: pathlib.Path, zip_file: zipfile.ZipFile | None = None, prefix: str = ""):
+    self.location, self._zip, self._prefix = location, zip_file, prefix
+    if zip_file is None:
+      self.names = sorted(str(p.relative_to(location).as_posix()) for p in location.rglob("*") if p.is_file())
+      self.folders = sorted(p.name for p in location.iterdir() if p.is_dir())
+    else:
+      members = [m for m in zip_file.infolist() if m.filename.startswith(prefix)]
+      self.names = sorted(m.filename[len(prefix):] for m in members if not m.is_dir())
+      self.folders = sorted({n.split("/")[0] for n in (m.filename[len(prefix):] for m in members)
+                             if "/" in n and n.split("/")[0]})
+      self._sizes = {m.filename[len(prefix):]: (m.file_size, m.CRC) for m in members}
+
+  def describe(self, name: str) -> str:
+    return f"{self.location}:{self._prefix}{name}" if self._zip else str(self.location / name)
+
+  def read(self, name: str) -> bytes:
+    try:
+      if self._zip is not None:
+        return self._zip.read(self._prefix + name)
+      return (self.location / name).read_bytes()
+    except (OSError, KeyError, zipfile.BadZipFile, EOFError) as e:
+      raise DataError(f"{self.describe(name)}: cannot read ({e})") from e
+
+  def fingerprint(self) -> str:
+    """Cheap identity: names and sizes (and CRCs inside a zip)."""
+    h = hashlib.sha256()
+    for name in self.names:
+      meta = self._sizes[name] if self._zip else (self.location / name).stat().st_size
+      h.update(f"{name}:{meta}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def open_source(manual_dir: str | pathlib.Path) -> Source:
+  """`manual_dir`: kaggle_3m/ itself, a folder containing it, or a folder
+  (or a path) with a .zip archive that holds kaggle_3m/."""
   manual_dir = pathlib.Path(manual_dir).expanduser()
-  if not manual_dir.is_dir():
-    raise DataError(f"manual_dir {manual_dir} does not exist or is not a folder")
-  if manual_dir.name == "kaggle_3m":
-    return manual_dir
-  candidates = sorted(p for p in manual_dir.rglob("kaggle_3m") if p.is_dir())
-  if not candidates:
-    raise DataError(f"manual_dir {manual_dir} holds no kaggle_3m/ folder")
-  return candidates[0]
+  if not manual_dir.exists():
+    raise DataError(f"manual_dir {manual_dir} does not exist")
+  if manual_dir.is_file():
+    zips = [manual_dir]
+  elif manual_dir.name == "kaggle_3m":
+    return Source(manual_dir)
+  else:
+    folders = sorted(p for p in manual_dir.rglob("kaggle_3m") if p.is_dir())
+    if folders:
+      return Source(folders[0])
+    zips = sorted(manual_dir.rglob("*.zip"))
+  for path in zips:
+    try:
+      archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+      raise DataError(f"{path}: not a readable zip archive ({e})") from e
+    prefixes = sorted({n[:n.index("kaggle_3m/") + len("kaggle_3m/")] for n in archive.namelist()
+                       if "kaggle_3m/" in n})
+    if prefixes:
+      return Source(path, archive, prefixes[0])
+    if len(zips) == 1:
+      raise DataError(f"{path}: the zip archive holds no kaggle_3m/ folder")
+  raise DataError(f"manual_dir {manual_dir} holds no kaggle_3m/ folder and no zip archive with one")
 
 
 _SLICE_RE = re.compile(r"^(?P<patient>.+)_(?P<n>\d+)(?P<mask>_mask)?\.tif$")
 
 
-def list_slices(root: pathlib.Path) -> list[Slice]:
+def list_slices(source: Source) -> list[Slice]:
   """Pairs every image with its mask; checks slice numbering per patient."""
+  if not source.folders:
+    raise DataError(f"{source.describe('')} holds no patient folders")
+  by_folder: dict[str, list[str]] = {f: [] for f in source.folders}
+  for name in source.names:
+    parts = name.split("/")
+    if len(parts) == 2:
+      by_folder.setdefault(parts[0], []).append(parts[1])
+    elif len(parts) > 2:
+      raise DataError(f"{source.describe(name)}: unexpected nested file")
   slices = []
-  patients = sorted(p for p in root.iterdir() if p.is_dir())
-  if not patients:
-    raise DataError(f"{root} holds no patient folders")
-  for folder in patients:
+  for folder, files in sorted(by_folder.items()):
     images, masks = {}, {}
-    for f in folder.iterdir():
-      m = _SLICE_RE.match(f.name)
-      if m is None or m["patient"] != folder.name:
-        raise DataError(f"{f}: unexpected file name (want {folder.name}_<n>.tif or _<n>_mask.tif)")
-      (masks if m["mask"] else images)[int(m["n"])] = f
+    for file in files:
+      m = _SLICE_RE.match(file)
+      if m is None or m["patient"] != folder:
+        raise DataError(f"{source.describe(folder + '/' + file)}: unexpected file name "
+                        f"(want {folder}_<n>.tif or {folder}_<n>_mask.tif)")
+      found = masks if m["mask"] else images
+      n = int(m["n"])
+      if n in found:
+        raise DataError(f"{source.describe(folder + '/' + file)}: duplicate slice number {n} "
+                        f"(also {source.describe(found[n])})")
+      found[n] = f"{folder}/{file}"
     if not images and not masks:
-      raise DataError(f"{folder}: empty patient folder")
+      raise DataError(f"{source.describe(folder)}: empty patient folder")
     for n in sorted(set(images) - set(masks)):
-      raise DataError(f"{images[n]}: no mask (expected {folder.name}_{n}_mask.tif)")
+      raise DataError(f"{source.describe(images[n])}: no mask (expected {folder}_{n}_mask.tif)")
     for n in sorted(set(masks) - set(images)):
-      raise DataError(f"{masks[n]}: mask without image (expected {folder.name}_{n}.tif)")
+      raise DataError(f"{source.describe(masks[n])}: mask without image (expected {folder}_{n}.tif)")
     numbers = sorted(images)
     if numbers != list(range(1, len(numbers) + 1)):
       missing = sorted(set(range(1, numbers[-1] + 1)) - set(numbers))
-      raise DataError(f"{folder}: slice numbers are not 1..{len(numbers)}; missing {missing[:10]}")
-    slices += [Slice(folder.name, n, images[n], masks[n]) for n in numbers]
+      raise DataError(f"{source.describe(folder)}: slice numbers are not 1..{len(numbers)}; "
+                      f"missing {missing[:10]}")
+    slices += [Slice(folder, n, images[n], masks[n]) for n in numbers]
   return slices
 
 
-def read_image(path: pathlib.Path) -> np.ndarray:
-  return _read(path, IMAGE_SHAPE)
+def read_image(source: Source, name: str) -> np.ndarray:
+  return _read(source, name, IMAGE_SHAPE)
 
 
-def read_mask(path: pathlib.Path) -> np.ndarray:
+def read_mask(source: Source, name: str) -> np.ndarray:
   """Returns the mask as uint8 {0, 255}, shape (256, 256)."""
-  mask = _read(path, IMAGE_SHAPE[:2])
+  mask = _read(source, name, IMAGE_SHAPE[:2])
   bad = np.setdiff1d(np.unique(mask), (0, 255))
   if bad.size:
-    raise DataError(f"{path}: mask values must be 0 or 255, found {bad[:5].tolist()}")
+    raise DataError(f"{source.describe(name)}: mask values must be 0 or 255, found {bad[:5].tolist()}")
   return mask
 
 
-def _read(path: pathlib.Path, shape: tuple[int, ...]) -> np.ndarray:
+def _read(source: Source, name: str, shape: tuple[int, ...]) -> np.ndarray:
   try:
-    array = tifffile.imread(path)
+    array = tifffile.imread(io.BytesIO(source.read(name)))
+  except DataError:
+    raise
   except Exception as e:  # tifffile raises many types for broken files
-    raise DataError(f"{path}: unreadable TIFF ({type(e).__name__}: {e})") from e
+    raise DataError(f"{source.describe(name)}: unreadable TIFF ({type(e).__name__}: {e})") from e
   if array.dtype != np.uint8:
-    raise DataError(f"{path}: dtype {array.dtype}, expected uint8")
+    raise DataError(f"{source.describe(name)}: dtype {array.dtype}, expected uint8")
   if array.shape != shape:
-    raise DataError(f"{path}: shape {array.shape}, expected {shape}")
+    raise DataError(f"{source.describe(name)}: shape {array.shape}, expected {shape}")
   return array
 
 
-def read_clinical(root: pathlib.Path, patient_ids: list[str]) -> dict[str, dict[str, str]]:
-  """data.csv rows keyed by folder name; warns about unmatched patients."""
-  path = root / "data.csv"
-  if not path.exists():
-    logging.warning("%s is missing: no clinical columns", path)
+def read_clinical(source: Source, patient_ids: list[str]) -> dict[str, dict[str, str]]:
+  """data.csv rows keyed by folder name (empty cells kept as ""); warns about
+  patients with images but no row, and rows without images."""
+  if "data.csv" not in source.names:
+    logging.warning("%s is missing: no clinical columns", source.describe("data.csv"))
     return {}
-  with open(path, newline="") as f:
-    rows = {row["Patient"]: row for row in csv.DictReader(f)}
+  text = source.read("data.csv").decode("utf-8-sig")
+  rows = {row["Patient"]: row for row in csv.DictReader(io.StringIO(text))}
   by_folder, seen = {}, set()
   for pid in patient_ids:
     key = pid[:12]  # TCGA_CS_4941_19960909 -> TCGA_CS_4941
@@ -115,16 +188,7 @@ def read_clinical(root: pathlib.Path, patient_ids: list[str]) -> dict[str, dict[
       by_folder[pid] = rows[key]
       seen.add(key)
     else:
-      logging.warning("%s: patient %s has images but no row in data.csv", path, pid)
+      logging.warning("%s: patient %s has images but no row", source.describe("data.csv"), pid)
   for key in sorted(set(rows) - seen):
-    logging.warning("%s: patient %s has a row but no images", path, key)
+    logging.warning("%s: patient %s has a row but no images", source.describe("data.csv"), key)
   return by_folder
-
-
-def fingerprint(root: pathlib.Path) -> str:
-  """Cheap identity of a source: names and sizes of all files."""
-  h = hashlib.sha256()
-  for f in sorted(root.rglob("*")):
-    if f.is_file():
-      h.update(f"{f.relative_to(root)}:{f.stat().st_size}\n".encode())
-  return h.hexdigest()[:16]

@@ -10,6 +10,7 @@ would. Each process reads only its own rows of every global batch.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import pathlib
 
@@ -32,6 +33,7 @@ class Data:
   split: splits.Split
   fingerprint: str
   manual_dir: str
+  clinical: dict              # patient id -> data.csv row (may be empty)
 
 
 def resolve_manual_dir(data_config) -> pathlib.Path:
@@ -52,6 +54,7 @@ def load(config) -> Data:
   builder = builder_lib.build(manual_dir, pathlib.Path(config.data.data_dir).expanduser() / "tfds")
   meta_source = builder.as_data_source(
       "slices", decoders={"image": tfds.decode.SkipDecoding(), "mask": tfds.decode.SkipDecoding()})
+  # One pass over the records without decoding pixels.
   meta = [meta_source[i] for i in range(len(meta_source))]
   patient_ids = np.array([m["patient_id"].decode() for m in meta])
   has_tumor = np.array([m["has_tumor"] for m in meta], bool)
@@ -61,7 +64,8 @@ def load(config) -> Data:
   return Data(source=builder.as_data_source("slices"), patient_ids=patient_ids,
               slice_index=np.array([m["slice_index"] for m in meta], np.int32), has_tumor=has_tumor,
               split=split, fingerprint=pathlib.Path(builder.data_dir).parent.parent.name,
-              manual_dir=str(manual_dir))
+              manual_dir=str(manual_dir),
+              clinical={m["patient_id"].decode(): json.loads(m["clinical"]) for m in meta})
 
 
 _PADDING = {"image": np.zeros(kaggle.IMAGE_SHAPE, np.uint8),

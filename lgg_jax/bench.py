@@ -1,0 +1,169 @@
+"""Benchmarks: python -m lgg_jax.bench [--models=resnext_unet] [--batch=4] [--size=256]
+
+Prints one markdown table: train-step time and images/s per model (median of
+`--steps` steps after compilation), XLA's FLOP count of the compiled step and
+the FLOP rate it implies; the grouped-convolution micro-benchmark (dense vs
+feature_group_count vs bundled dense convs, forward+backward); and, when
+torch is importable, the PyTorch peer script run in the same process tree on
+the same machine, with our figure as a ratio of the peer's. Figures go to
+benchmarks/RESULTS.md by hand, with the command and the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+_MODELS = flags.DEFINE_list("models", ["resnext_unet"], "Models to time (unet, fpn, resnext_unet).")
+_BATCH = flags.DEFINE_integer("batch", 4, "Global batch size.")
+_SIZE = flags.DEFINE_integer("size", 256, "Image height and width.")
+_STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per model (after 1 compile step).")
+_DTYPE = flags.DEFINE_string("dtype", "float32", "Compute dtype: float32 or bfloat16.")
+_GROUPED = flags.DEFINE_list("grouped_conv", ["auto"], "Grouped-conv implementations to time.")
+_CONV = flags.DEFINE_bool("conv", True, "Run the grouped-convolution micro-benchmark.")
+_PEER = flags.DEFINE_string(
+    "peer", str(pathlib.Path(__file__).resolve().parents[2] / "shared" / "peers"),
+    "Peer script, or a folder holding torch_resnext_unet_{cpu,gpu}.py; '' skips the peer.")
+
+
+def _median_time(fn, *args, steps: int) -> float:
+  import jax
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def grouped_conv_rows(steps: int) -> list[dict]:
+  """fwd+bwd of a ResNeXt layer1 3x3 conv (2x64x64x256, 32 groups) per implementation."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from lgg_jax.models.layers import GroupedConv
+  x = jax.random.normal(jax.random.key(0), (2, 64, 64, 256))
+  rows = []
+
+  def timed(name, loss, params, flops_factor):
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    seconds = _median_time(grad, params, x, steps=steps)
+    rows.append({"conv": name, "seconds": seconds, "seconds_per_grouped_flop": seconds / flops_factor})
+
+  dense_kernel = jax.random.normal(jax.random.key(1), (3, 3, 256, 256)) * 0.01
+  timed("dense 3x3 (32x the FLOPs)", lambda k, x: jnp.sum(jax.lax.conv_general_dilated(
+      x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2), dense_kernel, 32)
+  for impl in ("xla", "split"):
+    module = GroupedConv(256, 256, 3, groups=32, padding=1, impl=impl, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(module)
+    timed(f"grouped, impl={impl}", lambda p, x, g=graphdef: jnp.sum(nnx.merge(g, p)(x) ** 2), params, 1)
+  dense = rows[0]["seconds_per_grouped_flop"]
+  for row in rows:
+    row["per_flop_vs_dense"] = row["seconds_per_grouped_flop"] / dense
+  return rows
+
+
+def train_step_row(model: str, grouped_conv: str) -> dict:
+  import jax
+  import numpy as np
+
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+  from configs import default
+  from lgg_jax import train
+  config = default.get_config()
+  config.model.name = model
+  config.model.resnext.grouped_conv = grouped_conv
+  config.compute_dtype = _DTYPE.value
+  config.global_batch_size = _BATCH.value
+  config.data.image_size = _SIZE.value
+  mesh = train.make_mesh()
+  tx, _ = train.make_optimizer(config, total_steps=1000)
+  graphdefs, state = train.create_state(config, tx)
+  state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  step = train.make_train_step(graphdefs["train"], tx, config, mesh)
+  rng = np.random.default_rng(0)
+  batch = train.global_batch({
+      "image": rng.standard_normal((_BATCH.value, _SIZE.value, _SIZE.value, 3)).astype(np.float32),
+      "mask": (rng.random((_BATCH.value, _SIZE.value, _SIZE.value, 1)) > 0.9).astype(np.float32),
+      "index": np.arange(_BATCH.value, dtype=np.int32)}, mesh)
+  start = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+  times = []
+  for i in range(_STEPS.value + 1):
+    start = time.perf_counter()
+    state, stats = compiled(state, batch)
+    jax.block_until_ready(stats)
+    if i:  # the first call still pays one-off costs
+      times.append(time.perf_counter() - start)
+  seconds = statistics.median(times)
+  return {"model": model, "grouped_conv": grouped_conv if model == "resnext_unet" else "-",
+          "dtype": _DTYPE.value, "batch": _BATCH.value, "size": _SIZE.value, "step_s": seconds,
+          "images_per_s": _BATCH.value / seconds, "compile_s": compile_s,
+          "gflop_per_image": flops / _BATCH.value / 1e9, "tflop_per_s": flops / seconds / 1e12}
+
+
+def peer_row() -> dict | None:
+  import jax
+  path = pathlib.Path(_PEER.value) if _PEER.value else None
+  if path is None:
+    return None
+  if path.is_dir():
+    path = path / ("torch_resnext_unet_cpu.py" if jax.default_backend() == "cpu" else "torch_resnext_unet_gpu.py")
+  if not path.is_file():
+    print(f"peer script {path} not found; pass --peer=PATH", file=sys.stderr)
+    return None
+  try:
+    import torch  # noqa: F401
+  except ImportError:
+    print("torch is not installed: no peer figure", file=sys.stderr)
+    return None
+  args = [sys.executable, str(path)] + ([str(_BATCH.value), str(_SIZE.value)] if "cpu" in path.name else [])
+  out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+  rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+  return {"script": path.name, "rows": rows}
+
+
+def main(argv):
+  del argv
+  import jax
+  print(f"# lgg_jax.bench on {jax.devices()[0].device_kind} ({jax.default_backend()}, "
+        f"{jax.device_count()} device(s), {os.cpu_count()} CPU cores), JAX {jax.__version__}, "
+        f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")
+  if _CONV.value:
+    print("\n| grouped conv fwd+bwd, 2x64x64x256, 3x3 | seconds | time per grouped-conv FLOP vs dense |")
+    print("|---|---|---|")
+    for r in grouped_conv_rows(steps=5):
+      print(f"| {r['conv']} | {r['seconds']:.4f} | {r['per_flop_vs_dense']:.2f}x |")
+  rows = [train_step_row(m, g) for m in _MODELS.value for g in (_GROUPED.value if m == "resnext_unet" else ["-"])]
+  peer = peer_row()
+  peer_step = None
+  if peer:
+    for r in peer["rows"]:
+      if "step_s" in r:
+        peer_step = r["step_s"]
+  print("\n| model | grouped conv | dtype | batch | size | s/step | images/s | GFLOP/image (XLA) | TFLOP/s | compile s | speed vs peer |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
+  for r in rows:
+    ratio = f"{peer_step / r['step_s']:.2f}x" if peer_step and r["model"] == "resnext_unet" else "-"
+    print(f"| {r['model']} | {r['grouped_conv']} | {r['dtype']} | {r['batch']} | {r['size']} | {r['step_s']:.3f} | "
+          f"{r['images_per_s']:.2f} | {r['gflop_per_image']:.1f} | {r['tflop_per_s']:.3f} | {r['compile_s']:.1f} | {ratio} |")
+  if peer:
+    print(f"\npeer ({peer['script']}, same machine, same run): " + "; ".join(json.dumps(r) for r in peer["rows"]))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -30,6 +30,7 @@ setup(
         "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
         "absl-py>=2.0",
         "tqdm>=4.60",
+        "matplotlib>=3.7",
     ],
     extras_require={
         "test": ["pytest>=8"],

@@ -18,6 +18,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.threshold = 0.5            # on the sigmoid probability
   config.checkpoint_every_epochs = 1
   config.keep_checkpoints = 2
+  config.preemption_check_every_steps = 10  # multi-process: how often SIGTERM is agreed on
+
+  # Multi-host: jax.distributed.initialize() before anything else. With no
+  # address it auto-detects SLURM, TPU pods and Kubernetes; set all three
+  # for a manual launch (e.g. several processes on one machine).
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.enabled = False
+  config.distributed.coordinator_address = ""   # host:port of process 0
+  config.distributed.num_processes = 0
+  config.distributed.process_id = -1
+  config.distributed.cpu_collectives = "gloo"   # CPU-only multi-process runs need one
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "unet"

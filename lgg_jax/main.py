@@ -28,10 +28,13 @@ def main(argv):
   import jax  # after flags, so XLA_FLAGS from the environment apply
 
   from lgg_jax import train
+  train.initialize_distributed(_CONFIG.value)
   workdir = _WORKDIR.value or str(pathlib.Path("runs") / pathlib.Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem)
   logging.info("JAX %s on %d %s device(s), process %d of %d; workdir %s", jax.__version__,
                jax.device_count(), jax.default_backend(), jax.process_index(), jax.process_count(), workdir)
-  train.train_and_evaluate(_CONFIG.value, workdir)
+  summary = train.train_and_evaluate(_CONFIG.value, workdir)
+  if summary.get("preempted"):
+    logging.info("exiting after preemption at step %d", summary["step"])
 
 
 if __name__ == "__main__":

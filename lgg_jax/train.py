@@ -13,6 +13,8 @@ import logging
 import math
 import os
 import pathlib
+import signal
+import threading
 import time
 
 import jax
@@ -57,6 +59,29 @@ def validate_config(config, device_count: int, process_count: int) -> None:
     raise ValueError(f"config.num_epochs must be positive, got {config.num_epochs}")
   if config.data.manual_dir and not pathlib.Path(config.data.manual_dir).expanduser().exists():
     raise ValueError(f"config.data.manual_dir={config.data.manual_dir} does not exist")
+
+
+def initialize_distributed(config) -> None:
+  """jax.distributed.initialize() when config.distributed.enabled.
+
+  No address: JAX detects the cluster (SLURM, TPU pods, Kubernetes). With
+  coordinator_address, num_processes and process_id: a manual launch.
+  """
+  dist = config.distributed
+  if not dist.enabled:
+    return
+  # CPU devices of several processes need a collectives backend to talk
+  # (only the CPU client reads this; accelerators use their own).
+  jax.config.update("jax_cpu_collectives_implementation", dist.cpu_collectives)
+  kwargs = {}
+  if dist.coordinator_address:
+    if dist.num_processes <= 0 or dist.process_id < 0:
+      raise ValueError("config.distributed.coordinator_address needs num_processes and process_id")
+    kwargs = dict(coordinator_address=dist.coordinator_address, num_processes=dist.num_processes,
+                  process_id=dist.process_id)
+  jax.distributed.initialize(**kwargs)
+  logging.info("process %d of %d; %d local and %d global devices", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
 def make_mesh() -> jax.sharding.Mesh:
@@ -256,6 +281,41 @@ class MetricsLog:
 
 # --------------------------------------------------------------------------- loop
 
+STAT_KEYS = ("loss", "dice_sum", "slices", "grad_norm")
+
+
+class _Preemption:
+  """SIGTERM asks for a checkpoint at the next step and a clean exit.
+
+  With several processes the flag is shared every `check_every` steps, so
+  all of them stop at the same step.
+  """
+
+  def __init__(self, check_every: int):
+    self.flag = False
+    self.check_every = max(1, check_every)
+    self.previous = None
+    if threading.current_thread() is threading.main_thread():
+      self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.flag = True
+
+  def requested(self, step: int) -> bool:
+    if jax.process_count() == 1:
+      return self.flag
+    if (step + 1) % self.check_every:
+      return False
+    flags = multihost_utils.process_allgather(np.array([self.flag]))
+    return bool(np.any(flags))
+
+  def close(self):
+    if self.previous is not None:
+      signal.signal(signal.SIGTERM, self.previous)
+      self.previous = None
+
+
 def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
   """Trains, evaluates every epoch, checkpoints, resumes; returns the summary."""
   workdir = pathlib.Path(workdir).expanduser().resolve()  # Orbax wants absolute paths
@@ -298,23 +358,35 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
 
   train_iter = pipeline.train_dataset(data, config, jax.process_index(), jax.process_count())
   latest, best = _checkpoint_managers(workdir, config)
-  start_step = 0
+  start_step, epoch_stats = 0, []
   if latest.latest_step() is not None:
     start_step = latest.latest_step()
     restored = latest.restore(start_step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(_abstract(state)), data=ocp.args.JsonRestore()))
     state = jax.device_put(restored["state"], replicated)
-    train_iter.set_state(restored["data"])
+    train_iter.set_state(restored["data"]["iterator"])
+    # Statistics of a part-done epoch (a preemption save), so the epoch's
+    # record equals an uninterrupted run's.
+    partial = restored["data"]["epoch_stats"]
+    epoch_stats = [{k: np.float32(v[i]) for k, v in partial.items()} for i in range(len(partial["loss"]))]
     logging.info("resumed from %s at step %d", latest.directory, start_step)
   log = MetricsLog(workdir, start_step)
   if is_main:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
   on_cpu = jax.default_backend() == "cpu"
-  epoch_stats, record = [], {}
   bar = tqdm.tqdm(total=total_steps, initial=start_step, disable=not is_main, unit="step",
                   dynamic_ncols=True)
   step_started = None
+
+  def save_latest(step_done: int):
+    host = jax.device_get(epoch_stats)
+    latest.save(step_done, force=True, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=ocp.args.JsonSave({"iterator": train_iter.get_state(),
+                                "epoch_stats": {k: [float(h[k]) for h in host] for k in STAT_KEYS}})))
+
+  preemption = _Preemption(config.preemption_check_every_steps)
   for step in range(start_step, total_steps):
     batch = global_batch(next(train_iter), mesh)
     state, stats = train_step_for(step // steps_per_epoch)(state, batch)
@@ -329,11 +401,10 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
       jax.block_until_ready(stats)
       _report_step_time(time.perf_counter() - step_started, total_steps - step - 1, on_cpu, config)
     step_started = time.perf_counter()
-
     if (step + 1) % steps_per_epoch == 0:
       epoch = (step + 1) // steps_per_epoch
       host = jax.tree.map(lambda *xs: np.asarray(xs), *jax.device_get(epoch_stats))
-      epoch_stats = []
+      epoch_stats.clear()
       train_loss = float(host["loss"].mean())
       if not np.isfinite(host["loss"]).all():
         last = latest.latest_step()
@@ -350,11 +421,21 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
                 f"dice {record['train_dice']:.4f} | val loss {val['loss']:.4f} "
                 f"patient dice {val['patient_dice']:.4f} slice dice {val['slice_dice']:.4f}")
       if epoch % config.checkpoint_every_epochs == 0 or step + 1 == total_steps:
-        latest.save(step + 1, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(train_iter.get_state())))
+        save_latest(step + 1)
         best.save(step + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
                   metrics={"val_dice": val["patient_dice"]})
+    if preemption.requested(step) and step + 1 < total_steps:
+      if latest.latest_step() != step + 1:
+        save_latest(step + 1)
+      for closable in (bar, preemption, latest, best, log):
+        closable.close()  # CheckpointManager.close waits for saves in flight
+      message = f"preempted (SIGTERM): saved step {step + 1}; run the same command to resume"
+      logging.warning(message)
+      if is_main:
+        print(message)
+      return {"preempted": True, "step": step + 1}
   bar.close()
+  preemption.close()
   latest.wait_until_finished()
   best.wait_until_finished()
 

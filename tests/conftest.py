@@ -28,22 +28,9 @@ def tiny_dataset(tmp_path_factory, tiny_spec):
 
 def tiny_config(tmp_path, manual_dir=""):
   """A config small enough for many train steps in seconds on one CPU."""
-  import sys
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-  from configs import default
-  config = default.get_config()
+  import tiny_config as tiny
+  config = tiny.get_config()
   config.data.manual_dir = str(manual_dir)
   config.data.data_dir = str(tmp_path / "cache")
-  config.data.image_size = 32
-  config.data.synthetic.num_patients = 8
-  config.data.synthetic.min_slices = 6
-  config.data.synthetic.max_slices = 8
-  config.model.base_width = 4
-  config.model.depth = 3
-  config.global_batch_size = 8
-  config.eval_batch_size = 16
   config.num_epochs = 2
-  config.split.num_folds = 4
-  config.split.val_fraction = 0.2
-  config.optimizer.warmup_steps = 2
   return config

@@ -48,10 +48,21 @@ def resolve_manual_dir(data_config) -> pathlib.Path:
   return root
 
 
-def load(config) -> Data:
-  tfds.disable_progress_bar()
+def _prepare(config):
   manual_dir = resolve_manual_dir(config.data)
-  builder = builder_lib.build(manual_dir, pathlib.Path(config.data.data_dir).expanduser() / "tfds")
+  return manual_dir, builder_lib.build(manual_dir, pathlib.Path(config.data.data_dir).expanduser() / "tfds")
+
+
+def load(config) -> Data:
+  """Prepares the dataset (process 0 first, the others then find it ready)."""
+  import jax
+  from jax.experimental import multihost_utils
+  tfds.disable_progress_bar()
+  if jax.process_count() > 1:
+    if jax.process_index() == 0:
+      _prepare(config)
+    multihost_utils.sync_global_devices("lgg_jax: dataset prepared")
+  manual_dir, builder = _prepare(config)
   meta_source = builder.as_data_source(
       "slices", decoders={"image": tfds.decode.SkipDecoding(), "mask": tfds.decode.SkipDecoding()})
   # One pass over the records without decoding pixels.

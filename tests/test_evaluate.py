@@ -1,0 +1,92 @@
+import json
+
+import numpy as np
+import pytest
+
+from lgg_jax import baselines, evaluate, train
+from lgg_jax.data import pipeline
+from conftest import tiny_config
+
+
+def _square(shape, top, left, size):
+  v = np.zeros(shape, bool)
+  v[:, top:top + size, left:left + size] = True
+  return v
+
+
+def test_hd95_on_simple_shapes_and_empty_rules():
+  a = _square((1, 40, 40), 10, 10, 10)
+  assert evaluate.hd95(a, a) == 0.0
+  b = _square((1, 40, 40), 10, 13, 10)  # shifted 3 px to the right
+  assert evaluate.hd95(a, b) == pytest.approx(3.0)
+  empty = np.zeros_like(a)
+  assert evaluate.hd95(empty, empty) == 0.0
+  assert np.isnan(evaluate.hd95(a, empty)) and np.isnan(evaluate.hd95(empty, a))
+
+
+def test_largest_component_keeps_the_biggest_3d_body():
+  v = np.zeros((3, 20, 20), bool)
+  v[0:3, 2:8, 2:8] = True     # 108 voxels over 3 slices
+  v[1, 15:17, 15:17] = True   # 4 voxels
+  kept = evaluate.largest_component(v)
+  assert kept.sum() == 108 and not kept[1, 15, 15]
+
+
+def test_score_counts_sensitivity_precision_and_false_positives():
+  truth = np.zeros((3, 4, 4), bool)
+  truth[0, :2, :2] = True
+  probs = np.zeros((3, 4, 4))
+  probs[0, :2, :1] = 0.9       # 2 of 4 true pixels
+  probs[1, 3, 3] = 0.8         # false positive on a tumour-free slice
+  summary, rows = evaluate.score(np.array(["a", "a", "a"]), probs, truth, 0.5, False)
+  assert summary["sensitivity"] == pytest.approx(0.5)
+  assert summary["precision"] == pytest.approx(2 / 3)
+  assert summary["empty_false_positive_rate"] == pytest.approx(0.5)
+  assert rows[0]["dice"] == pytest.approx(2 * 2 / (3 + 4))
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+  root = tmp_path_factory.mktemp("trained")
+  config = tiny_config(root)
+  config.data.image_size = 64
+  config.data.synthetic.update(num_patients=16, min_slices=10, max_slices=12)
+  config.model.base_width = 8
+  config.model.depth = 4
+  config.num_epochs = 16
+  config.optimizer.learning_rate = 2e-3
+  config.split.num_folds = 5
+  summary = train.train_and_evaluate(config, root / "run")
+  return root / "run", config, summary
+
+
+def test_evaluation_reproduces_the_training_summary_and_writes_reports(trained_run):
+  workdir, _, summary = trained_run
+  result = evaluate.evaluate_run(workdir, checkpoint="best", split="test")
+  assert result["patient_dice"] == pytest.approx(summary["test_dice"], abs=1e-6)
+  out = workdir / "evaluation" / f"test_step{summary['best_step']}"
+  assert json.loads((out / "summary.json").read_text())["patients"] == summary["test"]["patients"]
+  assert (out / "per_patient.csv").read_text().count("\n") == summary["test"]["patients"] + 1
+  assert "| patient_dice |" in (out / "table.md").read_text()
+  tta = evaluate.evaluate_run(workdir, split="test", tta=True, keep_largest=True, threshold="val")
+  assert 0.0 <= tta["patient_dice"] <= 1.0 and 0.1 <= tta["threshold"] <= 0.9
+
+
+def test_briefly_trained_model_beats_flair_threshold_on_held_out_patients(trained_run):
+  workdir, config, summary = trained_run
+  data = pipeline.load(config)
+
+  def volumes(indices):
+    ids = data.patient_ids[indices]
+    out = []
+    for pid in np.unique(ids):
+      sel = indices[ids == pid]
+      out.append((np.stack([data.source[int(i)]["image"] for i in sel]),
+                  np.stack([data.source[int(i)]["mask"][..., 0] for i in sel])))
+    return out
+
+  train_vols = volumes(data.split.train)
+  threshold, _ = baselines.fit_threshold([v for v, _ in train_vols], [m for _, m in train_vols])
+  test_vols = volumes(data.split.test)
+  baseline = baselines.patient_dice([v for v, _ in test_vols], [m for _, m in test_vols], threshold).mean()
+  assert summary["test_dice"] > baseline + 0.2, (summary["test_dice"], baseline)

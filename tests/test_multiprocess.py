@@ -1,0 +1,129 @@
+"""End-to-end runs of `python -m lgg_jax.main` in subprocesses: preemption,
+kill -9, and 2 processes x 2 CPU devices against 1 process x 4."""
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _env(devices):
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["JAX_PLATFORMS"] = "cpu"
+  env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+  return env
+
+
+def _command(workdir, data_dir, *extra):
+  return [sys.executable, "-m", "lgg_jax.main", f"--config={REPO / 'tests' / 'tiny_config.py'}",
+          f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *extra]
+
+
+def _run(workdir, data_dir, devices=8, *extra):
+  result = subprocess.run(_command(workdir, data_dir, *extra), cwd=REPO, env=_env(devices),
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def _records(workdir):
+  return [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _final_params(workdir):
+  import orbax.checkpoint as ocp
+  step = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  return step, ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")["params"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  root = tmp_path_factory.mktemp("uninterrupted")
+  _run(root / "run", root / "cache")
+  return root / "run", root / "cache"
+
+
+def _wait_for(predicate, proc, timeout=300):
+  start = time.time()
+  while not predicate():
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    assert time.time() - start < timeout
+    time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_then_resume_matches_uninterrupted(uninterrupted, tmp_path):
+  reference, cache = uninterrupted
+  workdir = tmp_path / "run"
+  proc = subprocess.Popen(_command(workdir, cache), cwd=REPO, env=_env(8), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  # Wait until training is under way (first epoch logged), then preempt.
+  _wait_for(lambda: (workdir / "metrics.jsonl").exists() and (workdir / "metrics.jsonl").read_text(), proc)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-3000:]
+  assert "preempted (SIGTERM): saved step" in out
+  saved = int(out.split("saved step ")[1].split(";")[0])
+  assert (workdir / "checkpoints" / str(saved)).is_dir()
+  _run(workdir, cache)
+  assert _records(workdir) == _records(reference)
+  (step_a, a), (step_b, b) = _final_params(reference), _final_params(workdir)
+  assert step_a == step_b
+  import jax
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_resumes_from_last_complete_checkpoint(uninterrupted, tmp_path):
+  reference, cache = uninterrupted
+  workdir = tmp_path / "run"
+  proc = subprocess.Popen(_command(workdir, cache), cwd=REPO, env=_env(8), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  # Kill while the first checkpoint may be half-written.
+  _wait_for(lambda: (workdir / "checkpoints").exists() and any((workdir / "checkpoints").iterdir()), proc)
+  proc.kill()
+  proc.communicate()
+  _run(workdir, cache)
+  assert _records(workdir) == _records(reference)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_of_two_devices_match_one_process_of_four(tmp_path):
+  cache = tmp_path / "cache"
+  single = tmp_path / "single"
+  _run(single, cache, 4, "--config.num_epochs=2")
+  multi = tmp_path / "multi"
+  port = _free_port()
+  procs = [subprocess.Popen(
+      _command(multi, cache, "--config.num_epochs=2", "--config.distributed.enabled=True",
+               f"--config.distributed.coordinator_address=localhost:{port}",
+               "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"),
+      cwd=REPO, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  for p in procs:
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+  import jax
+  (s1, a), (s2, b) = _final_params(single), _final_params(multi)
+  assert s1 == s2
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+  ra, rb = _records(single), _records(multi)
+  assert [r["step"] for r in ra] == [r["step"] for r in rb]
+  np.testing.assert_allclose([r["val_dice"] for r in ra], [r["val_dice"] for r in rb], rtol=1e-5)

@@ -1,0 +1,26 @@
+"""A config for subprocess tests: python -m lgg_jax.main --config=tests/tiny_config.py ..."""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from configs import default  # noqa: E402
+
+
+def get_config():
+  config = default.get_config()
+  config.data.image_size = 32
+  config.data.synthetic.num_patients = 8
+  config.data.synthetic.min_slices = 6
+  config.data.synthetic.max_slices = 8
+  config.model.base_width = 4
+  config.model.depth = 3
+  config.global_batch_size = 8
+  config.eval_batch_size = 16
+  config.num_epochs = 3
+  config.split.num_folds = 4
+  config.split.val_fraction = 0.2
+  config.optimizer.warmup_steps = 2
+  config.optimizer.learning_rate = 3e-3
+  config.preemption_check_every_steps = 1
+  return config

@@ -231,12 +231,16 @@ def evaluate(eval_step, state, data, indices, config, mesh) -> tuple[dict, dict]
 def _checkpoint_managers(workdir: pathlib.Path, config):
   latest = ocp.CheckpointManager(
       workdir / "checkpoints",
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=config.keep_checkpoints, create=True,
+          # Two managers save side by side: their multi-host barriers need distinct names.
+          multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix="latest")),
       item_names=("state", "data"))
   best = ocp.CheckpointManager(
       workdir / "best",
-      options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["val_dice"],
-                                           best_mode="max", create=True),
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=1, best_fn=lambda m: m["val_dice"], best_mode="max", create=True,
+          multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix="best")),
       item_names=("state",))
   return latest, best
 
@@ -417,9 +421,10 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
                 "val_loss": val["loss"], "val_dice": val["patient_dice"],
                 "val_slice_dice": val["slice_dice"], "val_pooled_dice": val["pooled_dice"]}
       log.write(record)
-      bar.write(f"epoch {epoch:3d} step {step + 1:6d}  train loss {record['train_loss']:.4f} "
-                f"dice {record['train_dice']:.4f} | val loss {val['loss']:.4f} "
-                f"patient dice {val['patient_dice']:.4f} slice dice {val['slice_dice']:.4f}")
+      if is_main:
+        bar.write(f"epoch {epoch:3d} step {step + 1:6d}  train loss {record['train_loss']:.4f} "
+                  f"dice {record['train_dice']:.4f} | val loss {val['loss']:.4f} "
+                  f"patient dice {val['patient_dice']:.4f} slice dice {val['slice_dice']:.4f}")
       if epoch % config.checkpoint_every_epochs == 0 or step + 1 == total_steps:
         save_latest(step + 1)
         best.save(step + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),

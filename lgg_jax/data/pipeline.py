@@ -126,6 +126,26 @@ def _finish(example: dict, normalization: str) -> dict:
           "index": example["index"]}
 
 
+class _ProcessRows(grain.MapDataset):
+  """Element k of this process: row k % local of its share of global batch k // local."""
+
+  def __init__(self, parent, global_batch: int, local_batch: int, process_index: int):
+    super().__init__(parent)
+    self._global, self._local, self._offset = global_batch, local_batch, process_index * local_batch
+
+  def __len__(self):
+    return len(self._parent) // self._global * self._local
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    batch, row = divmod(index, self._local)
+    return self._parent[batch * self._global + self._offset + row]
+
+  def __str__(self):
+    return f"ProcessRows(global={self._global}, local={self._local}, offset={self._offset})"
+
+
 def train_dataset(data: Data, config, process_index: int = 0, process_count: int = 1):
   """Infinite iterator of this process's rows of each global batch."""
   local_batch = config.global_batch_size // process_count
@@ -135,10 +155,11 @@ def train_dataset(data: Data, config, process_index: int = 0, process_count: int
   ds = ds.shuffle(seed=config.seed).repeat(None)
   ds = ds.map(lambda e: _resize(e, size))
   ds = ds.random_map(augmenter, seed=config.seed + 1)
-  # Row r of global batch s is element s*B + r; this process takes every
-  # process_count-th element (lazily: the others are never read), so global
-  # batches and their augmentations do not depend on the process count.
-  ds = ds[process_index::process_count]
+  # Row r of global batch s is element s*B + r; this process reads its
+  # contiguous rows of each global batch (lazily: the others are never read),
+  # so global batches, their row order and their augmentations do not depend
+  # on the process count.
+  ds = _ProcessRows(ds, config.global_batch_size, local_batch, process_index)
   ds = ds.map(lambda e: _finish(e, normalization))
   ds = ds.batch(local_batch, drop_remainder=True)
   iter_ds = ds.to_iter_dataset()

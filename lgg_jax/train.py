@@ -46,6 +46,17 @@ def validate_config(config, device_count: int, process_count: int) -> None:
                        f"device count ({device_count})")
     if value % process_count:
       raise ValueError(f"config.{name}={value} must divide among {process_count} processes")
+  from lgg_jax.data import augment
+  known = {"config.loss.name": (config.loss.name, ("dice_bce", "dice", "bce")),
+           "config.augment.name": (config.augment.name, augment.NAMES),
+           "config.optimizer.name": (config.optimizer.name, ("adamw", "adam", "sgd")),
+           "config.optimizer.schedule": (config.optimizer.schedule, ("cosine", "constant")),
+           "config.data.normalization": (config.data.normalization, ("slice", "unit")),
+           "config.split.protocol": (config.split.protocol, ("patient", "slice")),
+           "config.compute_dtype": (config.compute_dtype, ("float32", "bfloat16"))}
+  for key, (value, allowed) in known.items():
+    if value not in allowed:
+      raise ValueError(f"{key}: unknown value {value!r} (known: {', '.join(allowed)})")
   if config.model.name not in models.REGISTRY:
     raise ValueError(f"config.model.name: unknown model {config.model.name!r} "
                      f"(known: {', '.join(sorted(models.REGISTRY))})")

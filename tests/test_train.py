@@ -100,6 +100,9 @@ def test_train_data_order_is_a_function_of_seed_and_step(tmp_path, tiny_dataset)
     ("global_batch_size", 12, "multiple of the device count"),
     ("data.image_size", 30, "divisible"),
     ("data.manual_dir", "/nonexistent/lgg", "does not exist"),
+    ("model.name", "vnet", "unknown model 'vnet'"),
+    ("loss.name", "focal", "config.loss.name: unknown value 'focal'"),
+    ("augment.name", "mixup", "config.augment.name: unknown value 'mixup'"),
 ])
 def test_bad_config_fails_before_work(tmp_path, key, value, message):
   config = tiny_config(tmp_path)
@@ -136,3 +139,43 @@ def test_each_model_trains_a_few_steps_and_lowers_the_loss(tmp_path, model):
   assert losses[-1] < 0.85 * losses[0]
   if model == "resnext_unet":  # BatchNorm running statistics moved
     assert any(float(abs(x).sum()) > 0 for x in jax.tree.leaves(state["model_state"]))
+
+
+def test_unwritable_workdir_is_named(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a folder")
+  with pytest.raises(ValueError, match="not writable"):
+    train.train_and_evaluate(tiny_config(tmp_path), blocker / "run")
+
+
+def test_non_finite_loss_stops_training_and_keeps_good_checkpoints(tmp_path):
+  config = tiny_config(tmp_path)
+  config.num_epochs = 4
+  config.optimizer.name = "sgd"
+  config.optimizer.grad_clip_norm = 0.0
+  config.optimizer.learning_rate = 1e12  # diverges within a few steps
+  config.optimizer.warmup_steps = 0
+  with pytest.raises(FloatingPointError, match="non-finite training loss") as err:
+    train.train_and_evaluate(config, tmp_path / "run")
+  assert "last good checkpoint" in str(err.value)
+  checkpoints = tmp_path / "run" / "checkpoints"
+  for step_dir in (p for p in checkpoints.iterdir() if p.name.isdigit()) if checkpoints.exists() else []:
+    params = ocp.StandardCheckpointer().restore(step_dir / "state")["params"]
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_grain_workers_give_the_same_batches(tmp_path, tiny_dataset):
+  from absl import flags
+  if not flags.FLAGS.is_parsed():  # grain reads absl flags; lgg_jax.main parses them
+    flags.FLAGS.mark_as_parsed()
+  config = tiny_config(tmp_path, manual_dir=tiny_dataset.parent)
+  config.augment.name = "distortions"
+  data = pipeline.load(config)
+  serial = pipeline.train_dataset(data, config)
+  config.data.num_workers = 2
+  parallel = pipeline.train_dataset(data, config)
+  for _ in range(3):
+    a, b = next(serial), next(parallel)
+    np.testing.assert_array_equal(a["index"], b["index"])
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["mask"], b["mask"])

@@ -36,7 +36,7 @@ def _flips(example: dict, rng: np.random.Generator, p: float) -> dict:
   return {**example, "image": np.ascontiguousarray(image), "mask": np.ascontiguousarray(mask)}
 
 
-def build_compose(cfg):
+def build_compose(cfg, seed: int | None = None):
   """The albumentations pipeline for a set; every parameter comes from cfg."""
   os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # else it asks the network on import
   import albumentations as A
@@ -58,24 +58,24 @@ def build_compose(cfg):
                          fill=0, fill_mask=0, p=1.0),
         A.OpticalDistortion(distort_limit=cfg.optical_distort_limit, fill=0, fill_mask=0, p=1.0),
     ], p=cfg.distortion_probability))
-  return A.Compose(transforms)
+  return A.Compose(transforms, seed=seed)
 
 
 class Albumentations:
-  """Picklable for grain workers; the pipeline is built on first use."""
+  """Picklable for grain workers.
+
+  A fresh pipeline per element, seeded from the element's rng: reseeding one
+  long-lived Compose left some nested transforms' state depending on what
+  that process had augmented before, so workers and the main process
+  disagreed. Building one costs well under a millisecond.
+  """
 
   def __init__(self, cfg):
     self.cfg = cfg
-    self._compose = None
-
-  def __getstate__(self):
-    return {"cfg": self.cfg, "_compose": None}
 
   def __call__(self, example: dict, rng: np.random.Generator) -> dict:
-    if self._compose is None:
-      self._compose = build_compose(self.cfg)
-    self._compose.set_random_seed(int(rng.integers(2**31 - 1)))
-    out = self._compose(image=example["image"], mask=example["mask"])
+    compose = build_compose(self.cfg, seed=int(rng.integers(2**31 - 1)))
+    out = compose(image=example["image"], mask=example["mask"])
     return {**example, "image": np.ascontiguousarray(out["image"]),
             "mask": np.ascontiguousarray(out["mask"])}
 

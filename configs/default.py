@@ -18,6 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.threshold = 0.5            # on the sigmoid probability
   config.checkpoint_every_epochs = 1
   config.keep_checkpoints = 2
+  config.write_report = True  # workdir/report/report.md with curves and overlays at the end
   config.preemption_check_every_steps = 10  # multi-process: how often SIGTERM is agreed on
 
   # Multi-host: jax.distributed.initialize() before anything else. With no

@@ -152,29 +152,41 @@ def write_outputs(out: pathlib.Path, summary: dict, rows: list[dict]) -> None:
   (out / "table.md").write_text("\n".join(table) + "\n")
 
 
-def evaluate_run(workdir, *, checkpoint="best", split="test", manual_dir="", tta=False,
-                 keep_largest=False, threshold="config", name="") -> dict:
+def load_run(workdir, checkpoint: str = "best") -> dict:
+  """A run's config, graphdefs and restored state ('best', 'latest' or a step)."""
   import jax
   import ml_collections
   import orbax.checkpoint as ocp
 
   from lgg_jax import train
-  from lgg_jax.data import pipeline
   workdir = pathlib.Path(workdir).expanduser().resolve()
+  if not (workdir / "config.json").is_file():
+    raise FileNotFoundError(f"{workdir} is not a run folder: no config.json")
   config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
   mesh = train.make_mesh()
   tx, _ = train.make_optimizer(config, total_steps=1)
   graphdefs, state = train.create_state(config, tx)
   folder = workdir / ("best" if checkpoint == "best" else "checkpoints")
   manager = ocp.CheckpointManager(folder, item_names=("state", "data") if folder.name == "checkpoints" else ("state",))
-  step = {"best": manager.latest_step(), "latest": manager.latest_step()}.get(checkpoint)
-  step = int(checkpoint) if step is None and checkpoint not in ("best", "latest") else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {folder}")
+  step = manager.latest_step() if checkpoint in ("best", "latest") else int(checkpoint)
+  if step is None or step not in manager.all_steps():
+    raise FileNotFoundError(f"no checkpoint {checkpoint!r} in {folder}")
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+  manager.close()
   state = jax.device_put(restored["state"], jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  return {"workdir": workdir, "config": config, "graphdefs": graphdefs, "state": state, "mesh": mesh,
+          "step": step}
 
+
+def evaluate_run(workdir, *, checkpoint="best", split="test", manual_dir="", tta=False,
+                 keep_largest=False, threshold="config", name="") -> dict:
+  import jax
+
+  from lgg_jax.data import pipeline
+  run = load_run(workdir, checkpoint)
+  workdir, config, graphdefs, state, mesh, step = (run[k] for k in ("workdir", "config", "graphdefs", "state",
+                                                                    "mesh", "step"))
   data = pipeline.load(config)
   chosen = config.threshold
   if threshold == "val":

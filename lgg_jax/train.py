@@ -28,7 +28,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lgg_jax import losses, metrics, models, provenance
+from lgg_jax import losses, metrics, models, provenance, report
 from lgg_jax.data import pipeline
 from lgg_jax.models import weights
 
@@ -465,10 +465,14 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
         state=ocp.args.StandardRestore(_abstract(state))))
     best_state = jax.device_put(restored["state"], replicated)
     best_val, _ = evaluate(eval_step, best_state, data, data.split.val, config, mesh)
-    test, _ = evaluate(eval_step, best_state, data, data.split.test, config, mesh)
+    test, test_counts = evaluate(eval_step, best_state, data, data.split.test, config, mesh)
     summary.update(best_step=int(best_step), best_val_dice=best_val["patient_dice"],
-                   test_dice=test["patient_dice"], test=test)
+                   test_dice=test["patient_dice"], test=test,
+                   test_per_patient_dice=metrics.per_patient_dice(data.patient_ids[test_counts["index"]],
+                                                                  test_counts))
   summary["provenance"] = provenance.collect(config, data)
+  if best_step is not None and config.write_report:
+    report.write(workdir, config, data, graphdefs["eval"], best_state, mesh, summary)
   if is_main:
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"done: val per-patient Dice {summary['val_dice']:.4f}"

@@ -90,3 +90,79 @@ def test_briefly_trained_model_beats_flair_threshold_on_held_out_patients(traine
   test_vols = volumes(data.split.test)
   baseline = baselines.patient_dice([v for v, _ in test_vols], [m for _, m in test_vols], threshold).mean()
   assert summary["test_dice"] > baseline + 0.2, (summary["test_dice"], baseline)
+
+
+def test_training_writes_a_report_with_curves_and_patient_overlays(trained_run):
+  workdir, _, _ = trained_run
+  report = (workdir / "report" / "report.md").read_text()
+  for name in ("loss_curves.png", "dice_curves.png", "best_patient.png", "worst_patient.png"):
+    assert (workdir / "report" / name).stat().st_size > 1000
+    assert name in report
+  assert "## Evaluation of the best checkpoint" in report and "| patient_dice |" in report
+
+
+def _patient_folder(tiny_dataset):
+  return sorted(p for p in tiny_dataset.iterdir() if p.is_dir())[0]
+
+
+def test_prediction_on_slices_writes_masks_overlays_gif_and_panel(trained_run, tiny_dataset, tmp_path):
+  import imageio.v2 as imageio
+  import cv2
+  from lgg_jax import predict
+  workdir, _, _ = trained_run
+  patient = _patient_folder(tiny_dataset)
+  n = len([f for f in patient.iterdir() if not f.stem.endswith("_mask")])
+  results = predict.predict(workdir, patient.parent, tmp_path / "out")
+  result = next(r for r in results if r["case"] == patient.name)
+  assert result["slices"] == n and 0.0 <= result["dice"] <= 1.0
+  folder = tmp_path / "out" / patient.name
+  masks = sorted((folder / "masks").iterdir())
+  assert len(masks) == n
+  assert cv2.imread(str(masks[0]), cv2.IMREAD_UNCHANGED).shape == (256, 256)
+  assert len(list((folder / "overlays").iterdir())) == n
+  frames = imageio.mimread(folder / f"{patient.name}.gif")
+  assert len(frames) == n and frames[0].shape[:2] == (256, 256)
+  assert (folder / f"{patient.name}_panel.png").stat().st_size > 1000
+
+
+def test_prediction_on_nifti_keeps_the_affine(trained_run, tiny_dataset, tmp_path):
+  nib = pytest.importorskip("nibabel")
+  import tifffile
+  from lgg_jax import predict
+  workdir, _, _ = trained_run
+  patient = _patient_folder(tiny_dataset)
+  files = sorted((f for f in patient.iterdir() if not f.stem.endswith("_mask")),
+                 key=lambda f: int(f.stem.rsplit("_", 1)[1]))
+  volume = np.stack([tifffile.imread(f) for f in files], axis=2)  # (256, 256, S, 3)
+  affine = np.diag([0.9, 0.9, 5.0, 1.0])
+  case = tmp_path / "nifti" / "case1"
+  case.mkdir(parents=True)
+  for c, role in enumerate(("pre", "flair", "post")):
+    nib.save(nib.Nifti1Image(volume[..., c].astype(np.float32) * 3.0, affine), str(case / f"case1_{role}.nii.gz"))
+  results = predict.predict(workdir, case.parent, tmp_path / "out")
+  assert results[0]["slices"] == len(files)
+  mask = nib.load(str(tmp_path / "out" / "case1" / "case1_mask.nii.gz"))
+  assert mask.shape == volume.shape[:3]
+  np.testing.assert_allclose(mask.affine, affine)
+  assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
+
+
+@pytest.mark.parametrize("array,message", [
+    (np.zeros((128, 128, 3), np.uint8), "size"),
+    (np.zeros((256, 256, 2), np.uint8), "3 channels"),
+    (np.zeros((256, 256, 3), np.uint16), "dtype"),
+])
+def test_bad_prediction_input_is_named(tmp_path, array, message):
+  import tifffile
+  from lgg_jax import predict
+  from lgg_jax.data.kaggle import DataError
+  path = tmp_path / "in" / "slice_1.tif"
+  path.parent.mkdir()
+  tifffile.imwrite(path, array)
+  with pytest.raises(DataError, match=message) as err:
+    predict.find_cases(path.parent)
+  assert str(path) in str(err.value)
+  broken = tmp_path / "in" / "slice_1.tif"
+  broken.write_bytes(b"not a tiff")
+  with pytest.raises(DataError, match="unreadable"):
+    predict.find_cases(path.parent)

@@ -1,0 +1,21 @@
+"""Overrides shared by the sweeps' CI-sized (--tiny) variants."""
+
+# Synthetic data, 32x32, tiny widths: each member trains in seconds on a CPU.
+TINY = {
+    "data.image_size": 32, "data.synthetic.num_patients": 10, "data.synthetic.min_slices": 6,
+    "data.synthetic.max_slices": 8, "model.base_width": 4, "model.depth": 3,
+    "model.fpn.pyramid_channels": 8, "model.fpn.segmentation_channels": 8, "model.fpn.group_norm_groups": 4,
+    "model.resnext.stem_width": 8, "model.resnext.blocks": (1, 1, 1, 1), "model.resnext.groups": 4,
+    "model.resnext.width_per_group": 16, "global_batch_size": 8, "eval_batch_size": 16, "num_epochs": 1,
+    "optimizer.warmup_steps": 2, "write_report": False,
+}
+
+
+def members(grid: list[dict], tiny: bool, folds=range(5)) -> list[dict]:
+  """Every grid point on every fold; the tiny variant runs fold 0 only."""
+  return [{**g, "split.fold": f} for g in grid for f in ((0,) if tiny else folds)]
+
+
+def common(tiny: bool) -> dict:
+  """Overrides applied to every member (not part of member names)."""
+  return dict(TINY) if tiny else {}

@@ -1,0 +1,255 @@
+"""Segment new scans with a trained run.
+
+python -m lgg_jax.predict --workdir=runs/unet_cpu --input=PATH --out=predictions/ [--tta]
+
+PATH may be
+  * a folder of slices: <name>.tif / .png, 256x256, 3 channels (pre-contrast,
+    FLAIR, post-contrast) as in the published dataset; a `<name>_mask.*`
+    beside a slice is taken as its ground truth;
+  * a folder of such patient folders (the kaggle_3m layout);
+  * NIfTI: a folder holding three volumes whose names contain "pre", "flair"
+    and "post" (and optionally one with "mask"), or a folder of such folders.
+    Each volume is (X, Y, slices); intensities are scaled to 0..255 by the
+    volume's 99.5th percentile, as the published PNG/TIFF slices were.
+
+Per case it writes: the predicted masks (PNG per slice, or `<case>_mask.nii.gz`
+with the input's affine for NIfTI), overlay PNGs (truth green when given,
+prediction red), `<case>.gif` through the slices, and `<case>_panel.png`
+(image / truth / probability / thresholded mask on the slice with the most
+tumour). Bad input (a wrong size or channel count, an unreadable file) is an
+error naming the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import re
+
+import cv2
+import numpy as np
+from absl import app, flags
+
+from lgg_jax import figures
+from lgg_jax.data.kaggle import DataError
+
+SIZE = 256
+_IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+
+
+@dataclasses.dataclass
+class Case:
+  name: str
+  slice_names: list[str]
+  images: np.ndarray             # (S, 256, 256, 3) uint8
+  truth: np.ndarray | None       # (S, 256, 256) bool
+  affine: np.ndarray | None = None  # NIfTI input only
+  nifti_shape: tuple | None = None
+
+
+def _natural_key(path: pathlib.Path):
+  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def read_slice(path: pathlib.Path, mask: bool = False) -> np.ndarray:
+  try:
+    if path.suffix.lower() == ".png":
+      array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+      if array is None:
+        raise ValueError("opencv could not decode it")
+      if array.ndim == 3:
+        array = array[..., ::-1]  # BGR -> RGB
+    else:
+      import tifffile
+      array = tifffile.imread(path)
+  except Exception as e:
+    raise DataError(f"{path}: unreadable image ({type(e).__name__}: {e})") from e
+  if mask:
+    if array.ndim == 3:
+      array = array[..., 0]
+    if array.shape != (SIZE, SIZE):
+      raise DataError(f"{path}: mask shape {array.shape}, expected ({SIZE}, {SIZE})")
+    return array > 0
+  if array.ndim != 3 or array.shape[2] != 3:
+    raise DataError(f"{path}: expected 3 channels (pre-contrast, FLAIR, post-contrast), got shape {array.shape}")
+  if array.shape[:2] != (SIZE, SIZE):
+    raise DataError(f"{path}: size {array.shape[:2]}, expected ({SIZE}, {SIZE})")
+  if array.dtype != np.uint8:
+    raise DataError(f"{path}: dtype {array.dtype}, expected uint8")
+  return array
+
+
+def _slice_folder(folder: pathlib.Path) -> Case | None:
+  files = sorted((f for f in folder.iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES), key=_natural_key)
+  images = [f for f in files if not f.stem.endswith("_mask")]
+  if not images:
+    return None
+  masks = {f.stem[:-5]: f for f in files if f.stem.endswith("_mask")}
+  truth = None
+  if masks:
+    truth = np.stack([read_slice(masks[f.stem], mask=True) if f.stem in masks else np.zeros((SIZE, SIZE), bool)
+                      for f in images])
+  return Case(folder.name, [f.stem for f in images], np.stack([read_slice(f) for f in images]), truth)
+
+
+def _scale(volume: np.ndarray) -> np.ndarray:
+  top = float(np.percentile(volume, 99.5)) or 1.0
+  return np.clip(volume / top * 255.0, 0, 255).astype(np.uint8)
+
+
+def _nifti_case(folder: pathlib.Path) -> Case | None:
+  files = [f for f in folder.iterdir() if f.name.endswith((".nii", ".nii.gz"))]
+  if not files:
+    return None
+  import nibabel as nib
+  found = {}
+  for role in ("mask", "flair", "post", "pre"):
+    match = [f for f in files if role in f.name.lower() and f not in found.values()]
+    if match:
+      found[role] = match[0]
+  missing = [r for r in ("pre", "flair", "post") if r not in found]
+  if missing:
+    raise DataError(f"{folder}: NIfTI case needs volumes named *pre*, *flair*, *post*; missing {missing}")
+  volumes, affine = {}, None
+  for role, path in found.items():
+    try:
+      img = nib.load(str(path))
+      data = np.asarray(img.dataobj, np.float32)
+    except Exception as e:
+      raise DataError(f"{path}: unreadable NIfTI ({type(e).__name__}: {e})") from e
+    if data.ndim != 3:
+      raise DataError(f"{path}: expected a 3-D volume (X, Y, slices), got shape {data.shape}")
+    volumes[role] = data
+    affine = img.affine if role == "flair" else affine
+  shape = volumes["flair"].shape
+  for role, data in volumes.items():
+    if data.shape != shape:
+      raise DataError(f"{found[role]}: shape {data.shape} differs from the FLAIR volume's {shape}")
+
+  def slices(volume, interpolation):
+    return np.stack([cv2.resize(volume[:, :, k], (SIZE, SIZE), interpolation=interpolation)
+                     for k in range(volume.shape[2])])
+
+  channels = [slices(_scale(volumes[r]), cv2.INTER_AREA) for r in ("pre", "flair", "post")]
+  truth = slices((volumes["mask"] > 0).astype(np.uint8), cv2.INTER_NEAREST) > 0 if "mask" in volumes else None
+  return Case(folder.name, [f"slice_{k + 1:03d}" for k in range(shape[2])], np.stack(channels, -1), truth,
+              affine=affine, nifti_shape=shape)
+
+
+def find_cases(path: str | os.PathLike) -> list[Case]:
+  path = pathlib.Path(path).expanduser()
+  if not path.exists():
+    raise DataError(f"input {path} does not exist")
+  if path.is_file():
+    image = read_slice(path)
+    return [Case(path.stem, [path.stem], image[None], None)]
+  for reader in (_nifti_case, _slice_folder):
+    case = reader(path)
+    if case is not None:
+      return [case]
+  cases = []
+  for sub in sorted(p for p in path.iterdir() if p.is_dir()):
+    case = _nifti_case(sub) or _slice_folder(sub)
+    if case is not None:
+      cases.append(case)
+  if not cases:
+    raise DataError(f"input {path} holds no slices (.tif/.png), patient folders or NIfTI volumes")
+  return cases
+
+
+def predict_case(run, case: Case, tta: bool) -> np.ndarray:
+  """Probabilities (S, 256, 256) for the case's slices."""
+  import jax
+
+  from lgg_jax import train
+  from lgg_jax.data import pipeline
+  config, graphdefs, state = run["config"], run["graphdefs"], run["state"]
+  size = config.data.image_size
+  if "probs" not in run:
+    @jax.jit
+    def probs(params, model_state, images):
+      model = train.merge(graphdefs["eval"], params, model_state)
+      p = jax.nn.sigmoid(model(images))
+      if tta:
+        p = (p + jax.nn.sigmoid(model(images[:, :, ::-1]))[:, :, ::-1]
+             + jax.nn.sigmoid(model(images[:, ::-1]))[:, ::-1]) / 3
+      return p[..., 0]
+    run["probs"] = probs
+  batch = config.eval_batch_size
+  inputs = np.stack([pipeline.normalise(cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA)
+                                        if size != SIZE else im, config.data.normalization)
+                     for im in case.images])
+  out = []
+  for start in range(0, len(inputs), batch):
+    chunk = inputs[start:start + batch]
+    padded = np.concatenate([chunk, np.zeros((batch - len(chunk),) + chunk.shape[1:], chunk.dtype)])
+    p = np.asarray(run["probs"](state["params"], state["model_state"], padded))[:len(chunk)]
+    out.append(p)
+  probs = np.concatenate(out)
+  if size != SIZE:
+    probs = np.stack([cv2.resize(p, (SIZE, SIZE), interpolation=cv2.INTER_LINEAR) for p in probs])
+  return probs
+
+
+def write_case(case: Case, probs: np.ndarray, threshold: float, out: pathlib.Path) -> dict:
+  from lgg_jax import metrics
+  folder = out / case.name
+  (folder / "overlays").mkdir(parents=True, exist_ok=True)
+  pred = probs >= threshold
+  if case.affine is not None:
+    import nibabel as nib
+    x, y, s = case.nifti_shape
+    volume = np.stack([cv2.resize(p.astype(np.uint8), (y, x), interpolation=cv2.INTER_NEAREST) for p in pred], -1)
+    nib.save(nib.Nifti1Image(volume.astype(np.uint8), case.affine), str(folder / f"{case.name}_mask.nii.gz"))
+  else:
+    (folder / "masks").mkdir(exist_ok=True)
+    for name, p in zip(case.slice_names, pred):
+      cv2.imwrite(str(folder / "masks" / f"{name}_pred.png"), np.where(p, 255, 0).astype(np.uint8))
+  frames = []
+  for i, name in enumerate(case.slice_names):
+    frame = figures.overlay(case.images[i], pred[i], truth=None if case.truth is None else case.truth[i])
+    cv2.imwrite(str(folder / "overlays" / f"{name}.png"), frame[..., ::-1])
+    frames.append(frame)
+  figures.gif(frames, folder / f"{case.name}.gif")
+  area = (case.truth if case.truth is not None else pred).sum(axis=(1, 2))
+  k = int(np.argmax(area))
+  figures.prediction_panel(case.images[k], None if case.truth is None else case.truth[k], probs[k], threshold,
+                           folder / f"{case.name}_panel.png", title=f"{case.name}, {case.slice_names[k]}")
+  result = {"case": case.name, "slices": len(case.slice_names), "predicted_pixels": int(pred.sum()),
+            "slices_with_tumour_predicted": int(pred.any(axis=(1, 2)).sum())}
+  if case.truth is not None:
+    result["dice"] = float(metrics.dice_from_counts((pred & case.truth).sum(), pred.sum(), case.truth.sum()))
+  return result
+
+
+def predict(workdir, input_path, out, *, checkpoint="best", tta=False, threshold=None) -> list[dict]:
+  from lgg_jax import evaluate
+  cases = find_cases(input_path)  # validate input before loading the model
+  run = evaluate.load_run(workdir, checkpoint)
+  threshold = run["config"].threshold if threshold is None else threshold
+  out = pathlib.Path(out)
+  results = [write_case(case, predict_case(run, case, tta), threshold, out) for case in cases]
+  (out / "predictions.json").write_text(json.dumps(results, indent=2))
+  return results
+
+
+def main(argv):
+  del argv
+  os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+  results = predict(_WORKDIR.value, _INPUT.value, _OUT.value, checkpoint=_CHECKPOINT.value, tta=_TTA.value,
+                    threshold=None if _THRESHOLD.value < 0 else _THRESHOLD.value)
+  for r in results:
+    print(json.dumps(r))
+
+
+if __name__ == "__main__":
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder written by lgg_jax.main.")
+  _INPUT = flags.DEFINE_string("input", None, "Slices, patient folders or NIfTI volumes (see module doc).")
+  _OUT = flags.DEFINE_string("out", "predictions", "Output folder.")
+  _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
+  _TTA = flags.DEFINE_bool("tta", False, "Average over horizontal and vertical flips.")
+  _THRESHOLD = flags.DEFINE_float("threshold", -1.0, "Probability threshold; negative: the run's config.")
+  flags.mark_flags_as_required(["workdir", "input"])
+  app.run(main)

@@ -166,3 +166,11 @@ def test_bad_prediction_input_is_named(tmp_path, array, message):
   broken.write_bytes(b"not a tiff")
   with pytest.raises(DataError, match="unreadable"):
     predict.find_cases(path.parent)
+
+
+def test_evaluation_on_an_external_dataset_scores_every_patient(trained_run, tiny_dataset):
+  workdir, _, _ = trained_run
+  result = evaluate.evaluate_run(workdir, manual_dir=str(tiny_dataset))
+  patients = [p for p in tiny_dataset.iterdir() if p.is_dir()]
+  assert result["split"] == "external" and result["patients"] == len(patients)
+  assert (workdir / "evaluation").is_dir()

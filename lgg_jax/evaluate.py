@@ -62,14 +62,12 @@ def largest_component(volume: np.ndarray) -> np.ndarray:
   return labels == (1 + int(np.argmax(sizes)))
 
 
-def predict_probabilities(eval_graphdef, state, data, indices, config, mesh, tta: bool) -> np.ndarray:
-  """Sigmoid probabilities (N, H, W) for `indices`, in that order."""
+def make_probability_fn(eval_graphdef, tta: bool):
+  """jit(params, model_state, images) -> sigmoid probabilities (N, H, W);
+  with tta, averaged with the horizontally and vertically flipped inputs."""
   import jax
-  from flax import nnx
-  from jax.experimental import multihost_utils
 
   from lgg_jax import train
-  from lgg_jax.data import pipeline
 
   @jax.jit
   def probs(params, model_state, images):
@@ -79,8 +77,18 @@ def predict_probabilities(eval_graphdef, state, data, indices, config, mesh, tta
       p = (p + jax.nn.sigmoid(model(images[:, :, ::-1]))[:, :, ::-1]
            + jax.nn.sigmoid(model(images[:, ::-1]))[:, ::-1]) / 3
     return p[..., 0]
+  return probs
 
-  del nnx
+
+def predict_probabilities(eval_graphdef, state, data, indices, config, mesh, tta: bool) -> np.ndarray:
+  """Sigmoid probabilities (N, H, W) for `indices`, in that order."""
+  import jax
+  from jax.experimental import multihost_utils
+
+  from lgg_jax import train
+  from lgg_jax.data import pipeline
+
+  probs = make_probability_fn(eval_graphdef, tta)
   out, order = [], []
   for local in pipeline.eval_batches(data, indices, config, jax.process_index(), jax.process_count()):
     batch = train.global_batch(local, mesh)

@@ -20,27 +20,14 @@ import sys
 import numpy as np
 from absl import app, flags
 
+from lgg_jax import figures
+
 
 TUMOUR, NO_TUMOUR = "tumour", "no tumour"
 
 
-def _plt():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
-
-
-def overlay(image: np.ndarray, mask: np.ndarray, colour=(255, 0, 0), alpha: float = 0.45) -> np.ndarray:
-  """RGB uint8 image with the mask's pixels tinted."""
-  out = image.astype(np.float32).copy()
-  m = mask.astype(bool)
-  out[m] = (1 - alpha) * out[m] + alpha * np.asarray(colour, np.float32)
-  return out.astype(np.uint8)
-
-
 def diagnosis_counts(has_tumor: np.ndarray, path: pathlib.Path) -> None:
-  plt = _plt()
+  plt = figures.plt()
   counts = [int(has_tumor.sum()), int((~has_tumor).sum())]
   fig, ax = plt.subplots(figsize=(6, 4))
   bars = ax.bar([TUMOUR, NO_TUMOUR], counts, color=["tab:red", "tab:blue"])
@@ -53,7 +40,7 @@ def diagnosis_counts(has_tumor: np.ndarray, path: pathlib.Path) -> None:
 
 
 def patient_counts(patient_ids: np.ndarray, has_tumor: np.ndarray, path: pathlib.Path) -> None:
-  plt = _plt()
+  plt = figures.plt()
   patients = sorted(set(patient_ids))
   pos = np.array([has_tumor[patient_ids == p].sum() for p in patients])
   neg = np.array([(~has_tumor[patient_ids == p]).sum() for p in patients])
@@ -71,7 +58,7 @@ def patient_counts(patient_ids: np.ndarray, has_tumor: np.ndarray, path: pathlib
 
 
 def samples(images, path: pathlib.Path) -> None:
-  plt = _plt()
+  plt = figures.plt()
   n = len(images)
   fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 4.8))
   for i, image in enumerate(images):
@@ -87,13 +74,13 @@ def samples(images, path: pathlib.Path) -> None:
 
 
 def overlays(images, masks, path: pathlib.Path, columns: int, title: str) -> None:
-  plt = _plt()
+  plt = figures.plt()
   rows = -(-len(images) // columns)
   fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows + 0.5), squeeze=False)
   for ax in axes.ravel():
     ax.axis("off")
   for ax, image, mask in zip(axes.ravel(), images, masks):
-    ax.imshow(overlay(image, mask))
+    ax.imshow(figures.overlay(image, mask))
   fig.suptitle(f"{title} (red: tumour mask)")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
@@ -102,7 +89,7 @@ def overlays(images, masks, path: pathlib.Path, columns: int, title: str) -> Non
 
 def augmentations(image, mask, augment_config, path: pathlib.Path, count: int = 6) -> None:
   from lgg_jax.data import augment
-  plt = _plt()
+  plt = figures.plt()
   fn = augment.make(augment_config)
   fig, axes = plt.subplots(2, count + 1, figsize=(2.2 * (count + 1), 4.8))
   shown = [(image, mask)] + [

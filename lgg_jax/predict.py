@@ -161,22 +161,12 @@ def find_cases(path: str | os.PathLike) -> list[Case]:
 
 def predict_case(run, case: Case, tta: bool) -> np.ndarray:
   """Probabilities (S, 256, 256) for the case's slices."""
-  import jax
-
-  from lgg_jax import train
+  from lgg_jax import evaluate
   from lgg_jax.data import pipeline
   config, graphdefs, state = run["config"], run["graphdefs"], run["state"]
   size = config.data.image_size
-  if "probs" not in run:
-    @jax.jit
-    def probs(params, model_state, images):
-      model = train.merge(graphdefs["eval"], params, model_state)
-      p = jax.nn.sigmoid(model(images))
-      if tta:
-        p = (p + jax.nn.sigmoid(model(images[:, :, ::-1]))[:, :, ::-1]
-             + jax.nn.sigmoid(model(images[:, ::-1]))[:, ::-1]) / 3
-      return p[..., 0]
-    run["probs"] = probs
+  if ("probs", tta) not in run:
+    run[("probs", tta)] = evaluate.make_probability_fn(graphdefs["eval"], tta)
   batch = config.eval_batch_size
   inputs = np.stack([pipeline.normalise(cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA)
                                         if size != SIZE else im, config.data.normalization)
@@ -185,7 +175,7 @@ def predict_case(run, case: Case, tta: bool) -> np.ndarray:
   for start in range(0, len(inputs), batch):
     chunk = inputs[start:start + batch]
     padded = np.concatenate([chunk, np.zeros((batch - len(chunk),) + chunk.shape[1:], chunk.dtype)])
-    p = np.asarray(run["probs"](state["params"], state["model_state"], padded))[:len(chunk)]
+    p = np.asarray(run[("probs", tta)](state["params"], state["model_state"], padded))[:len(chunk)]
     out.append(p)
   probs = np.concatenate(out)
   if size != SIZE:

@@ -31,6 +31,9 @@ setup(
         "absl-py>=2.0",
         "tqdm>=4.60",
         "matplotlib>=3.7",
+        "scipy>=1.10",       # HD95 and connected components
+        "imageio>=2.20",     # prediction GIFs
+        "nibabel>=5.0",      # NIfTI input and output in predict
     ],
     extras_require={
         "test": ["pytest>=8"],

@@ -107,14 +107,15 @@ def test_pth_and_safetensors_files_load_and_bad_files_are_named(tv_model, tmp_pa
   assert "layer1.0.bn1.weight: file (7,)" in msg
 
 
-def test_decoder_block_matches_torch(tv_model):
+@pytest.mark.parametrize("deconv", ["xla", "subpixel"])
+def test_decoder_block_matches_torch(tv_model, deconv):
   # The seed decoder: 1x1 conv, ReLU, ConvTranspose2d(k=4, s=2, p=1), 1x1 conv, ReLU.
   torch.manual_seed(1)
   cin, cout = 32, 16
   ref = torch.nn.Sequential(torch.nn.Conv2d(cin, cin // 4, 1), torch.nn.ReLU(),
                             torch.nn.ConvTranspose2d(cin // 4, cin // 4, 4, 2, 1),
                             torch.nn.Conv2d(cin // 4, cout, 1), torch.nn.ReLU()).eval()
-  block = resnext.DecoderBlock(cin, cout, dtype=jnp.float32, rngs=nnx.Rngs(0))
+  block = resnext.DecoderBlock(cin, cout, deconv=deconv, dtype=jnp.float32, rngs=nnx.Rngs(0))
   c1, dc, c2 = ref[0], ref[2], ref[3]
   block.conv1.kernel[...] = jnp.asarray(c1.weight.detach().numpy().transpose(2, 3, 1, 0))
   block.conv1.bias[...] = jnp.asarray(c1.bias.detach().numpy())

@@ -113,3 +113,53 @@ def _bundle(groups: int, channels_per_group: int, target: int = 32) -> int:
   while groups % f:
     f -= 1
   return f
+
+
+# Sub-pixel taps of a 4x4 stride-2 padding-1 transposed conv: output phase a
+# (row parity) at input offset d uses kernel row _TAPS[(a, d)].
+_TAPS = {(0, 0): 1, (0, -1): 3, (1, 1): 0, (1, 0): 2}
+
+
+class ConvTranspose2x(nnx.Module):
+  """torch ConvTranspose2d(k=4, stride=2, padding=1): doubles height and width.
+
+  Kernel layout (4, 4, out, in), i.e. torch's weight (in, out, kh, kw)
+  transposed (2, 3, 1, 0). Two implementations of the same function:
+  "xla": `lax.conv_transpose` (an input-dilated conv), the usual form on GPU;
+  "subpixel": one 3x3 conv to the 4 output phases, then depth-to-space.
+  XLA:CPU runs the dilated form's backward pass several times slower than a
+  plain conv, so "auto" picks subpixel on CPU.
+  """
+
+  def __init__(self, in_channels: int, out_channels: int, *, impl: str = "auto", dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    # LeCun-normal over the 16 * in_channels inputs of each output, as nnx.ConvTranspose.
+    self.kernel = nnx.Param(jax.random.normal(rngs.params(), (4, 4, out_channels, in_channels), jnp.float32)
+                            / np.sqrt(16 * in_channels))
+    self.bias = nnx.Param(jnp.zeros((out_channels,), jnp.float32))
+    # Follows config.model.resnext.grouped_conv: "split" (the CPU form) means subpixel.
+    impl = {"subpixel": "split"}.get(impl, impl)
+    self.impl, self.dtype = resolve_grouped_impl(impl).replace("split", "subpixel"), dtype
+
+  def __call__(self, x):
+    kernel, x = self.kernel[...].astype(self.dtype), x.astype(self.dtype)
+    if self.impl == "xla":
+      y = jax.lax.conv_transpose(x, kernel, (2, 2), ((2, 2), (2, 2)),
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"), transpose_kernel=True)
+    else:
+      b, h, w, _ = x.shape
+      out = kernel.shape[2]
+      zero = jnp.zeros((kernel.shape[3], out), kernel.dtype)
+      phases = []
+      for a in (0, 1):
+        for c in (0, 1):
+          rows = []
+          for di in (-1, 0, 1):
+            rows.append(jnp.stack([
+                kernel[_TAPS[(a, di)], _TAPS[(c, dj)]].T if (a, di) in _TAPS and (c, dj) in _TAPS else zero
+                for dj in (-1, 0, 1)]))
+          phases.append(jnp.stack(rows))  # (3, 3, in, out)
+      y = jax.lax.conv_general_dilated(x, jnp.concatenate(phases, axis=-1), (1, 1), ((1, 1), (1, 1)),
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      y = y.reshape(b, h, w, 2, 2, out).transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, out)
+    return y + self.bias[...].astype(self.dtype)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from lgg_jax.models.layers import GroupedConv
+from lgg_jax.models.layers import ConvTranspose2x, GroupedConv
 
 
 def _bn(features, *, axis_name, dtype, rngs):
@@ -80,12 +80,10 @@ class ResNeXtEncoder(nnx.Module):
 
 class DecoderBlock(nnx.Module):
 
-  def __init__(self, cin, cout, *, dtype, rngs):
+  def __init__(self, cin, cout, *, deconv="auto", dtype, rngs):
     mid = cin // 4
     self.conv1 = nnx.Conv(cin, mid, (1, 1), dtype=dtype, rngs=rngs)
-    # torch ConvTranspose2d(k=4, s=2, p=1): output 2x; padding k-1-p = 2 here.
-    self.deconv = nnx.ConvTranspose(mid, mid, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
-                                    transpose_kernel=True, dtype=dtype, rngs=rngs)
+    self.deconv = ConvTranspose2x(mid, mid, impl=deconv, dtype=dtype, rngs=rngs)
     self.conv2 = nnx.Conv(mid, cout, (1, 1), dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
@@ -100,10 +98,8 @@ class ResNeXtUNet(nnx.Module):
                                   width_per_group=width_per_group, grouped_conv=grouped_conv,
                                   axis_name=axis_name, dtype=dtype, rngs=rngs)
     e1, e2, e3, e4 = self.encoder.out_channels
-    self.decoder4 = DecoderBlock(e4, e3, dtype=dtype, rngs=rngs)
-    self.decoder3 = DecoderBlock(e3, e2, dtype=dtype, rngs=rngs)
-    self.decoder2 = DecoderBlock(e2, e1, dtype=dtype, rngs=rngs)
-    self.decoder1 = DecoderBlock(e1, e1, dtype=dtype, rngs=rngs)
+    dec = lambda a, b: DecoderBlock(a, b, deconv=grouped_conv, dtype=dtype, rngs=rngs)
+    self.decoder4, self.decoder3, self.decoder2, self.decoder1 = dec(e4, e3), dec(e3, e2), dec(e2, e1), dec(e1, e1)
     self.head1 = nnx.Conv(e1, e1 // 2, (3, 3), padding=1, dtype=dtype, rngs=rngs)
     self.head2 = nnx.Conv(e1 // 2, 1, (3, 3), padding=1, dtype=dtype, rngs=rngs)
 

@@ -66,22 +66,28 @@ def uninterrupted(tmp_path_factory):
 def _wait_for(predicate, proc, timeout=300):
   start = time.time()
   while not predicate():
-    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    assert proc.poll() is None, f"training exited early with status {proc.returncode}"
     assert time.time() - start < timeout
     time.sleep(0.05)
+
+
+def _start(workdir, cache, log):
+  """A training subprocess writing to a file (a full pipe would stall it)."""
+  return subprocess.Popen(_command(workdir, cache), cwd=REPO, env=_env(8), stdout=open(log, "w"),
+                          stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.mark.slow
 def test_sigterm_saves_then_resume_matches_uninterrupted(uninterrupted, tmp_path):
   reference, cache = uninterrupted
-  workdir = tmp_path / "run"
-  proc = subprocess.Popen(_command(workdir, cache), cwd=REPO, env=_env(8), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  workdir, log = tmp_path / "run", tmp_path / "run.log"
+  proc = _start(workdir, cache, log)
   # Wait until training is under way (first epoch logged), then preempt.
   _wait_for(lambda: (workdir / "metrics.jsonl").exists() and (workdir / "metrics.jsonl").read_text(), proc)
   proc.send_signal(signal.SIGTERM)
-  out, err = proc.communicate(timeout=300)
-  assert proc.returncode == 0, err[-3000:]
+  proc.wait(timeout=300)
+  out = log.read_text()
+  assert proc.returncode == 0, out[-3000:]
   assert "preempted (SIGTERM): saved step" in out
   saved = int(out.split("saved step ")[1].split(";")[0])
   assert (workdir / "checkpoints" / str(saved)).is_dir()
@@ -98,12 +104,11 @@ def test_sigterm_saves_then_resume_matches_uninterrupted(uninterrupted, tmp_path
 def test_kill_9_then_rerun_resumes_from_last_complete_checkpoint(uninterrupted, tmp_path):
   reference, cache = uninterrupted
   workdir = tmp_path / "run"
-  proc = subprocess.Popen(_command(workdir, cache), cwd=REPO, env=_env(8), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  proc = _start(workdir, cache, tmp_path / "run.log")
   # Kill while the first checkpoint may be half-written.
   _wait_for(lambda: (workdir / "checkpoints").exists() and any((workdir / "checkpoints").iterdir()), proc)
   proc.kill()
-  proc.communicate()
+  proc.wait()
   _run(workdir, cache)
   assert _records(workdir) == _records(reference)
 

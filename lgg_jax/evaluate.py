@@ -106,7 +106,7 @@ def truth_masks(data, indices, size: int) -> np.ndarray:
   masks = []
   for i in indices:
     ex = data.source[int(i)]
-    r = pipeline._resize({"image": ex["image"], "mask": ex["mask"], "index": 0}, size)
+    r = pipeline.resize({"image": ex["image"], "mask": ex["mask"], "index": 0}, size)
     masks.append(r["mask"] > 0)
   return np.stack(masks)
 

@@ -7,6 +7,9 @@ import jax.numpy as jnp
 import optax
 
 
+NAMES = ("dice_bce", "bce", "dice")
+
+
 def soft_dice(logits: jax.Array, masks: jax.Array, smooth: float) -> jax.Array:
   """Per-sample soft Dice over (H, W, C): (2|P.Y| + s) / (|P| + |Y| + s).
 
@@ -31,4 +34,4 @@ def per_sample_loss(logits: jax.Array, masks: jax.Array, loss_config) -> jax.Arr
     return bce
   if name == "dice":
     return dice
-  raise ValueError(f"config.loss.name: unknown loss {name!r} (known: dice_bce, bce, dice)")
+  raise ValueError(f"config.loss.name: unknown loss {name!r} (known: {', '.join(NAMES)})")

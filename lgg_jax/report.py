@@ -32,7 +32,7 @@ def _patient_figure(data, indices, probs, truth, patient, threshold, size, path:
   sel = np.flatnonzero(data.patient_ids[indices] == patient)
   k = sel[int(np.argmax(truth[sel].sum(axis=(1, 2))))]
   example = data.source[int(indices[k])]
-  image = pipeline._resize({"image": example["image"], "mask": example["mask"], "index": 0}, size)["image"]
+  image = pipeline.resize({"image": example["image"], "mask": example["mask"], "index": 0}, size)["image"]
   picture = figures.overlay(image, probs[k] >= threshold, truth=truth[k])
   cv2.imwrite(str(path), cv2.resize(picture, (256, 256), interpolation=cv2.INTER_NEAREST)[..., ::-1])
 

@@ -29,13 +29,17 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lgg_jax import losses, metrics, models, provenance, report
-from lgg_jax.data import pipeline
+from lgg_jax.data import pipeline, splits
 from lgg_jax.models import weights
 
 AXIS = "data"
 
 
 # --------------------------------------------------------------------------- setup
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("cosine", "constant")
+
 
 def validate_config(config, device_count: int, process_count: int) -> None:
   """Fails before any work on settings that would fail (or mislead) later."""
@@ -47,12 +51,12 @@ def validate_config(config, device_count: int, process_count: int) -> None:
     if value % process_count:
       raise ValueError(f"config.{name}={value} must divide among {process_count} processes")
   from lgg_jax.data import augment
-  known = {"config.loss.name": (config.loss.name, ("dice_bce", "dice", "bce")),
+  known = {"config.loss.name": (config.loss.name, losses.NAMES),
            "config.augment.name": (config.augment.name, augment.NAMES),
-           "config.optimizer.name": (config.optimizer.name, ("adamw", "adam", "sgd")),
-           "config.optimizer.schedule": (config.optimizer.schedule, ("cosine", "constant")),
-           "config.data.normalization": (config.data.normalization, ("slice", "unit")),
-           "config.split.protocol": (config.split.protocol, ("patient", "slice")),
+           "config.optimizer.name": (config.optimizer.name, OPTIMIZERS),
+           "config.optimizer.schedule": (config.optimizer.schedule, SCHEDULES),
+           "config.data.normalization": (config.data.normalization, pipeline.NORMALIZATIONS),
+           "config.split.protocol": (config.split.protocol, splits.PROTOCOLS),
            "config.compute_dtype": (config.compute_dtype, ("float32", "bfloat16"))}
   for key, (value, allowed) in known.items():
     if value not in allowed:
@@ -414,7 +418,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     bar.update(1)
     if step == start_step + 1:
       jax.block_until_ready(stats)
-      _report_step_time(time.perf_counter() - step_started, total_steps - step - 1, on_cpu, config)
+      _report_step_time(time.perf_counter() - step_started, total_steps - step - 1, on_cpu)
     step_started = time.perf_counter()
     if (step + 1) % steps_per_epoch == 0:
       epoch = (step + 1) // steps_per_epoch
@@ -485,7 +489,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
   return summary
 
 
-def _report_step_time(seconds: float, remaining_steps: int, on_cpu: bool, config) -> None:
+def _report_step_time(seconds: float, remaining_steps: int, on_cpu: bool) -> None:
   eta_min = seconds * remaining_steps / 60
   message = f"one train step takes {seconds:.2f} s here; about {eta_min:.0f} min to go"
   logging.info(message)

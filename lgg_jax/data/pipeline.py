@@ -101,6 +101,9 @@ class _Records:
     return {"image": example["image"], "mask": example["mask"], "index": np.int32(index)}
 
 
+NORMALIZATIONS = ("slice", "unit")
+
+
 def normalise(image: np.ndarray, mode: str) -> np.ndarray:
   image = image.astype(np.float32)
   if mode == "unit":
@@ -109,10 +112,11 @@ def normalise(image: np.ndarray, mode: str) -> np.ndarray:
     mean = image.mean(axis=(0, 1), keepdims=True)
     std = image.std(axis=(0, 1), keepdims=True)
     return (image - mean) / (std + 1.0)
-  raise ValueError(f"config.data.normalization must be 'unit' or 'slice', got {mode!r}")
+  raise ValueError(f"config.data.normalization must be one of {NORMALIZATIONS}, got {mode!r}")
 
 
-def _resize(example: dict, size: int) -> dict:
+def resize(example: dict, size: int) -> dict:
+  """Image (area) and mask (area, then >= 50%) at the model's size."""
   image, mask = example["image"], example["mask"][..., 0]
   if image.shape[0] != size:
     image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
@@ -153,7 +157,7 @@ def train_dataset(data: Data, config, process_index: int = 0, process_count: int
   augmenter = augment_lib.make(config.augment)
   ds = grain.MapDataset.source(_Records(data.source, data.split.train))
   ds = ds.shuffle(seed=config.seed).repeat(None)
-  ds = ds.map(lambda e: _resize(e, size))
+  ds = ds.map(lambda e: resize(e, size))
   ds = ds.random_map(augmenter, seed=config.seed + 1)
   # Row r of global batch s is element s*B + r; this process reads its
   # contiguous rows of each global batch (lazily: the others are never read),
@@ -179,5 +183,5 @@ def eval_batches(data: Data, indices: np.ndarray, config, process_index: int = 0
   mine = padded.reshape(-1, process_count, local)[:, process_index].ravel()
   size, normalization = config.data.image_size, config.data.normalization
   ds = grain.MapDataset.source(_Records(data.source, mine))
-  ds = ds.map(lambda e: _finish(_resize(e, size), normalization))
+  ds = ds.map(lambda e: _finish(resize(e, size), normalization))
   return iter(ds.batch(local, drop_remainder=False).to_iter_dataset())

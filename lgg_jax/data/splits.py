@@ -18,6 +18,9 @@ import logging
 import numpy as np
 
 
+PROTOCOLS = ("patient", "slice")
+
+
 @dataclasses.dataclass(frozen=True)
 class Split:
   train: np.ndarray   # record indices

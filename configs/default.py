@@ -36,6 +36,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.base_width = 64      # channels of the first level, doubled per level
   config.model.depth = 4            # levels; depth - 1 max-pools
   config.model.align_corners = True  # the seed's nn.Upsample(align_corners=True)
+  # Same functions, backend-specific forms: "xla" (plain lax convs, for GPU/TPU)
+  # or "cpu" (dot-based kernel gradients, bundled grouped convs, sub-pixel
+  # transposed convs: XLA:CPU runs those several times faster). "auto" picks.
+  config.model.conv_impl = "auto"
   config.model.fpn = ml_collections.ConfigDict()
   config.model.fpn.pyramid_channels = 256
   config.model.fpn.segmentation_channels = 256
@@ -45,8 +49,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.resnext.blocks = (3, 4, 6, 3)
   config.model.resnext.groups = 32
   config.model.resnext.width_per_group = 4
-  # "auto": one feature_group_count conv on GPU/TPU, bundled dense convs on CPU.
-  config.model.resnext.grouped_conv = "auto"
   config.model.resnext.sync_batch_norm = True  # BatchNorm statistics over all devices
   # torchvision resnext50_32x4d ImageNet weights (.pth or .safetensors); never downloaded.
   config.model.pretrained_path = ""

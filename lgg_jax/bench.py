@@ -2,10 +2,11 @@
 
 Prints one markdown table: train-step time and images/s per model (median of
 `--steps` steps after compilation), XLA's FLOP count of the compiled step and
-the FLOP rate it implies; the grouped-convolution micro-benchmark (dense vs
-feature_group_count vs bundled dense convs, forward+backward); and, when
-torch is importable, the PyTorch peer script run in the same process tree on
-the same machine, with our figure as a ratio of the peer's. Figures go to
+the FLOP rate it implies; the convolution micro-benchmark (forward+backward
+of a dense and a 32-group 3x3 conv in each `conv_impl`, and torch's
+channels-last convs beside them when torch is importable); and, when torch
+is importable, the PyTorch peer script run in the same process tree on the
+same machine, with our figure as a ratio of the peer's. Figures go to
 benchmarks/RESULTS.md by hand, with the command and the machine.
 """
 
@@ -27,8 +28,8 @@ _BATCH = flags.DEFINE_integer("batch", 4, "Global batch size.")
 _SIZE = flags.DEFINE_integer("size", 256, "Image height and width.")
 _STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per model (after 1 compile step).")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "Compute dtype: float32 or bfloat16.")
-_GROUPED = flags.DEFINE_list("grouped_conv", ["auto"], "Grouped-conv implementations to time.")
-_CONV = flags.DEFINE_bool("conv", True, "Run the grouped-convolution micro-benchmark.")
+_CONV_IMPL = flags.DEFINE_list("conv_impl", ["auto"], "config.model.conv_impl values to time.")
+_CONV = flags.DEFINE_bool("conv", True, "Run the convolution micro-benchmark.")
 _PEER = flags.DEFINE_string(
     "peer", str(pathlib.Path(__file__).resolve().parents[2] / "shared" / "peers"),
     "Peer script, or a folder holding torch_resnext_unet_{cpu,gpu}.py; '' skips the peer.")
@@ -45,35 +46,52 @@ def _median_time(fn, *args, steps: int) -> float:
   return statistics.median(times)
 
 
-def grouped_conv_rows(steps: int) -> list[dict]:
-  """fwd+bwd of a ResNeXt layer1 3x3 conv (2x64x64x256, 32 groups) per implementation."""
+def conv_rows(steps: int) -> list[dict]:
+  """fwd+bwd of a ResNeXt layer1 3x3 conv (2x64x64x256): dense and 32 groups.
+
+  "per FLOP vs dense" divides each grouped time by 1/32 of the dense time of
+  the same implementation (the grouped conv does 1/32 of the FLOPs).
+  """
   import jax
   import jax.numpy as jnp
   from flax import nnx
 
-  from lgg_jax.models.layers import GroupedConv
+  from lgg_jax.models import layers
   x = jax.random.normal(jax.random.key(0), (2, 64, 64, 256))
   rows = []
+  for impl in ("xla", "cpu"):
+    times = {}
+    for groups in (1, 32):
+      module = (layers.Conv(256, 256, 3, impl=impl, padding=1, use_bias=False, rngs=nnx.Rngs(0)) if groups == 1
+                else layers.GroupedConv(256, 256, 3, groups=32, padding=1, impl=impl, rngs=nnx.Rngs(0)))
+      graphdef, params = nnx.split(module)
+      grad = jax.jit(jax.grad(lambda p, x, g=graphdef: jnp.sum(nnx.merge(g, p)(x) ** 2), argnums=(0, 1)))
+      times[groups] = _median_time(grad, params, x, steps=steps)
+    rows.append({"conv": f"lgg_jax, conv_impl={impl}", "dense_s": times[1], "grouped_s": times[32]})
+  try:
+    import torch
+  except ImportError:
+    return rows
+  xt = torch.randn(2, 256, 64, 64).contiguous(memory_format=torch.channels_last).requires_grad_()
+  times = {}
+  for groups in (1, 32):
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1, groups=groups, bias=False).to(memory_format=torch.channels_last)
 
-  def timed(name, loss, params, flops_factor):
-    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
-    seconds = _median_time(grad, params, x, steps=steps)
-    rows.append({"conv": name, "seconds": seconds, "seconds_per_grouped_flop": seconds / flops_factor})
-
-  dense_kernel = jax.random.normal(jax.random.key(1), (3, 3, 256, 256)) * 0.01
-  timed("dense 3x3 (32x the FLOPs)", lambda k, x: jnp.sum(jax.lax.conv_general_dilated(
-      x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2), dense_kernel, 32)
-  for impl in ("xla", "split"):
-    module = GroupedConv(256, 256, 3, groups=32, padding=1, impl=impl, rngs=nnx.Rngs(0))
-    graphdef, params = nnx.split(module)
-    timed(f"grouped, impl={impl}", lambda p, x, g=graphdef: jnp.sum(nnx.merge(g, p)(x) ** 2), params, 1)
-  dense = rows[0]["seconds_per_grouped_flop"]
-  for row in rows:
-    row["per_flop_vs_dense"] = row["seconds_per_grouped_flop"] / dense
+    def step(conv=conv):
+      conv.zero_grad()
+      (conv(xt) ** 2).sum().backward()
+    step()
+    samples = []
+    for _ in range(steps):
+      start = time.perf_counter()
+      step()
+      samples.append(time.perf_counter() - start)
+    times[groups] = statistics.median(samples)
+  rows.append({"conv": f"torch {torch.__version__} (channels_last)", "dense_s": times[1], "grouped_s": times[32]})
   return rows
 
 
-def train_step_row(model: str, grouped_conv: str) -> dict:
+def train_step_row(model: str, conv_impl: str) -> dict:
   import jax
   import numpy as np
 
@@ -82,7 +100,7 @@ def train_step_row(model: str, grouped_conv: str) -> dict:
   from lgg_jax import train
   config = default.get_config()
   config.model.name = model
-  config.model.resnext.grouped_conv = grouped_conv
+  config.model.conv_impl = conv_impl
   config.compute_dtype = _DTYPE.value
   config.global_batch_size = _BATCH.value
   config.data.image_size = _SIZE.value
@@ -110,7 +128,7 @@ def train_step_row(model: str, grouped_conv: str) -> dict:
     if i:  # the first call still pays one-off costs
       times.append(time.perf_counter() - start)
   seconds = statistics.median(times)
-  return {"model": model, "grouped_conv": grouped_conv if model == "resnext_unet" else "-",
+  return {"model": model, "conv_impl": conv_impl,
           "dtype": _DTYPE.value, "batch": _BATCH.value, "size": _SIZE.value, "step_s": seconds,
           "images_per_s": _BATCH.value / seconds, "compile_s": compile_s,
           "gflop_per_image": flops / _BATCH.value / 1e9, "tflop_per_s": flops / seconds / 1e12}
@@ -144,22 +162,22 @@ def main(argv):
         f"{jax.device_count()} device(s), {os.cpu_count()} CPU cores), JAX {jax.__version__}, "
         f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")
   if _CONV.value:
-    print("\n| grouped conv fwd+bwd, 2x64x64x256, 3x3 | seconds | time per grouped-conv FLOP vs dense |")
-    print("|---|---|---|")
-    for r in grouped_conv_rows(steps=5):
-      print(f"| {r['conv']} | {r['seconds']:.4f} | {r['per_flop_vs_dense']:.2f}x |")
-  rows = [train_step_row(m, g) for m in _MODELS.value for g in (_GROUPED.value if m == "resnext_unet" else ["-"])]
+    print("\n| 3x3 conv fwd+bwd, 2x64x64x256 | dense s | 32 groups s | grouped time per FLOP vs dense |")
+    print("|---|---|---|---|")
+    for r in conv_rows(steps=5):
+      print(f"| {r['conv']} | {r['dense_s']:.4f} | {r['grouped_s']:.4f} | {32 * r['grouped_s'] / r['dense_s']:.2f}x |")
+  rows = [train_step_row(m, impl) for m in _MODELS.value for impl in _CONV_IMPL.value]
   peer = peer_row()
   peer_step = None
   if peer:
     for r in peer["rows"]:
       if "step_s" in r:
         peer_step = r["step_s"]
-  print("\n| model | grouped conv | dtype | batch | size | s/step | images/s | GFLOP/image (XLA) | TFLOP/s | compile s | speed vs peer |")
+  print("\n| model | conv_impl | dtype | batch | size | s/step | images/s | GFLOP/image (XLA) | TFLOP/s | compile s | speed vs peer |")
   print("|---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     ratio = f"{peer_step / r['step_s']:.2f}x" if peer_step and r["model"] == "resnext_unet" else "-"
-    print(f"| {r['model']} | {r['grouped_conv']} | {r['dtype']} | {r['batch']} | {r['size']} | {r['step_s']:.3f} | "
+    print(f"| {r['model']} | {r['conv_impl']} | {r['dtype']} | {r['batch']} | {r['size']} | {r['step_s']:.3f} | "
           f"{r['images_per_s']:.2f} | {r['gflop_per_image']:.1f} | {r['tflop_per_s']:.3f} | {r['compile_s']:.1f} | {ratio} |")
   if peer:
     print(f"\npeer ({peer['script']}, same machine, same run): " + "; ".join(json.dumps(r) for r in peer["rows"]))

@@ -30,7 +30,7 @@ from jax.sharding import PartitionSpec as P
 
 from lgg_jax import losses, metrics, models, provenance, report
 from lgg_jax.data import pipeline, splits
-from lgg_jax.models import weights
+from lgg_jax.models import layers, weights
 
 AXIS = "data"
 
@@ -57,7 +57,8 @@ def validate_config(config, device_count: int, process_count: int) -> None:
            "config.optimizer.schedule": (config.optimizer.schedule, SCHEDULES),
            "config.data.normalization": (config.data.normalization, pipeline.NORMALIZATIONS),
            "config.split.protocol": (config.split.protocol, splits.PROTOCOLS),
-           "config.compute_dtype": (config.compute_dtype, ("float32", "bfloat16"))}
+           "config.compute_dtype": (config.compute_dtype, ("float32", "bfloat16")),
+           "config.model.conv_impl": (config.model.conv_impl, layers.CONV_IMPLS)}
   for key, (value, allowed) in known.items():
     if value not in allowed:
       raise ValueError(f"{key}: unknown value {value!r} (known: {', '.join(allowed)})")
@@ -181,12 +182,14 @@ def make_train_step(graphdef, tx, config, mesh, freeze_encoder: bool = False):
     def loss_fn(params, model_state):
       model = merge(graphdef, params, model_state)
       logits = model(batch["image"])
-      loss = losses.per_sample_loss(logits, batch["mask"], config.loss).mean()
+      # The global-batch mean, so the gradient of the replicated parameters is
+      # that mean's: shard_map's autodiff already sums their per-device
+      # cotangents, and a pmean of the gradients afterwards would not divide.
+      loss = jax.lax.pmean(losses.per_sample_loss(logits, batch["mask"], config.loss).mean(), AXIS)
       return loss, (logits, nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param))))
 
     (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state["params"], state["model_state"])
-    grads = jax.lax.pmean(grads, AXIS)
     model_state = jax.lax.pmean(model_state, AXIS)
     if freeze_encoder:
       grads = jax.tree_util.tree_map_with_path(
@@ -197,7 +200,7 @@ def make_train_step(graphdef, tx, config, mesh, freeze_encoder: bool = False):
           lambda path, u: jnp.zeros_like(u) if _in_encoder(path) else u, updates)
     params = optax.apply_updates(state["params"], updates)
     counts = metrics.slice_counts(logits, batch["mask"], config.threshold)
-    stats = {"loss": jax.lax.pmean(loss, AXIS),
+    stats = {"loss": loss,
              "dice_sum": jax.lax.psum(_slice_dice(counts).sum(), AXIS),
              "slices": jax.lax.psum(jnp.float32(logits.shape[0]), AXIS),
              "grad_norm": optax.tree.norm(grads)}

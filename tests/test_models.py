@@ -10,7 +10,8 @@ from lgg_jax.models import layers
 
 
 def _config(**kw):
-  return ml_collections.ConfigDict({**dict(name="unet", base_width=64, depth=4, align_corners=True), **kw})
+  return ml_collections.ConfigDict(
+      {**dict(name="unet", base_width=64, depth=4, align_corners=True, conv_impl="auto"), **kw})
 
 
 def test_unet_full_size_parameter_count():
@@ -84,12 +85,12 @@ def test_tiny_models_map_images_to_one_logit_per_pixel(name):
 
 
 @pytest.mark.parametrize("groups,channels,stride", [(4, 32, 1), (8, 32, 2), (32, 256, 1)])
-def test_grouped_conv_split_equals_feature_group_count(groups, channels, stride):
+def test_grouped_conv_cpu_form_equals_feature_group_count(groups, channels, stride):
   rngs = nnx.Rngs(0)
   ref = layers.GroupedConv(channels, channels, 3, groups=groups, strides=stride, padding=1, impl="xla",
                            rngs=rngs)
   split = layers.GroupedConv(channels, channels, 3, groups=groups, strides=stride, padding=1,
-                             impl="split", rngs=nnx.Rngs(1))
+                             impl="cpu", rngs=nnx.Rngs(1))
   split.kernel[...] = ref.kernel[...]
   x = jax.random.normal(jax.random.key(0), (2, 12, 12, channels))
 
@@ -101,3 +102,71 @@ def test_grouped_conv_split_equals_feature_group_count(groups, channels, stride)
   g_split = nnx.grad(loss, argnums=(0, 1))(split, x)
   np.testing.assert_allclose(g_split[0].kernel[...], g_ref[0].kernel[...], rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(g_split[1], g_ref[1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel,cin,cout,strides,padding,size", [
+    (1, 16, 32, (1, 1), ((0, 0), (0, 0)), (11, 13)),   # a dot
+    (3, 16, 16, (1, 1), ((1, 1), (1, 1)), (96, 96)),   # kernel gradient over 6 bands of rows
+    (3, 16, 16, (2, 2), ((1, 1), (1, 1)), (192, 191)),  # the same, strided
+    (1, 32, 16, (2, 2), ((0, 0), (0, 0)), (11, 13)),   # strided dot (projection shortcut)
+    (3, 16, 24, (1, 1), ((1, 1), (1, 1)), (11, 13)),
+    (3, 24, 16, (2, 2), ((1, 1), (1, 1)), (11, 13)),
+    (3, 16, 16, (2, 1), ((0, 2), (1, 0)), (11, 13)),   # uneven strides and padding
+    (2, 16, 64, (1, 1), ((1, 1), (1, 1)), (11, 13)),   # the sub-pixel deconv's form
+    (3, 16, 16, (1, 1), "SAME", (11, 13)),
+    (7, 3, 16, (2, 2), ((3, 3), (3, 3)), (11, 13)),    # the stem
+    (3, 16, 1, (1, 1), ((1, 1), (1, 1)), (11, 13)),    # a 1-channel head
+])
+def test_cpu_conv_equals_lax_conv_in_value_and_gradient(kernel, cin, cout, strides, padding, size):
+  kx, kk, kd = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, (1 if size[0] > 64 else 2, *size, cin))
+  k = jax.random.normal(kk, (kernel, kernel, cin, cout)) / np.sqrt(kernel * kernel * cin)
+  dims = ("NHWC", "HWIO", "NHWC")
+  ref = lambda x, k: jax.lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=dims)
+  ours = lambda x, k: layers.cpu_conv_general_dilated(x, k, strides, padding, dimension_numbers=dims)
+  y = ref(x, k)
+  np.testing.assert_allclose(ours(x, k), y, rtol=1e-5, atol=1e-5)
+  dy = jax.random.normal(kd, y.shape)
+  g_ref = jax.vjp(ref, x, k)[1](dy)
+  g_ours = jax.vjp(ours, x, k)[1](dy)
+  for a, b in zip(g_ours, g_ref):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_cpu_conv_gradient_under_shard_map_equals_the_unsharded_one():
+  """Data-parallel: replicated kernel, batch split over 8 devices, kernel
+  gradient summed over them (the banded path, 96x96 images)."""
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+  kx, kk = jax.random.split(jax.random.key(0))
+  x = jax.random.normal(kx, (8, 96, 96, 16))
+  k = jax.random.normal(kk, (3, 3, 16, 8)) / 12
+  dims = ("NHWC", "HWIO", "NHWC")
+  conv = lambda x, k, f: f(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dims)
+  loss = lambda k, x, f: jnp.sum(jnp.sin(conv(x, k, f)))
+
+  def per_device(k, x):
+    return jax.grad(lambda k: jax.lax.psum(loss(k, x, layers.cpu_conv_general_dilated), "data"))(k)
+  P = jax.sharding.PartitionSpec
+  sharded = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P("data")), out_specs=P()))
+  x_sharded = jax.device_put(x, jax.sharding.NamedSharding(mesh, P("data")))
+  expected = jax.grad(loss)(k, x, jax.lax.conv_general_dilated)
+  np.testing.assert_allclose(sharded(k, x_sharded), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_transposed_conv_cpu_form_equals_xla_form():
+  xla = layers.ConvTranspose2x(16, 24, impl="xla", rngs=nnx.Rngs(0))
+  cpu = layers.ConvTranspose2x(16, 24, impl="cpu", rngs=nnx.Rngs(1))
+  cpu.kernel[...], cpu.bias[...] = xla.kernel[...], jax.random.normal(jax.random.key(2), (24,))
+  xla.bias[...] = cpu.bias[...]
+  x = jax.random.normal(jax.random.key(0), (2, 5, 7, 16))
+  np.testing.assert_allclose(cpu(x), xla(x), rtol=1e-5, atol=1e-5)
+  assert cpu(x).shape == (2, 10, 14, 24)
+  loss = lambda m, x: jnp.sum(jnp.sin(m(x)))
+  g_xla, g_cpu = (nnx.grad(loss, argnums=(0, 1))(m, x) for m in (xla, cpu))
+  np.testing.assert_allclose(g_cpu[0].kernel[...], g_xla[0].kernel[...], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(g_cpu[1], g_xla[1], rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_conv_impl_is_named():
+  with pytest.raises(ValueError, match="config.model.conv_impl.*'gpu'"):
+    layers.Conv(16, 16, 3, impl="gpu", rngs=nnx.Rngs(0))

@@ -14,20 +14,20 @@ DATA_AXIS = "data"
 
 def _unet(cfg, dtype, rngs):
   return unet.UNet(base_width=cfg.base_width, depth=cfg.depth, align_corners=cfg.align_corners,
-                   dtype=dtype, rngs=rngs)
+                   conv_impl=cfg.conv_impl, dtype=dtype, rngs=rngs)
 
 
 def _fpn(cfg, dtype, rngs):
   return fpn.FPN(base_width=cfg.base_width, pyramid_channels=cfg.fpn.pyramid_channels,
                  segmentation_channels=cfg.fpn.segmentation_channels,
                  group_norm_groups=cfg.fpn.group_norm_groups, align_corners=cfg.align_corners,
-                 dtype=dtype, rngs=rngs)
+                 conv_impl=cfg.conv_impl, dtype=dtype, rngs=rngs)
 
 
 def _resnext(cfg, dtype, rngs):
   r = cfg.resnext
   return resnext.ResNeXtUNet(stem_width=r.stem_width, blocks=tuple(r.blocks), groups=r.groups,
-                             width_per_group=r.width_per_group, grouped_conv=r.grouped_conv,
+                             width_per_group=r.width_per_group, conv_impl=cfg.conv_impl,
                              axis_name=DATA_AXIS if r.sync_batch_norm else None, dtype=dtype, rngs=rngs)
 
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from lgg_jax.models.layers import DoubleConv, max_pool2, resize_bilinear, upsample2x
+from lgg_jax.models.layers import Conv, DoubleConv, max_pool2, resize_bilinear, upsample2x
 
 
 class ConvGNReLU(nnx.Module):
 
-  def __init__(self, cin, cout, *, upsample: bool, groups: int, align_corners: bool, dtype, rngs):
-    self.conv = nnx.Conv(cin, cout, (3, 3), padding=1, use_bias=False, dtype=dtype, rngs=rngs)
+  def __init__(self, cin, cout, *, upsample: bool, groups: int, align_corners: bool, conv_impl, dtype, rngs):
+    self.conv = Conv(cin, cout, 3, impl=conv_impl, padding=1, use_bias=False, dtype=dtype, rngs=rngs)
     self.norm = nnx.GroupNorm(cout, num_groups=groups, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.upsample, self.align_corners = upsample, align_corners
 
@@ -32,11 +32,11 @@ class FPN(nnx.Module):
 
   def __init__(self, *, in_channels: int = 3, base_width: int = 64, pyramid_channels: int = 256,
                segmentation_channels: int = 256, group_norm_groups: int = 32,
-               align_corners: bool = True, dtype=jnp.float32, rngs: nnx.Rngs):
+               align_corners: bool = True, conv_impl: str = "auto", dtype=jnp.float32, rngs: nnx.Rngs):
     widths = [base_width * 2**i for i in range(5)]
-    conv = lambda cin, cout, k: nnx.Conv(cin, cout, (k, k), padding=k // 2, dtype=dtype, rngs=rngs)
+    conv = lambda cin, cout, k: Conv(cin, cout, k, impl=conv_impl, padding=k // 2, dtype=dtype, rngs=rngs)
     self.align_corners = align_corners
-    self.down = nnx.List([DoubleConv(cin, cout, dtype=dtype, rngs=rngs)
+    self.down = nnx.List([DoubleConv(cin, cout, conv_impl=conv_impl, dtype=dtype, rngs=rngs)
                           for cin, cout in zip([in_channels] + widths[:-1], widths)])
     self.top = conv(widths[4], pyramid_channels, 1)
     self.lateral = nnx.List([conv(widths[i], pyramid_channels, 1) for i in (3, 2, 1)])
@@ -44,7 +44,7 @@ class FPN(nnx.Module):
     self.segmentation = nnx.List([
         nnx.List([ConvGNReLU(pyramid_channels if j == 0 else segmentation_channels, segmentation_channels,
                              upsample=n > 0, groups=group_norm_groups, align_corners=align_corners,
-                             dtype=dtype, rngs=rngs) for j in range(max(n, 1))])
+                             conv_impl=conv_impl, dtype=dtype, rngs=rngs) for j in range(max(n, 1))])
         for n in (0, 1, 2, 3)])
     self.head = conv(segmentation_channels, 1, 1)
 

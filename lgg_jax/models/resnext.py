@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from lgg_jax.models.layers import ConvTranspose2x, GroupedConv
+from lgg_jax.models.layers import Conv, ConvTranspose2x, GroupedConv
 
 
 def _bn(features, *, axis_name, dtype, rngs):
@@ -24,13 +24,13 @@ def _bn(features, *, axis_name, dtype, rngs):
 
 class Bottleneck(nnx.Module):
 
-  def __init__(self, cin, planes, stride, *, groups, width_per_group, grouped_conv, axis_name, dtype, rngs):
+  def __init__(self, cin, planes, stride, *, groups, width_per_group, conv_impl, axis_name, dtype, rngs):
     width = planes * width_per_group * groups // 64
     out = planes * 4
     bn = lambda c: _bn(c, axis_name=axis_name, dtype=dtype, rngs=rngs)
-    conv1x1 = lambda a, b, s=1: nnx.Conv(a, b, (1, 1), strides=s, use_bias=False, dtype=dtype, rngs=rngs)
+    conv1x1 = lambda a, b, s=1: Conv(a, b, 1, impl=conv_impl, strides=s, use_bias=False, dtype=dtype, rngs=rngs)
     self.conv1, self.bn1 = conv1x1(cin, width), bn(width)
-    self.conv2 = GroupedConv(width, width, 3, groups=groups, strides=stride, padding=1, impl=grouped_conv,
+    self.conv2 = GroupedConv(width, width, 3, groups=groups, strides=stride, padding=1, impl=conv_impl,
                              dtype=dtype, rngs=rngs)
     self.bn2 = bn(width)
     self.conv3, self.bn3 = conv1x1(width, out), bn(out)
@@ -51,9 +51,9 @@ class ResNeXtEncoder(nnx.Module):
   """torchvision resnext50_32x4d without max-pool, avg-pool and fc."""
 
   def __init__(self, *, in_channels=3, stem_width=64, blocks=(3, 4, 6, 3), groups=32, width_per_group=4,
-               grouped_conv="auto", axis_name=None, dtype=jnp.float32, rngs: nnx.Rngs):
-    self.conv1 = nnx.Conv(in_channels, stem_width, (7, 7), strides=2, padding=3, use_bias=False,
-                          dtype=dtype, rngs=rngs)
+               conv_impl="auto", axis_name=None, dtype=jnp.float32, rngs: nnx.Rngs):
+    self.conv1 = Conv(in_channels, stem_width, 7, impl=conv_impl, strides=2, padding=3, use_bias=False,
+                      dtype=dtype, rngs=rngs)
     self.bn1 = _bn(stem_width, axis_name=axis_name, dtype=dtype, rngs=rngs)
     cin, layers = stem_width, []
     for i, n in enumerate(blocks):
@@ -61,7 +61,7 @@ class ResNeXtEncoder(nnx.Module):
       layer = []
       for j in range(n):
         layer.append(Bottleneck(cin, planes, 2 if (i > 0 and j == 0) else 1, groups=groups,
-                                width_per_group=width_per_group, grouped_conv=grouped_conv,
+                                width_per_group=width_per_group, conv_impl=conv_impl,
                                 axis_name=axis_name, dtype=dtype, rngs=rngs))
         cin = planes * 4
       layers.append(nnx.List(layer))
@@ -80,11 +80,11 @@ class ResNeXtEncoder(nnx.Module):
 
 class DecoderBlock(nnx.Module):
 
-  def __init__(self, cin, cout, *, deconv="auto", dtype, rngs):
+  def __init__(self, cin, cout, *, conv_impl="auto", dtype, rngs):
     mid = cin // 4
-    self.conv1 = nnx.Conv(cin, mid, (1, 1), dtype=dtype, rngs=rngs)
-    self.deconv = ConvTranspose2x(mid, mid, impl=deconv, dtype=dtype, rngs=rngs)
-    self.conv2 = nnx.Conv(mid, cout, (1, 1), dtype=dtype, rngs=rngs)
+    self.conv1 = Conv(cin, mid, 1, impl=conv_impl, dtype=dtype, rngs=rngs)
+    self.deconv = ConvTranspose2x(mid, mid, impl=conv_impl, dtype=dtype, rngs=rngs)
+    self.conv2 = Conv(mid, cout, 1, impl=conv_impl, dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
     return nnx.relu(self.conv2(self.deconv(nnx.relu(self.conv1(x)))))
@@ -93,15 +93,15 @@ class DecoderBlock(nnx.Module):
 class ResNeXtUNet(nnx.Module):
 
   def __init__(self, *, stem_width=64, blocks=(3, 4, 6, 3), groups=32, width_per_group=4,
-               grouped_conv="auto", axis_name=None, dtype=jnp.float32, rngs: nnx.Rngs):
+               conv_impl="auto", axis_name=None, dtype=jnp.float32, rngs: nnx.Rngs):
     self.encoder = ResNeXtEncoder(stem_width=stem_width, blocks=blocks, groups=groups,
-                                  width_per_group=width_per_group, grouped_conv=grouped_conv,
+                                  width_per_group=width_per_group, conv_impl=conv_impl,
                                   axis_name=axis_name, dtype=dtype, rngs=rngs)
     e1, e2, e3, e4 = self.encoder.out_channels
-    dec = lambda a, b: DecoderBlock(a, b, deconv=grouped_conv, dtype=dtype, rngs=rngs)
+    dec = lambda a, b: DecoderBlock(a, b, conv_impl=conv_impl, dtype=dtype, rngs=rngs)
     self.decoder4, self.decoder3, self.decoder2, self.decoder1 = dec(e4, e3), dec(e3, e2), dec(e2, e1), dec(e1, e1)
-    self.head1 = nnx.Conv(e1, e1 // 2, (3, 3), padding=1, dtype=dtype, rngs=rngs)
-    self.head2 = nnx.Conv(e1 // 2, 1, (3, 3), padding=1, dtype=dtype, rngs=rngs)
+    self.head1 = Conv(e1, e1 // 2, 3, impl=conv_impl, padding=1, dtype=dtype, rngs=rngs)
+    self.head2 = Conv(e1 // 2, 1, 3, impl=conv_impl, padding=1, dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
     e1, e2, e3, e4 = self.encoder(x)

@@ -10,20 +10,21 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from lgg_jax.models.layers import DoubleConv, max_pool2, upsample2x
+from lgg_jax.models.layers import Conv, DoubleConv, max_pool2, upsample2x
 
 
 class UNet(nnx.Module):
 
   def __init__(self, *, in_channels: int = 3, base_width: int = 64, depth: int = 4,
-               align_corners: bool = True, dtype=jnp.float32, rngs: nnx.Rngs):
+               align_corners: bool = True, conv_impl: str = "auto", dtype=jnp.float32, rngs: nnx.Rngs):
     widths = [base_width * 2**i for i in range(depth)]
     self.align_corners = align_corners
-    self.down = nnx.List([DoubleConv(cin, cout, dtype=dtype, rngs=rngs)
+    self.down = nnx.List([DoubleConv(cin, cout, conv_impl=conv_impl, dtype=dtype, rngs=rngs)
                           for cin, cout in zip([in_channels] + widths[:-1], widths)])
-    self.up = nnx.List([DoubleConv(widths[i + 1] + widths[i], widths[i], dtype=dtype, rngs=rngs)
+    self.up = nnx.List([DoubleConv(widths[i + 1] + widths[i], widths[i], conv_impl=conv_impl, dtype=dtype,
+                                   rngs=rngs)
                         for i in reversed(range(depth - 1))])
-    self.head = nnx.Conv(widths[0], 1, (1, 1), dtype=dtype, rngs=rngs)
+    self.head = Conv(widths[0], 1, 1, impl=conv_impl, dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
     skips = []

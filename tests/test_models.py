@@ -170,3 +170,13 @@ def test_transposed_conv_cpu_form_equals_xla_form():
 def test_unknown_conv_impl_is_named():
   with pytest.raises(ValueError, match="config.model.conv_impl.*'gpu'"):
     layers.Conv(16, 16, 3, impl="gpu", rngs=nnx.Rngs(0))
+
+
+def test_cpu_conv_bfloat16_gradient_matches_xla():
+  x = jax.random.normal(jax.random.key(0), (2, 96, 96, 16))
+  grads = []
+  for impl in ("cpu", "xla"):
+    conv = layers.Conv(16, 16, 3, impl=impl, padding=1, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    grads.append(nnx.grad(lambda m, x: jnp.sum(m(x).astype(jnp.float32) ** 2))(conv, x).kernel[...])
+  assert grads[0].dtype == jnp.float32
+  np.testing.assert_allclose(grads[0], grads[1], rtol=2e-2, atol=2e-2 * float(jnp.abs(grads[1]).max()))

@@ -171,6 +171,8 @@ def load_run(workdir, checkpoint: str = "best") -> dict:
   if not (workdir / "config.json").is_file():
     raise FileNotFoundError(f"{workdir} is not a run folder: no config.json")
   config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+  if "conv_impl" not in config.model:  # runs from before the knob; the form does not change the weights
+    config.model.conv_impl = "auto"
   mesh = train.make_mesh()
   tx, _ = train.make_optimizer(config, total_steps=1)
   graphdefs, state = train.create_state(config, tx)

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -70,6 +71,17 @@ def test_evaluation_reproduces_the_training_summary_and_writes_reports(trained_r
   assert "| patient_dice |" in (out / "table.md").read_text()
   tta = evaluate.evaluate_run(workdir, split="test", tta=True, keep_largest=True, threshold="val")
   assert 0.0 <= tta["patient_dice"] <= 1.0 and 0.1 <= tta["threshold"] <= 0.9
+
+
+def test_runs_from_before_conv_impl_still_evaluate(trained_run, tmp_path):
+  workdir, _, summary = trained_run
+  old = tmp_path / "old_run"
+  shutil.copytree(workdir, old)
+  config = json.loads((old / "config.json").read_text())
+  del config["model"]["conv_impl"]
+  (old / "config.json").write_text(json.dumps(config))
+  result = evaluate.evaluate_run(old, checkpoint="best", split="test")
+  assert result["patient_dice"] == pytest.approx(summary["test_dice"], abs=1e-6)
 
 
 def test_briefly_trained_model_beats_flair_threshold_on_held_out_patients(trained_run):

@@ -94,6 +94,9 @@ def _conv_bwd(strides, padding, precision, residuals, dy):
   return dx, _kernel_grad(x, dy, kernel.shape, strides, padding, precision).astype(kernel.dtype)
 
 
+_conv_with_dot_kernel_grad.defvjp(_conv_fwd, _conv_bwd)
+
+
 def _kernel_grad(x, dy, kernel_shape, strides, padding, precision, tile_pixels: int = 2048):
   """The kernel gradient as matmuls: for each tap, the input window at that
   tap (pixels x in) contracted with dy (pixels x out) over the pixels.
@@ -135,9 +138,6 @@ def _kernel_grad(x, dy, kernel_shape, strides, padding, precision, tile_pixels: 
   return total.reshape(kernel_shape)
 
 
-_conv_with_dot_kernel_grad.defvjp(_conv_fwd, _conv_bwd)
-
-
 def cpu_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                              dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
   """`lax.conv_general_dilated` with the same value and a faster gradient on XLA:CPU.
@@ -166,7 +166,7 @@ def cpu_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=Non
 
 def _varying_axes(x) -> frozenset:
   aval = jax.typeof(x)
-  manual = getattr(aval, "manual_axis_type", None)  # JAX 0.10; older releases call it vma
+  manual = getattr(aval, "manual_axis_type", None)  # JAX 0.10's name; other releases have .vma
   return frozenset(manual.varying if manual is not None else getattr(aval, "vma", ()))
 
 

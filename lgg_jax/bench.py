@@ -79,14 +79,9 @@ def conv_rows(steps: int) -> list[dict]:
 
     def step(conv=conv):
       conv.zero_grad()
+      xt.grad = None
       (conv(xt) ** 2).sum().backward()
-    step()
-    samples = []
-    for _ in range(steps):
-      start = time.perf_counter()
-      step()
-      samples.append(time.perf_counter() - start)
-    times[groups] = statistics.median(samples)
+    times[groups] = _median_time(step, steps=steps)
   rows.append({"conv": f"torch {torch.__version__} (channels_last)", "dense_s": times[1], "grouped_s": times[32]})
   return rows
 

@@ -101,10 +101,10 @@ def _kernel_grad(x, dy, kernel_shape, strides, padding, precision, tile_pixels: 
   """The kernel gradient as matmuls: for each tap, the input window at that
   tap (pixels x in) contracted with dy (pixels x out) over the pixels.
 
-  XLA:CPU's own weight-gradient conv ran 3-10x slower than this at ResNeXt
-  widths. The pixels are taken a band of output rows at a time (a scan), so
-  each tap's window copy stays in cache: 30% faster than whole-image windows
-  for the ResNeXt-UNet head.
+  XLA:CPU's own weight-gradient conv is several times slower than this at
+  ResNeXt widths (benchmarks/RESULTS.md). The pixels are taken a band of
+  output rows at a time (a scan), so each tap's window copy stays in cache;
+  whole-image windows were slower for the full-resolution head.
   """
   kh, kw, cin, cout = kernel_shape
   (sh, sw), (n, ho, wo) = strides, dy.shape[:3]

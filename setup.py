@@ -9,7 +9,7 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["lgg_jax", "lgg_jax.*"]),
+    packages=find_packages(include=["lgg_jax", "lgg_jax.*", "configs", "experiments"]),
     install_requires=[
         # jax 0.10.x on Python 3.11 CPU machines; 0.11.x on the GPU image.
         "jax>=0.10,<0.12",
@@ -34,8 +34,10 @@ setup(
         "scipy>=1.10",       # HD95 and connected components
         "imageio>=2.20",     # prediction GIFs
         "nibabel>=5.0",      # NIfTI input and output in predict
+        "safetensors>=0.4",  # exported weights; torchvision encoder weights without torch
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        # medpy (GPL) is only the tests' reference for HD95, never a dependency.
+        "test": ["pytest>=8", "medpy==0.5.2"],
     },
 )

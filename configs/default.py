@@ -18,7 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.threshold = 0.5            # on the sigmoid probability
   config.checkpoint_every_epochs = 1
   config.keep_checkpoints = 2
-  config.write_report = True  # workdir/report/report.md with curves and overlays at the end
+  config.write_report = True  # main (and the sweep runner) write workdir/report/report.md after training
   config.preemption_check_every_steps = 10  # multi-process: how often SIGTERM is agreed on
 
   # Multi-host: jax.distributed.initialize() before anything else. With no
@@ -61,7 +61,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.manual_dir = ""
   config.data.data_dir = "~/.cache/lgg_jax"  # prepared TFDS copies and the synthetic data
   config.data.image_size = 256
-  config.data.normalization = "slice"  # "slice": per-channel z-score; "unit": x / 255
+  # "slice": per-slice, per-channel z-score; "unit": x / 255; "patient": per
+  # channel over the patient's volume, brain (non-zero) voxels only: clip at
+  # `normalization_percentiles`, then z-score (nnU-Net's MRI scheme).
+  config.data.normalization = "slice"
+  config.data.normalization_percentiles = (0.5, 99.5)
+  # 2.5-D input: slices +-k of the same patient as extra channels (edge
+  # slices repeat); 0 is plain 2-D. The models take 3 * (2k + 1) channels.
+  config.data.neighbours = 0
+  # Tumour-aware sampling: this share of every batch is drawn from tumour
+  # slices (nnU-Net forces 33% foreground); 0 draws uniformly.
+  config.data.tumour_fraction = 0.0
   config.data.num_workers = 0        # grain worker processes; 0 reads in the main process
   config.data.synthetic = ml_collections.ConfigDict()
   config.data.synthetic.num_patients = 40
@@ -79,6 +89,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.augment = ml_collections.ConfigDict()
   # "none" | "flips" | "seed" (the seed's set) | "distortions" (seed + elastic/grid/optical)
+  # | "nnunet" (nnU-Net's 2-D set where albumentations has it: flips, rot90,
+  # transpose, rotation/scale/shift, brightness, contrast, gamma, noise, blur)
   config.augment.name = "flips"
   config.augment.flip_probability = 0.5
   config.augment.rotate90_probability = 0.5
@@ -93,6 +105,34 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.grid_num_steps = 5
   config.augment.grid_distort_limit = 0.3
   config.augment.optical_distort_limit = 0.5  # albumentations 2.x range is [-1, 1]
+  # Intensity transforms of the "nnunet" set, on the uint8 image before
+  # normalisation (nnU-Net's probabilities and ranges).
+  config.augment.brightness_limit = 0.25     # multiplier in [1 - l, 1 + l]
+  config.augment.brightness_probability = 0.15
+  config.augment.contrast_limit = 0.25       # contrast factor in [1 - l, 1 + l] around the mean
+  config.augment.contrast_probability = 0.15
+  config.augment.gamma_range = (0.7, 1.5)
+  config.augment.gamma_probability = 0.3
+  config.augment.noise_std_max = 0.1         # Gaussian noise std up to this fraction of 255
+  config.augment.noise_probability = 0.1
+  config.augment.blur_sigma_range = (0.5, 1.0)  # pixels
+  config.augment.blur_probability = 0.2
+
+  # How probabilities are made from a trained model (evaluate, predict, the
+  # Segmenter and the trainer's validation all use these).
+  config.inference = ml_collections.ConfigDict()
+  config.inference.tta = "none"     # "none" | "flips" (h, v) | "dihedral" (8 flips x rot90)
+  config.inference.largest_component = False  # keep each patient's largest 3-D component
+  # After training, pick the threshold (grid 0.1..0.9) with the best mean
+  # per-patient Dice on the validation patients; else `config.threshold`.
+  config.inference.choose_threshold = False
+
+  # Scoring: per-patient volumetric Dice at 256x256, slices in order; 3-D HD95.
+  config.evaluation = ml_collections.ConfigDict()
+  config.evaluation.slice_spacing = 1.0  # HD95 voxel spacing (slice, 1, 1), in pixels
+  # HD95 of a patient with exactly one empty mask is undefined; counted, and
+  # in the penalised mean it costs this (the 256x256 image diagonal, px).
+  config.evaluation.hd95_penalty = 362.0
 
   config.loss = ml_collections.ConfigDict()
   config.loss.name = "dice_bce"      # "dice_bce" | "dice" | "bce"

@@ -25,11 +25,12 @@ import importlib.util
 import json
 import os
 import pathlib
-import sys
 import traceback
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
+
+from lgg_jax import cli, figures, report, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -52,11 +53,11 @@ def member_name(overrides: dict) -> str:
 
 
 def build_config(base_config: str, overrides: dict):
-  sys.path.insert(0, str(REPO))
-  spec = importlib.util.spec_from_file_location("sweep_base_config", REPO / base_config)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  """`base_config` names a config file of the `configs` package, e.g. "configs/unet.py"."""
+  path = pathlib.PurePosixPath(base_config)
+  if path.parent.name != "configs" or path.suffix != ".py":
+    raise ValueError(f"sweep config {base_config!r}: want configs/<name>.py")
+  config = importlib.import_module(f"configs.{path.stem}").get_config()
   for key, value in overrides.items():
     section, _, name = key.rpartition(".")
     target = config
@@ -74,7 +75,6 @@ def missing_files(overrides: dict) -> list[str]:
 
 
 def run_sweep(sweep: dict, workdir: pathlib.Path, host_index: int = 0, host_count: int = 1) -> dict:
-  from lgg_jax import train
   workdir.mkdir(parents=True, exist_ok=True)
   status = {}
   for i, overrides in enumerate(sweep["members"]):
@@ -97,6 +97,8 @@ def run_sweep(sweep: dict, workdir: pathlib.Path, host_index: int = 0, host_coun
       status[name] = "preempted" if summary.get("preempted") else "finished"
       if summary.get("preempted"):
         break
+      if config.write_report:
+        report.write(member_dir)
     except Exception as e:  # one failing member must not stop the sweep
       status[name] = f"failed: {type(e).__name__}: {e}"
       logging.error("%s failed:\n%s", name, traceback.format_exc())
@@ -154,7 +156,6 @@ def aggregate(sweep: dict, workdir: pathlib.Path) -> list[dict]:
     lines.append("| " + " | ".join(t["group"]) + f" | {t['runs']} | {t['mean']:.4f} +- {t['std']:.4f} | "
                  f"[{t['low']:.4f}, {t['high']:.4f}] (n={t['patients']}) | {t['fp']:.1%} |")
   (workdir / "results.md").write_text("\n".join(lines) + "\n")
-  from lgg_jax import figures
   plt = figures.plt()
   fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(table)), 4))
   labels = ["\n".join(t["group"]) for t in table]
@@ -173,7 +174,6 @@ def aggregate(sweep: dict, workdir: pathlib.Path) -> list[dict]:
 
 def main(argv):
   del argv
-  os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
   sweep = load_sweep(_SWEEP.value, _TINY.value)
   workdir = pathlib.Path(_WORKDIR.value or REPO / "runs" / "sweeps" / pathlib.Path(_SWEEP.value).stem)
   status = run_sweep(sweep, workdir, _HOST_INDEX.value, _HOST_COUNT.value)
@@ -190,4 +190,4 @@ if __name__ == "__main__":
   _HOST_INDEX = flags.DEFINE_integer("host_index", 0, "This host's index among host_count.")
   _HOST_COUNT = flags.DEFINE_integer("host_count", 1, "Hosts sharing the sweep.")
   flags.mark_flags_as_required(["sweep"])
-  app.run(main)
+  cli.run(main)

@@ -21,7 +21,15 @@ import subprocess
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 from absl import app, flags
+from flax import nnx
+
+from configs import default
+from lgg_jax import parallel, state, steps
+from lgg_jax.models import layers
 
 _MODELS = flags.DEFINE_list("models", ["resnext_unet"], "Models to time (unet, fpn, resnext_unet).")
 _BATCH = flags.DEFINE_integer("batch", 4, "Global batch size.")
@@ -36,7 +44,6 @@ _PEER = flags.DEFINE_string(
 
 
 def _median_time(fn, *args, steps: int) -> float:
-  import jax
   jax.block_until_ready(fn(*args))
   times = []
   for _ in range(steps):
@@ -46,17 +53,12 @@ def _median_time(fn, *args, steps: int) -> float:
   return statistics.median(times)
 
 
-def conv_rows(steps: int) -> list[dict]:
+def conv_rows(repeats: int) -> list[dict]:
   """fwd+bwd of a ResNeXt layer1 3x3 conv (2x64x64x256): dense and 32 groups.
 
   "per FLOP vs dense" divides each grouped time by 1/32 of the dense time of
   the same implementation (the grouped conv does 1/32 of the FLOPs).
   """
-  import jax
-  import jax.numpy as jnp
-  from flax import nnx
-
-  from lgg_jax.models import layers
   x = jax.random.normal(jax.random.key(0), (2, 64, 64, 256))
   rows = []
   for impl in ("xla", "cpu"):
@@ -66,7 +68,7 @@ def conv_rows(steps: int) -> list[dict]:
                 else layers.GroupedConv(256, 256, 3, groups=32, padding=1, impl=impl, rngs=nnx.Rngs(0)))
       graphdef, params = nnx.split(module)
       grad = jax.jit(jax.grad(lambda p, x, g=graphdef: jnp.sum(nnx.merge(g, p)(x) ** 2), argnums=(0, 1)))
-      times[groups] = _median_time(grad, params, x, steps=steps)
+      times[groups] = _median_time(grad, params, x, steps=repeats)
     rows.append({"conv": f"lgg_jax, conv_impl={impl}", "dense_s": times[1], "grouped_s": times[32]})
   try:
     import torch
@@ -81,48 +83,43 @@ def conv_rows(steps: int) -> list[dict]:
       conv.zero_grad()
       xt.grad = None
       (conv(xt) ** 2).sum().backward()
-    times[groups] = _median_time(step, steps=steps)
+    times[groups] = _median_time(step, steps=repeats)
   rows.append({"conv": f"torch {torch.__version__} (channels_last)", "dense_s": times[1], "grouped_s": times[32]})
   return rows
 
 
 def train_step_row(model: str, conv_impl: str) -> dict:
-  import jax
-  import numpy as np
 
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-  from configs import default
-  from lgg_jax import train
   config = default.get_config()
   config.model.name = model
   config.model.conv_impl = conv_impl
   config.compute_dtype = _DTYPE.value
   config.global_batch_size = _BATCH.value
   config.data.image_size = _SIZE.value
-  mesh = train.make_mesh()
-  tx, _ = train.make_optimizer(config, total_steps=1000)
-  graphdefs, state = train.create_state(config, tx)
-  state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-  step = train.make_train_step(graphdefs["train"], tx, config, mesh)
+  mesh = parallel.make_mesh()
+  tx, _ = state.make_optimizer(config, total_steps=1000)
+  graphdefs, train_state = state.create_state(config, tx)
+  train_state = parallel.replicate(train_state, mesh)
+  step = steps.make_train_step(graphdefs["train"], tx, config, mesh)
   rng = np.random.default_rng(0)
-  batch = train.global_batch({
+  batch = parallel.global_batch({
       "image": rng.standard_normal((_BATCH.value, _SIZE.value, _SIZE.value, 3)).astype(np.float32),
       "mask": (rng.random((_BATCH.value, _SIZE.value, _SIZE.value, 1)) > 0.9).astype(np.float32),
       "index": np.arange(_BATCH.value, dtype=np.int32)}, mesh)
   start = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
+  compiled = step.lower(train_state, batch).compile()
   compile_s = time.perf_counter() - start
   # FLOPs as XLA counts the plain-lax form of the same step: its count of the
   # cpu form misses the iterations of the banded kernel-gradient scans.
   config.model.conv_impl = "xla"
-  plain_graphdefs, _ = train.create_state(config, tx)
-  cost = train.make_train_step(plain_graphdefs["train"], tx, config, mesh).lower(state, batch).cost_analysis()
+  plain_graphdefs, _ = state.create_state(config, tx)
+  cost = steps.make_train_step(plain_graphdefs["train"], tx, config, mesh).lower(train_state, batch).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
   times = []
   for i in range(_STEPS.value + 1):
     start = time.perf_counter()
-    state, stats = compiled(state, batch)
+    train_state, stats = compiled(train_state, batch)
     jax.block_until_ready(stats)
     if i:  # the first call still pays one-off costs
       times.append(time.perf_counter() - start)
@@ -134,7 +131,6 @@ def train_step_row(model: str, conv_impl: str) -> dict:
 
 
 def peer_row() -> dict | None:
-  import jax
   path = pathlib.Path(_PEER.value) if _PEER.value else None
   if path is None:
     return None
@@ -156,14 +152,13 @@ def peer_row() -> dict | None:
 
 def main(argv):
   del argv
-  import jax
   print(f"# lgg_jax.bench on {jax.devices()[0].device_kind} ({jax.default_backend()}, "
         f"{jax.device_count()} device(s), {os.cpu_count()} CPU cores), JAX {jax.__version__}, "
         f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")
   if _CONV.value:
     print("\n| 3x3 conv fwd+bwd, 2x64x64x256 | dense s | 32 groups s | grouped time per FLOP vs dense |")
     print("|---|---|---|---|")
-    for r in conv_rows(steps=5):
+    for r in conv_rows(repeats=5):
       print(f"| {r['conv']} | {r['dense_s']:.4f} | {r['grouped_s']:.4f} | {32 * r['grouped_s'] / r['dense_s']:.2f}x |")
   rows = [train_step_row(m, impl) for m in _MODELS.value for impl in _CONV_IMPL.value]
   peer = peer_row()

@@ -1,18 +1,24 @@
-"""Evaluate a trained run's checkpoint on a split or on another dataset.
+"""Scoring, and the command that scores a trained run.
 
 python -m lgg_jax.evaluate --workdir=runs/unet_cpu [--split=test] [--checkpoint=best]
     [--manual_dir=/other/kaggle_3m]   # every patient of an external dataset instead
-    [--tta] [--largest_component] [--threshold=0.5 | --threshold=val]
+    [--tta=none|flips|dihedral] [--largest_component] [--threshold=0.5 | --threshold=val]
+    [--workdir=RUN1,RUN2,...]         # an ensemble (mean probability); needs --manual_dir
 
-Writes evaluation/<name>/summary.json, per_patient.csv and table.md in the
-workdir. Metrics (see `metrics.py` for the empty-mask rule):
+Every score is taken per patient on the volume at the dataset's 256x256, its
+slices in order; probabilities of a smaller model are upsampled
+(`steps.upsample_probabilities`), the truth is never downsized. Writes
+evaluation/<name>/summary.json, per_patient.csv and table.md. Metrics (see
+`metrics.py` for the empty-mask rule):
   patient_dice   mean over patients of volumetric Dice (Buda et al. 2019)
   slice_dice, tumour_slice_dice, pooled_dice (the seed's, for comparison)
-  hd95           95th-percentile symmetric Hausdorff distance per patient, in
-                 pixels (the TIFFs carry no spacing). Rule: both volumes empty
-                 -> 0; exactly one empty -> NaN, counted in `hd95_undefined`
-                 and left out of the mean.
+  hd95_px        3-D 95th-percentile symmetric surface distance (medpy's
+                 definition), voxel spacing (config.evaluation.slice_spacing,
+                 1, 1) in pixels. Both volumes empty -> 0; exactly one empty ->
+                 undefined: counted in `hd95_undefined`, left out of `hd95_px`,
+                 and charged config.evaluation.hd95_penalty in `hd95_px_penalised`
   empty_false_positive_rate  tumour-free slices with any predicted pixel
+  missed_patients            patients with Dice below 0.1
   sensitivity, precision     pixel-wise over all slices of the split
 """
 
@@ -20,41 +26,44 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import pathlib
+from collections.abc import Iterable
 
 import numpy as np
-from absl import app, flags, logging
+import scipy.ndimage as ndi
+
+from lgg_jax import cli, inference, metrics, parallel
+from lgg_jax.data import pipeline
+
+MISSED_DICE = 0.1
+THRESHOLD_GRID = np.round(np.linspace(0.1, 0.9, 17), 4)
 
 
-def hd95(pred: np.ndarray, truth: np.ndarray) -> float:
-  """95th-percentile symmetric surface distance between two binary volumes,
-  in pixels, measured slice by slice in 2-D and pooled over the volume."""
-  import scipy.ndimage as ndi
-  pred, truth = pred.astype(bool), truth.astype(bool)
+def hd95(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> float:
+  """medpy.metric.binary.hd95: surfaces by erosion with connectivity 1, the
+  distances of each surface to the other pooled, their 95th percentile."""
+  pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
   if not pred.any() and not truth.any():
     return 0.0
   if not pred.any() or not truth.any():
     return float("nan")
+  # Every surface voxel lies in the union's bounding box, so distances taken
+  # inside it are exact.
+  box = ndi.find_objects((pred | truth).astype(np.uint8))[0]
+  pred, truth = pred[box], truth[box]
+  structure = ndi.generate_binary_structure(pred.ndim, 1)
 
   def surface(v):
-    return v & ~ndi.binary_erosion(v, structure=np.ones((1, 3, 3), bool), border_value=0)
-
-  def distance_to(v):  # in-plane distance to v's surface, per slice; inf where a slice has none
-    out = np.full(v.shape, np.inf)
-    for i, s in enumerate(surface(v)):
-      if s.any():
-        out[i] = ndi.distance_transform_edt(~s)
-    return out
+    return v ^ ndi.binary_erosion(v, structure=structure, iterations=1)
 
   sp, st = surface(pred), surface(truth)
-  d = np.concatenate([distance_to(truth)[sp], distance_to(pred)[st]])
-  d = d[np.isfinite(d)]
-  return float(np.percentile(d, 95)) if d.size else float("nan")
+  distances = np.hstack([ndi.distance_transform_edt(~st, sampling=spacing)[sp],
+                         ndi.distance_transform_edt(~sp, sampling=spacing)[st]])
+  return float(np.percentile(distances, 95))
 
 
 def largest_component(volume: np.ndarray) -> np.ndarray:
-  import scipy.ndimage as ndi
+  """The largest 3-D connected component (faces touching) of an ordered volume."""
   labels, n = ndi.label(volume)
   if n <= 1:
     return volume
@@ -62,85 +71,68 @@ def largest_component(volume: np.ndarray) -> np.ndarray:
   return labels == (1 + int(np.argmax(sizes)))
 
 
-def make_probability_fn(eval_graphdef, tta: bool):
-  """jit(params, model_state, images) -> sigmoid probabilities (N, H, W);
-  with tta, averaged with the horizontally and vertically flipped inputs."""
-  import jax
-
-  from lgg_jax import train
-
-  @jax.jit
-  def probs(params, model_state, images):
-    model = train.merge(eval_graphdef, params, model_state)
-    p = jax.nn.sigmoid(model(images))
-    if tta:
-      p = (p + jax.nn.sigmoid(model(images[:, :, ::-1]))[:, :, ::-1]
-           + jax.nn.sigmoid(model(images[:, ::-1]))[:, ::-1]) / 3
-    return p[..., 0]
-  return probs
-
-
-def predict_probabilities(eval_graphdef, state, data, indices, config, mesh, tta: bool) -> np.ndarray:
-  """Sigmoid probabilities (N, H, W) for `indices`, in that order."""
-  import jax
-  from jax.experimental import multihost_utils
-
-  from lgg_jax import train
-  from lgg_jax.data import pipeline
-
-  probs = make_probability_fn(eval_graphdef, tta)
-  out, order = [], []
-  for local in pipeline.eval_batches(data, indices, config, jax.process_index(), jax.process_count()):
-    batch = train.global_batch(local, mesh)
-    p = probs(state["params"], state["model_state"], batch["image"])
-    out.append(np.asarray(multihost_utils.process_allgather(p, tiled=True)))
-    order.append(np.asarray(multihost_utils.process_allgather(batch["index"], tiled=True)))
-  probs_all, index_all = np.concatenate(out), np.concatenate(order)
-  keep = index_all >= 0
-  by_index = dict(zip(index_all[keep].tolist(), probs_all[keep]))
-  return np.stack([by_index[int(i)] for i in indices])
-
-
-def truth_masks(data, indices, size: int) -> np.ndarray:
-  from lgg_jax.data import pipeline
-  masks = []
-  for i in indices:
-    ex = data.source[int(i)]
-    r = pipeline.resize({"image": ex["image"], "mask": ex["mask"], "index": 0}, size)
-    masks.append(r["mask"] > 0)
-  return np.stack(masks)
-
-
-def score(patient_ids: np.ndarray, probs: np.ndarray, truth: np.ndarray, threshold: float,
-          keep_largest: bool) -> tuple[dict, list[dict]]:
-  from lgg_jax import metrics
+def score_patient(probs: np.ndarray, truth: np.ndarray, threshold: float, keep_largest: bool,
+                  evaluation_config=None) -> tuple[dict, dict]:
+  """(row, per-slice counts) of one patient's ordered volume at 256x256."""
   pred = probs >= threshold
-  rows = []
-  for pid in np.unique(patient_ids):
-    sel = patient_ids == pid
-    if keep_largest:
-      pred[sel] = largest_component(pred[sel])
-    p, t = pred[sel], truth[sel]
-    rows.append({"patient": str(pid), "slices": int(sel.sum()), "tumour_slices": int(t.any(axis=(1, 2)).sum()),
-                 "dice": float(metrics.dice_from_counts((p & t).sum(), p.sum(), t.sum())),
-                 "hd95_px": hd95(p, t), "true_pixels": int(t.sum()), "predicted_pixels": int(p.sum())})
+  if keep_largest:
+    pred = largest_component(pred)
   counts = {"intersection": (pred & truth).sum(axis=(1, 2)), "predicted": pred.sum(axis=(1, 2)),
             "true": truth.sum(axis=(1, 2))}
-  summary = metrics.summarise(patient_ids, counts)
-  hd = np.array([r["hd95_px"] for r in rows])
-  tp, fp, fn = counts["intersection"].sum(), (counts["predicted"] - counts["intersection"]).sum(), \
-      (counts["true"] - counts["intersection"]).sum()
-  summary.update(hd95_px=float(np.nanmean(hd)) if np.isfinite(hd).any() else float("nan"),
-                 hd95_undefined=int(np.isnan(hd).sum()),
-                 sensitivity=float(tp / max(tp + fn, 1)), precision=float(tp / max(tp + fp, 1)),
-                 threshold=float(threshold), largest_component=keep_largest)
+  row = {"slices": int(len(truth)), "tumour_slices": int(truth.any(axis=(1, 2)).sum()),
+         "dice": float(metrics.dice_from_counts(*(counts[k].sum() for k in ("intersection", "predicted", "true")))),
+         "true_pixels": int(truth.sum()), "predicted_pixels": int(pred.sum()),
+         "true_components": int(ndi.label(truth)[1])}
+  if evaluation_config is not None:
+    row["hd95_px"] = hd95(pred, truth, (evaluation_config.slice_spacing, 1.0, 1.0))
+  return row, counts
+
+
+def summarise(rows: list[dict], counts: list[dict], evaluation_config=None) -> dict:
+  ids = np.concatenate([np.full(len(c["true"]), r["patient"]) for r, c in zip(rows, counts)])
+  merged = {k: np.concatenate([c[k] for c in counts]) for k in ("intersection", "predicted", "true")}
+  summary = metrics.summarise(ids, merged)
+  tp = merged["intersection"].sum()
+  fp, fn = merged["predicted"].sum() - tp, merged["true"].sum() - tp
+  summary.update(missed_patients=int(sum(r["dice"] < MISSED_DICE for r in rows)),
+                 sensitivity=float(tp / max(tp + fn, 1)), precision=float(tp / max(tp + fp, 1)))
+  if evaluation_config is not None:
+    hd = np.array([r["hd95_px"] for r in rows])
+    defined = np.isfinite(hd)
+    summary.update(hd95_px=float(hd[defined].mean()) if defined.any() else float("nan"),
+                   hd95_px_median=float(np.median(hd[defined])) if defined.any() else float("nan"),
+                   hd95_undefined=int((~defined).sum()),
+                   hd95_px_penalised=float(np.where(defined, hd, evaluation_config.hd95_penalty).mean()),
+                   hd95_penalty_px=float(evaluation_config.hd95_penalty),
+                   slice_spacing_px=float(evaluation_config.slice_spacing))
+  return summary
+
+
+def score(volumes: Iterable[tuple[str, np.ndarray, np.ndarray]], threshold: float, keep_largest: bool,
+          evaluation_config=None) -> tuple[dict, list[dict]]:
+  """(summary, per-patient rows) of (patient, probabilities, truth) volumes;
+  with `evaluation_config`, HD95 too."""
+  rows, counts = [], []
+  for patient, probs, truth in volumes:
+    row, c = score_patient(probs, truth, threshold, keep_largest, evaluation_config)
+    rows.append({"patient": str(patient), **row})
+    counts.append(c)
+  summary = summarise(rows, counts, evaluation_config)
+  summary.update(threshold=float(threshold), largest_component=bool(keep_largest))
   return summary, rows
 
 
-def choose_threshold(patient_ids, probs, truth, keep_largest, grid=np.linspace(0.1, 0.9, 17)) -> float:
-  """The threshold with the best mean per-patient Dice (on validation)."""
-  scores = [score(patient_ids, probs, truth, t, keep_largest)[0]["patient_dice"] for t in grid]
+def choose_threshold(volumes: list[tuple[str, np.ndarray, np.ndarray]], keep_largest: bool,
+                     grid=THRESHOLD_GRID) -> float:
+  """The grid threshold with the best mean per-patient Dice (ties: the lowest)."""
+  scores = [np.mean([score_patient(p, t, threshold, keep_largest)[0]["dice"] for _, p, t in volumes])
+            for threshold in grid]
   return float(grid[int(np.argmax(scores))])
+
+
+TABLE_KEYS = ("patient_dice", "patient_dice_median", "tumour_slice_dice", "slice_dice", "pooled_dice",
+              "hd95_px", "hd95_px_median", "hd95_px_penalised", "hd95_undefined", "empty_false_positive_rate",
+              "missed_patients", "sensitivity", "precision", "threshold", "patients", "slices")
 
 
 def write_outputs(out: pathlib.Path, summary: dict, rows: list[dict]) -> None:
@@ -150,102 +142,96 @@ def write_outputs(out: pathlib.Path, summary: dict, rows: list[dict]) -> None:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-  keys = ["patient_dice", "patient_dice_median", "tumour_slice_dice", "slice_dice", "pooled_dice", "hd95_px",
-          "empty_false_positive_rate", "sensitivity", "precision", "threshold", "patients", "slices"]
   table = ["| metric | value |", "|---|---|"] + [
-      f"| {k} | {summary[k]:.4f} |" if isinstance(summary[k], float) else f"| {k} | {summary[k]} |" for k in keys]
+      f"| {k} | {summary[k]:.4f} |" if isinstance(summary[k], float) else f"| {k} | {summary[k]} |"
+      for k in TABLE_KEYS if k in summary]
   table += ["", "| patient | slices | tumour slices | Dice | HD95 (px) |", "|---|---|---|---|---|"]
-  table += [f"| {r['patient']} | {r['slices']} | {r['tumour_slices']} | {r['dice']:.4f} | {r['hd95_px']:.1f} |"
-            for r in sorted(rows, key=lambda r: r["dice"])]
+  table += [f"| {r['patient']} | {r['slices']} | {r['tumour_slices']} | {r['dice']:.4f} | "
+            f"{r.get('hd95_px', float('nan')):.1f} |" for r in sorted(rows, key=lambda r: r["dice"])]
   (out / "table.md").write_text("\n".join(table) + "\n")
 
 
-def load_run(workdir, checkpoint: str = "best") -> dict:
-  """A run's config, graphdefs and restored state ('best', 'latest' or a step)."""
-  import jax
-  import ml_collections
-  import orbax.checkpoint as ocp
-
-  from lgg_jax import train
-  workdir = pathlib.Path(workdir).expanduser().resolve()
-  if not (workdir / "config.json").is_file():
-    raise FileNotFoundError(f"{workdir} is not a run folder: no config.json")
-  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-  if "conv_impl" not in config.model:  # runs from before the knob; the form does not change the weights
-    config.model.conv_impl = "auto"
-  mesh = train.make_mesh()
-  tx, _ = train.make_optimizer(config, total_steps=1)
-  graphdefs, state = train.create_state(config, tx)
-  folder = workdir / ("best" if checkpoint == "best" else "checkpoints")
-  manager = ocp.CheckpointManager(folder, item_names=("state", "data") if folder.name == "checkpoints" else ("state",))
-  step = manager.latest_step() if checkpoint in ("best", "latest") else int(checkpoint)
-  if step is None or step not in manager.all_steps():
-    raise FileNotFoundError(f"no checkpoint {checkpoint!r} in {folder}")
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-  manager.close()
-  state = jax.device_put(restored["state"], jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-  return {"workdir": workdir, "config": config, "graphdefs": graphdefs, "state": state, "mesh": mesh,
-          "step": step}
+def run_threshold(member: inference.Member) -> float:
+  """The threshold a run chose on its validation patients, else its config's."""
+  summary = pathlib.Path(member.source) / "summary.json"
+  if member.source and summary.is_file():
+    return float(json.loads(summary.read_text()).get("inference", {}).get("threshold", member.config.threshold))
+  return float(member.config.threshold)
 
 
-def evaluate_run(workdir, *, checkpoint="best", split="test", manual_dir="", tta=False,
-                 keep_largest=False, threshold="config", name="") -> dict:
-  import jax
-
-  from lgg_jax.data import pipeline
-  run = load_run(workdir, checkpoint)
-  workdir, config, graphdefs, state, mesh, step = (run[k] for k in ("workdir", "config", "graphdefs", "state",
-                                                                    "mesh", "step"))
+def evaluate_run(workdirs, *, checkpoint="best", split="test", manual_dir="", tta="", keep_largest=None,
+                 threshold="config", name="", out="") -> dict:
+  """Scores one run (or an ensemble of runs on an external dataset); writes
+  the outputs and returns the summary. Empty `tta` / None `keep_largest`:
+  the run's config.inference."""
+  workdirs = [workdirs] if isinstance(workdirs, (str, pathlib.Path)) else list(workdirs)
+  if len(workdirs) > 1 and not manual_dir:
+    raise ValueError("an ensemble of runs is scored on other patients only: give --manual_dir "
+                     "(the fold models have seen every dev patient between them)")
+  mesh = parallel.make_mesh()
+  members = [inference.member_from_run(w, checkpoint, mesh) for w in workdirs]
+  config = members[0].config
+  tta = tta or config.inference.tta
+  keep_largest = config.inference.largest_component if keep_largest is None else bool(keep_largest)
+  predictor = inference.Predictor(members, mesh, tta)
   data = pipeline.load(config)
-  chosen = config.threshold
   if threshold == "val":
-    vp = predict_probabilities(graphdefs["eval"], state, data, data.split.val, config, mesh, tta)
-    chosen = choose_threshold(data.patient_ids[data.split.val], vp,
-                              truth_masks(data, data.split.val, config.data.image_size), keep_largest)
-  elif threshold != "config":
+    if len(members) > 1:
+      raise ValueError("--threshold=val needs one run (an ensemble has no validation patients of its own)")
+    val = list(predictor.predict_patients(data, data.patients(data.split.val)))
+    chosen = choose_threshold(val, keep_largest)
+  elif threshold == "config":
+    chosen = float(np.mean([run_threshold(m) for m in members]))
+  else:
     chosen = float(threshold)
   if manual_dir:
-    ext_config = config.copy_and_resolve_references()
-    ext_config.data.manual_dir = str(manual_dir)
-    data = pipeline.load(ext_config)
-    indices = np.arange(len(data.patient_ids))
+    external = config.copy_and_resolve_references()
+    external.data.manual_dir = str(manual_dir)
+    data = pipeline.load(external)
+    patients = data.patients(np.arange(len(data.patient_ids)))
   else:
-    indices = getattr(data.split, split)
-  probs = predict_probabilities(graphdefs["eval"], state, data, indices, config, mesh, tta)
-  summary, rows = score(data.patient_ids[indices], probs, truth_masks(data, indices, config.data.image_size),
-                        chosen, keep_largest)
-  summary.update(checkpoint_step=int(step), split="external" if manual_dir else split, tta=tta,
-                 dataset=data.manual_dir)
-  name = name or "_".join(["external" if manual_dir else split, f"step{step}"] + (["tta"] if tta else [])
-                          + (["lcc"] if keep_largest else []) + ([f"thr-{threshold}"] if threshold != "config" else []))
-  if jax.process_index() == 0:
-    write_outputs(workdir / "evaluation" / name, summary, rows)
+    patients = data.patients(getattr(data.split, split))
+  summary, rows = score(cli.progress(predictor.predict_patients(data, patients), total=len(patients),
+                                     desc="evaluate", unit="patient"),
+                        chosen, keep_largest, config.evaluation)
+  summary.update(checkpoint_steps=[int(m.step) for m in members], split="external" if manual_dir else split,
+                 tta=tta, runs=[str(m.source) for m in members], dataset=data.manual_dir)
+  name = name or "_".join(["external" if manual_dir else split, f"step{members[0].step}"]
+                          + ([f"ensemble{len(members)}"] if len(members) > 1 else [])
+                          + ([f"tta-{tta}"] if tta != "none" else []) + (["lcc"] if keep_largest else [])
+                          + ([f"thr-{threshold}"] if threshold != "config" else []))
+  if cli.is_main_process():
+    write_outputs(pathlib.Path(out) if out else pathlib.Path(members[0].source) / "evaluation" / name,
+                  summary, rows)
   return summary
 
 
 def main(argv):
   del argv
-  os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
   summary = evaluate_run(_WORKDIR.value, checkpoint=_CHECKPOINT.value, split=_SPLIT.value,
                          manual_dir=_MANUAL_DIR.value, tta=_TTA.value, keep_largest=_LCC.value,
-                         threshold=_THRESHOLD.value, name=_NAME.value)
-  logging.info("%s", json.dumps(summary, indent=2))
+                         threshold=_THRESHOLD.value, name=_NAME.value, out=_OUT.value)
   print(f"per-patient Dice {summary['patient_dice']:.4f} (median {summary['patient_dice_median']:.4f}), "
-        f"tumour-slice Dice {summary['tumour_slice_dice']:.4f}, HD95 {summary['hd95_px']:.1f} px, "
-        f"false positives on {summary['empty_false_positive_rate']:.1%} of tumour-free slices "
-        f"({summary['patients']} patients, threshold {summary['threshold']:.2f})")
+        f"tumour-slice Dice {summary['tumour_slice_dice']:.4f}, HD95 {summary['hd95_px']:.1f} px "
+        f"({summary['hd95_undefined']} undefined; {summary['hd95_px_penalised']:.1f} px with them at "
+        f"{summary['hd95_penalty_px']:.0f}), false positives on {summary['empty_false_positive_rate']:.1%} of "
+        f"tumour-free slices, {summary['missed_patients']} missed ({summary['patients']} patients, "
+        f"threshold {summary['threshold']:.2f})")
 
 
 if __name__ == "__main__":
-  # Flags exist only when run as a program, so modules import side by side.
-  _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder written by lgg_jax.main.")
+  from absl import flags
+  _WORKDIR = flags.DEFINE_list("workdir", None, "Run folder(s) written by lgg_jax.main; several: an ensemble.")
   _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
-  _SPLIT = flags.DEFINE_string("split", "test", "train, val or test (of the run's own split).")
+  _SPLIT = flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split of the run's own data.")
   _MANUAL_DIR = flags.DEFINE_string("manual_dir", "", "External dataset: evaluate every patient in it.")
-  _TTA = flags.DEFINE_bool("tta", False, "Average the probabilities over horizontal and vertical flips.")
-  _LCC = flags.DEFINE_bool("largest_component", False, "Keep each patient's largest 3-D component.")
-  _THRESHOLD = flags.DEFINE_string("threshold", "config", "'config', 'val' (chosen on validation) or a number.")
+  _TTA = flags.DEFINE_enum("tta", "", ["", "none", "flips", "dihedral"], "Test-time augmentation; "
+                           "empty: the run's config.inference.tta.")
+  _LCC = flags.DEFINE_bool("largest_component", None, "Keep each patient's largest 3-D component "
+                           "(--nolargest_component: do not); unset: the run's config.inference.")
+  _THRESHOLD = flags.DEFINE_string("threshold", "config", "'config' (the run's), 'val' (chosen on "
+                                   "its validation patients) or a number.")
   _NAME = flags.DEFINE_string("name", "", "Output subfolder name (default from the options).")
+  _OUT = flags.DEFINE_string("out", "", "Output folder (default: <first workdir>/evaluation/<name>).")
   flags.mark_flags_as_required(["workdir"])
-  app.run(main)
+  cli.run(main)

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import collections
 import csv
-import os
 import pathlib
-import sys
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from lgg_jax import figures
+from configs import default
+from lgg_jax import cli, figures
+from lgg_jax.data import augment, pipeline
 
 
 TUMOUR, NO_TUMOUR = "tumour", "no tumour"
@@ -88,7 +88,6 @@ def overlays(images, masks, path: pathlib.Path, columns: int, title: str) -> Non
 
 
 def augmentations(image, mask, augment_config, path: pathlib.Path, count: int = 6) -> None:
-  from lgg_jax.data import augment
   plt = figures.plt()
   fn = augment.make(augment_config)
   fig, axes = plt.subplots(2, count + 1, figsize=(2.2 * (count + 1), 4.8))
@@ -137,7 +136,6 @@ def clinical_summary(clinical: dict, out: pathlib.Path) -> None:
 
 
 def explore(config, out: pathlib.Path, seed: int = 0) -> list[pathlib.Path]:
-  from lgg_jax.data import pipeline
   out.mkdir(parents=True, exist_ok=True)
   data = pipeline.load(config)
   rng = np.random.default_rng(seed)
@@ -160,9 +158,6 @@ def explore(config, out: pathlib.Path, seed: int = 0) -> list[pathlib.Path]:
 
 def main(argv):
   del argv
-  os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-  from configs import default
   config = default.get_config()
   config.data.manual_dir = _MANUAL_DIR.value
   config.data.data_dir = _DATA_DIR.value
@@ -176,4 +171,4 @@ if __name__ == "__main__":
   _DATA_DIR = flags.DEFINE_string("data_dir", "~/.cache/lgg_jax", "Where prepared datasets are cached.")
   _OUT = flags.DEFINE_string("out", "explore", "Output folder for the figures.")
   _SEED = flags.DEFINE_integer("seed", 0, "Which slices are sampled.")
-  app.run(main)
+  cli.run(main)

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lgg_jax import choices
+
 
 NAMES = ("dice_bce", "bce", "dice")
 
@@ -23,15 +25,28 @@ def soft_dice(logits: jax.Array, masks: jax.Array, smooth: float) -> jax.Array:
   return (2 * inter + smooth) / (total + smooth)
 
 
-def per_sample_loss(logits: jax.Array, masks: jax.Array, loss_config) -> jax.Array:
-  """Loss of each sample, so callers can weight (and mask padding) as needed."""
+def _combine(bce, dice_score, loss_config):
   name = loss_config.name
-  bce = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, masks), axis=(1, 2, 3))
-  dice = 1.0 - soft_dice(logits, masks, loss_config.smooth)
+  choices.check("config.loss.name", name, NAMES)
   if name == "dice_bce":
-    return loss_config.bce_weight * bce + loss_config.dice_weight * dice
+    return loss_config.bce_weight * bce + loss_config.dice_weight * (1.0 - dice_score)
   if name == "bce":
     return bce
-  if name == "dice":
-    return dice
-  raise ValueError(f"config.loss.name: unknown loss {name!r} (known: {', '.join(NAMES)})")
+  return 1.0 - dice_score
+
+
+def per_sample_loss(logits: jax.Array, masks: jax.Array, loss_config) -> jax.Array:
+  """Loss of each sample, so callers can weight (and mask padding) as needed."""
+  bce = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, masks), axis=(1, 2, 3))
+  return _combine(bce, soft_dice(logits, masks, loss_config.smooth), loss_config)
+
+
+def probability_loss(probs, masks, loss_config) -> jax.Array:
+  """The same loss per slice of probabilities (N, H, W) against masks: the
+  validation loss at the scoring resolution, where only probabilities exist."""
+  probs = jnp.clip(jnp.asarray(probs, jnp.float32), 1e-7, 1 - 1e-7)
+  masks = jnp.asarray(masks, jnp.float32)
+  bce = -jnp.mean(masks * jnp.log(probs) + (1 - masks) * jnp.log1p(-probs), axis=(1, 2))
+  inter = jnp.sum(probs * masks, axis=(1, 2))
+  total = jnp.sum(probs, axis=(1, 2)) + jnp.sum(masks, axis=(1, 2))
+  return _combine(bce, (2 * inter + loss_config.smooth) / (total + loss_config.smooth), loss_config)

@@ -24,10 +24,13 @@ def slice_counts(logits: jax.Array, masks: jax.Array, threshold: float = 0.5) ->
           "true": jnp.sum(truth, axis=(1, 2, 3), dtype=jnp.int32)}
 
 
-def dice_from_counts(intersection, predicted, true) -> np.ndarray:
-  intersection, predicted, true = (np.asarray(a, np.float64) for a in (intersection, predicted, true))
+def dice_from_counts(intersection, predicted, true, xp=np):
+  """Dice from pixel counts, with the empty rule above; `xp` is numpy
+  (float64, on the host) or jax.numpy (inside a jitted step)."""
+  dtype = np.float64 if xp is np else jnp.float32
+  intersection, predicted, true = (xp.asarray(a, dtype) for a in (intersection, predicted, true))
   total = predicted + true
-  return np.where(total == 0, 1.0, 2 * intersection / np.maximum(total, 1))
+  return xp.where(total == 0, 1.0, 2 * intersection / xp.maximum(total, 1))
 
 
 def per_patient_dice(patient_ids: np.ndarray, counts: dict) -> dict[str, float]:

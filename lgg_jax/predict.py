@@ -29,13 +29,16 @@ import pathlib
 import re
 
 import cv2
+import nibabel as nib
 import numpy as np
-from absl import app, flags
+import tifffile
+from absl import flags
 
-from lgg_jax import figures
+from lgg_jax import cli, evaluate, figures, inference, metrics
+from lgg_jax.data import preprocess
 from lgg_jax.data.kaggle import DataError
 
-SIZE = 256
+SIZE = preprocess.SOURCE_SIZE
 _IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 
 
@@ -62,7 +65,6 @@ def read_slice(path: pathlib.Path, mask: bool = False) -> np.ndarray:
       if array.ndim == 3:
         array = array[..., ::-1]  # BGR -> RGB
     else:
-      import tifffile
       array = tifffile.imread(path)
   except Exception as e:
     raise DataError(f"{path}: unreadable image ({type(e).__name__}: {e})") from e
@@ -103,7 +105,6 @@ def _nifti_case(folder: pathlib.Path) -> Case | None:
   files = [f for f in folder.iterdir() if f.name.endswith((".nii", ".nii.gz"))]
   if not files:
     return None
-  import nibabel as nib
   found = {}
   for role in ("mask", "flair", "post", "pre"):
     match = [f for f in files if role in f.name.lower() and f not in found.values()]
@@ -159,37 +160,11 @@ def find_cases(path: str | os.PathLike) -> list[Case]:
   return cases
 
 
-def predict_case(run, case: Case, tta: bool) -> np.ndarray:
-  """Probabilities (S, 256, 256) for the case's slices."""
-  from lgg_jax import evaluate
-  from lgg_jax.data import pipeline
-  config, graphdefs, state = run["config"], run["graphdefs"], run["state"]
-  size = config.data.image_size
-  if ("probs", tta) not in run:
-    run[("probs", tta)] = evaluate.make_probability_fn(graphdefs["eval"], tta)
-  batch = config.eval_batch_size
-  inputs = np.stack([pipeline.normalise(cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA)
-                                        if size != SIZE else im, config.data.normalization)
-                     for im in case.images])
-  out = []
-  for start in range(0, len(inputs), batch):
-    chunk = inputs[start:start + batch]
-    padded = np.concatenate([chunk, np.zeros((batch - len(chunk),) + chunk.shape[1:], chunk.dtype)])
-    p = np.asarray(run[("probs", tta)](state["params"], state["model_state"], padded))[:len(chunk)]
-    out.append(p)
-  probs = np.concatenate(out)
-  if size != SIZE:
-    probs = np.stack([cv2.resize(p, (SIZE, SIZE), interpolation=cv2.INTER_LINEAR) for p in probs])
-  return probs
-
-
 def write_case(case: Case, probs: np.ndarray, threshold: float, out: pathlib.Path) -> dict:
-  from lgg_jax import metrics
   folder = out / case.name
   (folder / "overlays").mkdir(parents=True, exist_ok=True)
   pred = probs >= threshold
   if case.affine is not None:
-    import nibabel as nib
     x, y, s = case.nifti_shape
     volume = np.stack([cv2.resize(p.astype(np.uint8), (y, x), interpolation=cv2.INTER_NEAREST) for p in pred], -1)
     nib.save(nib.Nifti1Image(volume.astype(np.uint8), case.affine), str(folder / f"{case.name}_mask.nii.gz"))
@@ -214,20 +189,23 @@ def write_case(case: Case, probs: np.ndarray, threshold: float, out: pathlib.Pat
   return result
 
 
-def predict(workdir, input_path, out, *, checkpoint="best", tta=False, threshold=None) -> list[dict]:
-  from lgg_jax import evaluate
+def predict(workdir, input_path, out, *, checkpoint="best", tta="", threshold=None) -> list[dict]:
+  """Masks, overlays, GIFs and panels for every case under `input_path`;
+  empty `tta` / None `threshold`: the run's own."""
   cases = find_cases(input_path)  # validate input before loading the model
-  run = evaluate.load_run(workdir, checkpoint)
-  threshold = run["config"].threshold if threshold is None else threshold
+  member = inference.member_from_run(workdir, checkpoint)
+  predictor = inference.Predictor(member, tta=tta or member.config.inference.tta)
+  threshold = evaluate.run_threshold(member) if threshold is None else threshold
   out = pathlib.Path(out)
-  results = [write_case(case, predict_case(run, case, tta), threshold, out) for case in cases]
-  (out / "predictions.json").write_text(json.dumps(results, indent=2))
+  results = [write_case(case, predictor.predict_volume(case.images), threshold, out)
+             for case in cli.progress(cases, desc="predict", unit="case")]
+  if cli.is_main_process():
+    (out / "predictions.json").write_text(json.dumps(results, indent=2))
   return results
 
 
 def main(argv):
   del argv
-  os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
   results = predict(_WORKDIR.value, _INPUT.value, _OUT.value, checkpoint=_CHECKPOINT.value, tta=_TTA.value,
                     threshold=None if _THRESHOLD.value < 0 else _THRESHOLD.value)
   for r in results:
@@ -239,7 +217,8 @@ if __name__ == "__main__":
   _INPUT = flags.DEFINE_string("input", None, "Slices, patient folders or NIfTI volumes (see module doc).")
   _OUT = flags.DEFINE_string("out", "predictions", "Output folder.")
   _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
-  _TTA = flags.DEFINE_bool("tta", False, "Average over horizontal and vertical flips.")
+  _TTA = flags.DEFINE_enum("tta", "", ["", "none", "flips", "dihedral"], "Test-time augmentation; "
+                           "empty: the run's config.inference.tta.")
   _THRESHOLD = flags.DEFINE_float("threshold", -1.0, "Probability threshold; negative: the run's config.")
   flags.mark_flags_as_required(["workdir", "input"])
-  app.run(main)
+  cli.run(main)

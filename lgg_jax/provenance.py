@@ -37,7 +37,7 @@ def versions() -> dict:
 
 def collect(config, data) -> dict:
   return {"git_commit": git_commit(), "versions": versions(), "config": config.to_dict(),
-          "dataset": {"fingerprint": data.fingerprint, "manual_dir": data.manual_dir,
+          "dataset": {"fingerprint": data.fingerprint, "version": data.version, "manual_dir": data.manual_dir,
                       "slices": int(len(data.patient_ids))},
           "devices": {"backend": jax.default_backend(), "count": jax.device_count(),
                       "kind": jax.devices()[0].device_kind, "processes": jax.process_count()}}

@@ -1,8 +1,9 @@
 """The per-run report: workdir/report/report.md with its figures.
 
 Config, split, training curves, the evaluation of the best checkpoint on the
-held-out patients, and the best and worst test patients with overlays
-(truth green, prediction red). Written at the end of every training run.
+held-out patients (from summary.json), and the best and worst test patients
+with overlays at 256x256 (truth green, prediction red). `main` writes it
+after training, and the sweep runner for each member.
 """
 
 from __future__ import annotations
@@ -11,15 +12,18 @@ import json
 import pathlib
 
 import cv2
-import jax
 import numpy as np
 
-from lgg_jax import evaluate, figures
+from lgg_jax import cli, figures, inference, parallel
 from lgg_jax.data import pipeline
 
-_KNOBS = ("model.name", "data.image_size", "data.normalization", "augment.name", "loss.name",
-          "optimizer.name", "optimizer.learning_rate", "optimizer.schedule", "global_batch_size", "num_epochs",
-          "split.protocol", "split.num_folds", "split.fold", "compute_dtype", "threshold")
+_KNOBS = ("model.name", "data.image_size", "data.normalization", "data.neighbours", "data.tumour_fraction",
+          "augment.name", "loss.name", "optimizer.name", "optimizer.learning_rate", "optimizer.schedule",
+          "global_batch_size", "num_epochs", "split.protocol", "split.num_folds", "split.fold",
+          "compute_dtype", "inference.tta", "inference.largest_component")
+_METRICS = ("patient_dice", "patient_dice_median", "tumour_slice_dice", "slice_dice", "pooled_dice",
+            "hd95_px", "hd95_undefined", "hd95_px_penalised", "empty_false_positive_rate", "missed_patients",
+            "patients", "slices")
 
 
 def _get(config, dotted):
@@ -28,52 +32,58 @@ def _get(config, dotted):
   return config
 
 
-def _patient_figure(data, indices, probs, truth, patient, threshold, size, path: pathlib.Path) -> None:
-  sel = np.flatnonzero(data.patient_ids[indices] == patient)
-  k = sel[int(np.argmax(truth[sel].sum(axis=(1, 2))))]
-  example = data.source[int(indices[k])]
-  image = pipeline.resize({"image": example["image"], "mask": example["mask"], "index": 0}, size)["image"]
-  picture = figures.overlay(image, probs[k] >= threshold, truth=truth[k])
-  cv2.imwrite(str(path), cv2.resize(picture, (256, 256), interpolation=cv2.INTER_NEAREST)[..., ::-1])
+def _patient_figure(volume, probs, truth, threshold, path: pathlib.Path) -> None:
+  k = int(np.argmax(truth.sum(axis=(1, 2))))
+  picture = figures.overlay(volume[k], probs[k] >= threshold, truth=truth[k])
+  cv2.imwrite(str(path), picture[..., ::-1])
 
 
-def write(workdir: pathlib.Path, config, data, eval_graphdef, state, mesh, summary: dict) -> pathlib.Path | None:
+def write(workdir) -> pathlib.Path | None:
   """Every process must call this (predictions gather across processes); process 0 writes."""
+  workdir = pathlib.Path(workdir).expanduser().resolve()
+  summary = json.loads((workdir / "summary.json").read_text())
+  if "test_per_patient" not in summary:
+    return None  # no best checkpoint: nothing to show
+  member = inference.member_from_run(workdir, "best")
+  config = member.config
+  data = pipeline.load(config)
+  predictor = inference.Predictor(member, parallel.make_mesh(), summary["inference"]["tta"])
+  threshold = summary["inference"]["threshold"]
+  rows = sorted(summary["test_per_patient"], key=lambda r: r["dice"])
   out = workdir / "report"
-  indices = data.split.test
-  probs = evaluate.predict_probabilities(eval_graphdef, state, data, indices, config, mesh, tta=False)
-  truth = evaluate.truth_masks(data, indices, config.data.image_size)
-  _, rows = evaluate.score(data.patient_ids[indices], probs, truth, config.threshold, False)
-  if jax.process_index() != 0:
-    return None
-  out.mkdir(parents=True, exist_ok=True)
-  curves = figures.training_curves(workdir / "metrics.jsonl", out)
-  rows = sorted(rows, key=lambda r: r["dice"])
   pictures = []
   for label, row in (("worst", rows[0]), ("best", rows[-1])):
-    path = out / f"{label}_patient.png"
-    _patient_figure(data, indices, probs, truth, row["patient"], config.threshold, config.data.image_size, path)
-    pictures.append((label, row, path))
-
+    volume, truth = data.volume(row["patient"])
+    probs = predictor.predict_volume(volume)
+    if cli.is_main_process():
+      out.mkdir(parents=True, exist_ok=True)
+      _patient_figure(volume, probs, truth, threshold, out / f"{label}_patient.png")
+    pictures.append((label, row, out / f"{label}_patient.png"))
+  if not cli.is_main_process():
+    return None
+  curves = figures.training_curves(workdir / "metrics.jsonl", out)
   lines = [f"# Run report: {workdir.name}", "",
            f"Best checkpoint: step {summary.get('best_step')} (validation per-patient Dice "
            f"{summary.get('best_val_dice', float('nan')):.4f}); final step {summary['step']}.", "",
            "## Config", "", "| setting | value |", "|---|---|"]
   lines += [f"| {k} | {_get(config, k)} |" for k in _KNOBS]
-  lines += ["", f"Full config: `config.json`. Dataset: `{data.manual_dir}` (fingerprint {data.fingerprint}).", "",
+  lines += ["", f"Full config: `config.json`. Dataset: `{data.manual_dir}` (fingerprint {data.fingerprint}, "
+            f"version {data.version}).", "",
             "## Split (by patient)", "", "| split | patients | slices |", "|---|---|---|"]
-  lines += [f"| {name} | {v['patients']} | {v['slices']} |" for name, v in data.split.summary().items()]
+  lines += [f"| {name} | {v['patients']} | {v['slices']} |" for name, v in summary["split"].items()]
   lines += ["", "## Training curves", ""] + [f"![{p.stem}]({p.name})" for p in curves]
-  lines += ["", "## Evaluation of the best checkpoint", "",
-            "| metric | validation | test |", "|---|---|---|"]
-  val, test = summary.get("val", {}), summary.get("test", {})
-  for key in ("patient_dice", "patient_dice_median", "tumour_slice_dice", "slice_dice", "pooled_dice",
-              "empty_false_positive_rate", "patients", "slices"):
-    fmt = (lambda v: f"{v:.4f}") if key not in ("patients", "slices") else str
-    lines.append(f"| {key} | {fmt(val.get(key, float('nan')))} | {fmt(test.get(key, float('nan')))} |")
-  lines += ["", "(validation: the final model; test: the best checkpoint. Per-patient Dice is volumetric; "
-            "empty-mask rule in `lgg_jax/metrics.py`.)", "",
-            "## Test patients", "", "| patient | slices | tumour slices | Dice | HD95 (px) |", "|---|---|---|---|---|"]
+  inf = summary["inference"]
+  lines += ["", "## Evaluation of the best checkpoint on the test patients", "",
+            f"At 256x256, slices in order; TTA {inf['tta']}, largest component {inf['largest_component']}, "
+            f"threshold {inf['threshold']:.2f} ({inf['threshold_chosen_on']}). Per-patient Dice is volumetric "
+            "(empty-mask rule in `lgg_jax/metrics.py`); HD95 is 3-D, in pixels.", "",
+            "| metric | test |", "|---|---|"]
+  test = summary["test"]
+  for key in _METRICS:
+    value = test.get(key, float("nan"))
+    lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
+  lines += ["", "## Test patients", "", "| patient | slices | tumour slices | Dice | HD95 (px) |",
+            "|---|---|---|---|---|"]
   lines += [f"| {r['patient']} | {r['slices']} | {r['tumour_slices']} | {r['dice']:.4f} | {r['hd95_px']:.1f} |"
             for r in rows]
   lines += ["", "## Best and worst test patients", "", "Truth green, prediction red, the slice with the most tumour."]
@@ -81,5 +91,4 @@ def write(workdir: pathlib.Path, config, data, eval_graphdef, state, mesh, summa
     lines += ["", f"**{label}**: {row['patient']}, Dice {row['dice']:.4f}", "", f"![{label}]({path.name})"]
   report = out / "report.md"
   report.write_text("\n".join(lines) + "\n")
-  (out / "test_patients.json").write_text(json.dumps(rows, indent=2))
   return report

@@ -26,6 +26,25 @@ def tiny_dataset(tmp_path_factory, tiny_spec):
   return synthetic.write_dataset(tmp_path_factory.mktemp("synthetic"), tiny_spec)
 
 
+@pytest.fixture(scope="session")
+def real_builder(tmp_path_factory):
+  """The 62 real dev patients prepared once per test session (skips without them)."""
+  if not REAL_DATA.exists():
+    pytest.skip("../shared/data/lgg_dev is absent")
+  from lgg_jax.data import builder
+  return builder.build(REAL_DATA, tmp_path_factory.mktemp("real_cache") / "tfds")
+
+
+@pytest.fixture(scope="session")
+def real_data(real_builder, tmp_path_factory):
+  """The real dev patients as a loaded dataset (5 patient folds, fold 0)."""
+  from lgg_jax.data import pipeline
+  config = tiny_config(tmp_path_factory.mktemp("real"), manual_dir=REAL_DATA)
+  config.data.data_dir = str(pathlib.Path(real_builder.data_dir).parents[3])  # <data_dir>/tfds/<fp>/lgg/<v>
+  config.split.num_folds = 5
+  return pipeline.load(config)
+
+
 def tiny_config(tmp_path, manual_dir=""):
   """A config small enough for many train steps in seconds on one CPU."""
   import tiny_config as tiny

@@ -56,14 +56,14 @@ def test_flair_threshold_alone_does_not_find_synthetic_tumours():
   assert best_dice <= 0.5
 
 
-def test_builder_round_trip_equals_tiffs(tiny_dataset, tmp_path):
+def test_builder_round_trip_equals_tiffs_in_patient_and_slice_order(tiny_dataset, tmp_path):
   b = builder.build(tiny_dataset.parent, tmp_path / "tfds")
   source = b.as_data_source("slices")
-  slices = {(s.patient_id, s.index): s for s in kaggle.list_slices(kaggle.open_source(tiny_dataset))}
-  assert len(source) == len(slices)
-  for i in range(len(source)):
+  listed = kaggle.list_slices(kaggle.open_source(tiny_dataset))  # folders sorted, slices 1..N
+  assert len(source) == len(listed)
+  for i, s in enumerate(listed):
     ex = source[i]
-    s = slices[(ex["patient_id"].decode(), int(ex["slice_index"]))]
+    assert (ex["patient_id"].decode(), int(ex["slice_index"])) == (s.patient_id, s.index)
     mask = tifffile.imread(tiny_dataset / s.mask_path)
     np.testing.assert_array_equal(ex["image"], tifffile.imread(tiny_dataset / s.image_path))
     np.testing.assert_array_equal(ex["mask"][..., 0], mask)
@@ -71,7 +71,7 @@ def test_builder_round_trip_equals_tiffs(tiny_dataset, tmp_path):
 
 
 @pytest.mark.skipif(not REAL_DATA.exists(), reason="../shared/data/lgg_dev is absent")
-def test_builder_round_trip_on_two_real_patients(tmp_path):
+def test_builder_round_trip_on_two_real_patients_in_order(tmp_path):
   src = tmp_path / "kaggle_3m"
   src.mkdir()
   for p in sorted(p for p in REAL_DATA.iterdir() if p.is_dir())[:2]:
@@ -81,6 +81,8 @@ def test_builder_round_trip_on_two_real_patients(tmp_path):
   source = b.as_data_source("slices")
   slices = {(s.patient_id, s.index): s for s in kaggle.list_slices(kaggle.open_source(src))}
   assert len(source) == len(slices) > 20
+  assert [(source[i]["patient_id"].decode(), int(source[i]["slice_index"])) for i in range(len(source))] == \
+      sorted(slices)
   for i in range(len(source)):
     ex = source[i]
     s = slices[(ex["patient_id"].decode(), int(ex["slice_index"]))]
@@ -143,9 +145,10 @@ def _zip_folder(folder, archive, top="lgg-mri-segmentation"):
 
 
 def _records(builder_):
+  """Every record in record order (which is (patient, slice) order)."""
   source = builder_.as_data_source("slices")
-  return sorted((ex["patient_id"], int(ex["slice_index"]), ex["image"].tobytes(), ex["mask"].tobytes(),
-                 ex["clinical"]) for ex in (source[i] for i in range(len(source))))
+  return [(ex["patient_id"], int(ex["slice_index"]), ex["image"].tobytes(), ex["mask"].tobytes(),
+           ex["clinical"]) for ex in (source[i] for i in range(len(source)))]
 
 
 def test_zip_archive_and_enclosing_folder_give_the_same_dataset(tiny_dataset, tmp_path):
@@ -181,23 +184,61 @@ def test_clinical_table_mismatches_are_warned(tiny_dataset, tmp_path, caplog):
   assert None in rows  # the patient without a row gets an empty record, not dropped
 
 
+def _meta(builder_):
+  import tensorflow_datasets as tfds
+  source = builder_.as_data_source("slices", decoders={"image": tfds.decode.SkipDecoding(),
+                                                       "mask": tfds.decode.SkipDecoding()})
+  return [source[i] for i in range(len(source))]
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(not REAL_DATA.exists(), reason="../shared/data/lgg_dev is absent")
-def test_real_dataset_counts_and_zip_equivalence(tmp_path):
-  b = builder.build(REAL_DATA, tmp_path / "tfds")
-  meta = b.as_data_source("slices", decoders={"image": __import__("tensorflow_datasets").decode.SkipDecoding(),
-                                               "mask": __import__("tensorflow_datasets").decode.SkipDecoding()})
-  records = [meta[i] for i in range(len(meta))]
+def test_real_dataset_counts_and_zip_equivalence(real_builder, tmp_path):
+  records = _meta(real_builder)
   assert len({r["patient_id"] for r in records}) == 62
   assert len(records) == 2121
   assert sum(bool(r["has_tumor"]) for r in records) == 769
   (tmp_path / "dl").mkdir()
   _zip_folder(REAL_DATA, tmp_path / "dl" / "lgg.zip")
-  from_zip = builder.build(tmp_path / "dl", tmp_path / "tfds_zip")
-  meta_zip = from_zip.as_data_source("slices", decoders={
-      "image": __import__("tensorflow_datasets").decode.SkipDecoding(),
-      "mask": __import__("tensorflow_datasets").decode.SkipDecoding()})
-  zipped = sorted((r["patient_id"], r["slice_index"], r["image"], r["mask"], r["clinical"])
-                  for r in (meta_zip[i] for i in range(len(meta_zip))))
-  assert zipped == sorted((r["patient_id"], r["slice_index"], r["image"], r["mask"], r["clinical"])
-                          for r in records)
+  zipped = _meta(builder.build(tmp_path / "dl", tmp_path / "tfds_zip"))
+  fields = ("patient_id", "slice_index", "image", "mask", "clinical")
+  assert [tuple(r[k] for k in fields) for r in zipped] == [tuple(r[k] for k in fields) for r in records]
+
+
+def _assert_every_patient_in_slice_order(data, indices):
+  ids, slices = data.patient_ids[indices], data.slice_index[indices]
+  for patient in np.unique(ids):
+    numbers = slices[ids == patient]
+    assert (np.diff(numbers) > 0).all(), (patient, numbers[:10])
+    np.testing.assert_array_equal(data.records(patient), indices[ids == patient])
+
+
+def _assert_volumes_in_order(data, patients, source_root):
+  for patient in patients:
+    volume, truth = data.volume(patient)
+    for k in (0, len(volume) // 2, len(volume) - 1):  # slice k of the volume is file k+1
+      name = source_root / patient / f"{patient}_{k + 1}"
+      np.testing.assert_array_equal(volume[k], tifffile.imread(f"{name}.tif"))
+      np.testing.assert_array_equal(truth[k], tifffile.imread(f"{name}_mask.tif") > 0)
+
+
+def test_synthetic_records_and_volumes_come_in_slice_order(tiny_dataset, tmp_path):
+  from conftest import tiny_config
+  from lgg_jax.data import pipeline
+  data = pipeline.load(tiny_config(tmp_path, manual_dir=tiny_dataset.parent))
+  assert data.version == "1.1.0"
+  for name in ("train", "val", "test"):
+    _assert_every_patient_in_slice_order(data, getattr(data.split, name))
+  _assert_volumes_in_order(data, data.patients(data.split.test), tiny_dataset)
+  res = pipeline.resident(data, data.split.train, tiny_config(tmp_path).data)
+  _assert_every_patient_in_slice_order(data, res.records)
+
+
+@pytest.mark.slow
+def test_real_records_and_volumes_come_in_slice_order(real_data):
+  """Before version 1.1.0 every one of the 62 patients read out of order
+  (TCGA_DU_7294_19890104: 13, 22, 6, 15, 29, 12, ...)."""
+  assert real_data.version == "1.1.0"
+  for name in ("train", "val", "test"):
+    _assert_every_patient_in_slice_order(real_data, getattr(real_data.split, name))
+  _assert_volumes_in_order(real_data, ["TCGA_DU_7294_19890104"] + real_data.patients(real_data.split.val)[:2],
+                           REAL_DATA)

@@ -1,36 +1,84 @@
+import csv
 import json
 import shutil
 
+import jax
 import numpy as np
 import pytest
+import tifffile
 
-from lgg_jax import baselines, evaluate, train
+from lgg_jax import baselines, evaluate, inference, predict, report, train
 from lgg_jax.data import pipeline
 from conftest import tiny_config
 
+medpy_binary = pytest.importorskip("medpy.metric.binary")
 
-def _square(shape, top, left, size):
+
+def _square(shape, top, left, size, slices=None):
   v = np.zeros(shape, bool)
-  v[:, top:top + size, left:left + size] = True
+  v[slice(None) if slices is None else slices, top:top + size, left:left + size] = True
   return v
 
 
-def test_hd95_on_simple_shapes_and_empty_rules():
-  a = _square((1, 40, 40), 10, 10, 10)
-  assert evaluate.hd95(a, a) == 0.0
-  b = _square((1, 40, 40), 10, 13, 10)  # shifted 3 px to the right
-  assert evaluate.hd95(a, b) == pytest.approx(3.0)
-  empty = np.zeros_like(a)
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (5.0, 1.0, 1.0)])
+def test_hd95_equals_medpy_on_random_and_hand_made_volumes(spacing):
+  rng = np.random.default_rng(0)
+  cases = [(_square((6, 40, 40), 10, 10, 10), _square((6, 40, 40), 10, 13, 10)),
+           (_square((8, 48, 48), 5, 5, 12, slice(1, 4)), _square((8, 48, 48), 20, 30, 8, slice(3, 7)))]
+  for _ in range(6):
+    a = rng.random((7, 32, 32)) < rng.uniform(0.02, 0.3)
+    b = rng.random((7, 32, 32)) < rng.uniform(0.02, 0.3)
+    cases.append((a, b))
+  for pred, truth in cases:
+    ours = evaluate.hd95(pred, truth, spacing)
+    assert ours == pytest.approx(medpy_binary.hd95(pred, truth, voxelspacing=spacing), abs=1e-6)
+
+
+def test_hd95_charges_false_positives_on_tumour_free_slices():
+  """A 20x20 blob on 3 tumour-free slices: a per-slice HD95 sees no surface to
+  compare there and drops it; the 3-D one does not."""
+  truth = _square((12, 128, 128), 50, 50, 30, slice(2, 6))
+  pred = truth | _square((12, 128, 128), 90, 90, 20, slice(8, 11))
+  ours = evaluate.hd95(pred, truth)
+  assert ours == pytest.approx(medpy_binary.hd95(pred, truth), abs=1e-6) and ours > 10
+  assert evaluate.hd95(truth, truth) == 0.0
+  empty = np.zeros_like(truth)
   assert evaluate.hd95(empty, empty) == 0.0
-  assert np.isnan(evaluate.hd95(a, empty)) and np.isnan(evaluate.hd95(empty, a))
+  assert np.isnan(evaluate.hd95(truth, empty)) and np.isnan(evaluate.hd95(empty, truth))
 
 
-def test_largest_component_keeps_the_biggest_3d_body():
-  v = np.zeros((3, 20, 20), bool)
-  v[0:3, 2:8, 2:8] = True     # 108 voxels over 3 slices
-  v[1, 15:17, 15:17] = True   # 4 voxels
-  kept = evaluate.largest_component(v)
-  assert kept.sum() == 108 and not kept[1, 15, 15]
+def test_undefined_hd95_is_counted_and_charged_the_penalty():
+  config = tiny_config_evaluation()
+  truth = _square((4, 32, 32), 8, 8, 8, slice(1, 3))
+  volumes = [("found", truth.astype(np.float32), truth), ("missed", np.zeros((4, 32, 32)), truth)]
+  summary, rows = evaluate.score(volumes, 0.5, False, config)
+  assert summary["hd95_undefined"] == 1 and summary["hd95_px"] == 0.0
+  assert summary["hd95_px_penalised"] == pytest.approx(config.hd95_penalty / 2)
+  assert summary["missed_patients"] == 1
+  assert [r["patient"] for r in rows] == ["found", "missed"]
+
+
+def tiny_config_evaluation():
+  import tiny_config
+  return tiny_config.get_config().evaluation
+
+
+def test_largest_component_keeps_the_tumour_of_an_ordered_volume(tiny_dataset, tmp_path):
+  config = tiny_config(tmp_path, manual_dir=tiny_dataset.parent)
+  data = pipeline.load(config)
+  patient = data.patients(np.arange(len(data.patient_ids)))[0]
+  _, truth = data.volume(patient)
+  truth = evaluate.largest_component(truth)  # the tumour's main body, over several slices
+  assert truth.any(axis=(1, 2)).sum() >= 3
+  pred = truth.copy()
+  far = np.flatnonzero(~truth.any(axis=(1, 2)))[-1]
+  pred[far, :6, :6] = True  # a small false positive on a tumour-free slice
+  np.testing.assert_array_equal(evaluate.largest_component(pred), truth)
+  # The same slices out of order cut the tumour into pieces, and the largest
+  # one is no longer the tumour.
+  shuffled = pred[np.random.default_rng(0).permutation(len(pred))]
+  kept = evaluate.largest_component(shuffled)
+  assert kept.sum() < truth.sum()
 
 
 def test_score_counts_sensitivity_precision_and_false_positives():
@@ -39,11 +87,21 @@ def test_score_counts_sensitivity_precision_and_false_positives():
   probs = np.zeros((3, 4, 4))
   probs[0, :2, :1] = 0.9       # 2 of 4 true pixels
   probs[1, 3, 3] = 0.8         # false positive on a tumour-free slice
-  summary, rows = evaluate.score(np.array(["a", "a", "a"]), probs, truth, 0.5, False)
+  summary, rows = evaluate.score([("a", probs, truth)], 0.5, False)
   assert summary["sensitivity"] == pytest.approx(0.5)
   assert summary["precision"] == pytest.approx(2 / 3)
   assert summary["empty_false_positive_rate"] == pytest.approx(0.5)
   assert rows[0]["dice"] == pytest.approx(2 * 2 / (3 + 4))
+
+
+def test_threshold_choice_is_the_best_grid_point():
+  truth = _square((3, 16, 16), 4, 4, 6)
+  probs = np.where(truth, 0.35, 0.0) + np.where(_square((3, 16, 16), 10, 10, 3), 0.3, 0.0)
+  volumes = [("a", probs, truth)]
+  best = evaluate.choose_threshold(volumes, False)
+  scores = {t: evaluate.score(volumes, t, False)[0]["patient_dice"] for t in evaluate.THRESHOLD_GRID}
+  assert scores[best] == max(scores.values()) == 1.0 and best > 0.3
+  assert scores[0.1] < 1.0  # the grid's low end takes the false blob too
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +114,7 @@ def trained_run(tmp_path_factory):
   config.model.depth = 4
   config.num_epochs = 16
   config.optimizer.learning_rate = 2e-3
+  config.data.tumour_fraction = 0.5  # without it this tiny run barely leaves "no tumour anywhere"
   config.split.num_folds = 5
   summary = train.train_and_evaluate(config, root / "run")
   return root / "run", config, summary
@@ -69,16 +128,46 @@ def test_evaluation_reproduces_the_training_summary_and_writes_reports(trained_r
   assert json.loads((out / "summary.json").read_text())["patients"] == summary["test"]["patients"]
   assert (out / "per_patient.csv").read_text().count("\n") == summary["test"]["patients"] + 1
   assert "| patient_dice |" in (out / "table.md").read_text()
-  tta = evaluate.evaluate_run(workdir, split="test", tta=True, keep_largest=True, threshold="val")
-  assert 0.0 <= tta["patient_dice"] <= 1.0 and 0.1 <= tta["threshold"] <= 0.9
 
 
-def test_runs_from_before_conv_impl_still_evaluate(trained_run, tmp_path):
+def test_scores_are_taken_at_256_against_the_untouched_truth(trained_run):
+  workdir, config, summary = trained_run
+  assert config.data.image_size == 64
+  data = pipeline.load(config)
+  for row in summary["test_per_patient"]:
+    _, truth = data.volume(row["patient"])
+    assert truth.shape[1:] == (256, 256) and row["true_pixels"] == int(truth.sum())
+
+
+def test_threshold_from_validation_and_tta_are_what_they_say(trained_run):
+  workdir, config, _ = trained_run
+  data = pipeline.load(config)
+  member = inference.member_from_run(workdir)
+  val = list(inference.Predictor(member).predict_patients(data, data.patients(data.split.val)))
+  chosen = evaluate.evaluate_run(workdir, threshold="val", name="val_threshold")["threshold"]
+  assert chosen == evaluate.choose_threshold(val, False)
+  # Flip TTA is the mean of the three views' probabilities, each flipped back.
+  volume, _ = data.volume(data.patients(data.split.test)[0])
+  plain = inference.Predictor(member)
+  views = [plain.predict_volume(volume), plain.predict_volume(volume[:, :, ::-1])[:, :, ::-1],
+           plain.predict_volume(volume[:, ::-1])[:, ::-1]]
+  np.testing.assert_allclose(inference.Predictor(member, tta="flips").predict_volume(volume),
+                             np.mean(views, axis=0), atol=2e-5)
+  rotations = [np.rot90(plain.predict_volume(np.rot90(v, k, axes=(1, 2)).copy()), -k, axes=(1, 2))
+               for v in (volume, volume.transpose(0, 2, 1, 3)) for k in range(4)]
+  rotations[4:] = [r.transpose(0, 2, 1) for r in rotations[4:]]
+  np.testing.assert_allclose(inference.Predictor(member, tta="dihedral").predict_volume(volume),
+                             np.mean(rotations, axis=0), atol=2e-5)
+
+
+def test_runs_from_before_newer_settings_still_evaluate(trained_run, tmp_path):
   workdir, _, summary = trained_run
   old = tmp_path / "old_run"
   shutil.copytree(workdir, old)
   config = json.loads((old / "config.json").read_text())
-  del config["model"]["conv_impl"]
+  for section, key in (("model", "conv_impl"), ("data", "neighbours"), ("data", "tumour_fraction")):
+    del config[section][key]
+  del config["inference"], config["evaluation"]
   (old / "config.json").write_text(json.dumps(config))
   result = evaluate.evaluate_run(old, checkpoint="best", split="test")
   assert result["patient_dice"] == pytest.approx(summary["test_dice"], abs=1e-6)
@@ -87,40 +176,43 @@ def test_runs_from_before_conv_impl_still_evaluate(trained_run, tmp_path):
 def test_briefly_trained_model_beats_flair_threshold_on_held_out_patients(trained_run):
   workdir, config, summary = trained_run
   data = pipeline.load(config)
-
-  def volumes(indices):
-    ids = data.patient_ids[indices]
-    out = []
-    for pid in np.unique(ids):
-      sel = indices[ids == pid]
-      out.append((np.stack([data.source[int(i)]["image"] for i in sel]),
-                  np.stack([data.source[int(i)]["mask"][..., 0] for i in sel])))
-    return out
-
-  train_vols = volumes(data.split.train)
+  train_vols = [data.volume(p) for p in data.patients(data.split.train)]
   threshold, _ = baselines.fit_threshold([v for v, _ in train_vols], [m for _, m in train_vols])
-  test_vols = volumes(data.split.test)
+  test_vols = [data.volume(p) for p in data.patients(data.split.test)]
   baseline = baselines.patient_dice([v for v, _ in test_vols], [m for _, m in test_vols], threshold).mean()
   assert summary["test_dice"] > baseline + 0.2, (summary["test_dice"], baseline)
 
 
-def test_training_writes_a_report_with_curves_and_patient_overlays(trained_run):
+def test_report_holds_curves_overlays_and_the_test_table(trained_run):
   workdir, _, _ = trained_run
-  report = (workdir / "report" / "report.md").read_text()
+  written = report.write(workdir)
+  text = written.read_text()
   for name in ("loss_curves.png", "dice_curves.png", "best_patient.png", "worst_patient.png"):
     assert (workdir / "report" / name).stat().st_size > 1000
-    assert name in report
-  assert "## Evaluation of the best checkpoint" in report and "| patient_dice |" in report
+    assert name in text
+  assert "## Evaluation of the best checkpoint" in text and "| hd95_px |" in text
 
 
 def _patient_folder(tiny_dataset):
   return sorted(p for p in tiny_dataset.iterdir() if p.is_dir())[0]
 
 
+def test_predict_equals_evaluate_on_the_same_patient(trained_run, tiny_dataset, tmp_path):
+  workdir, _, _ = trained_run
+  patient = _patient_folder(tiny_dataset)
+  external = tiny_dataset.parent.parent / "external_copy"
+  if not external.exists():
+    shutil.copytree(tiny_dataset, external / "kaggle_3m")
+  evaluate.evaluate_run(workdir, manual_dir=str(external), out=str(tmp_path / "ev"))
+  with open(tmp_path / "ev" / "per_patient.csv") as f:
+    rows = {r["patient"]: float(r["dice"]) for r in csv.DictReader(f)}
+  results = predict.predict(workdir, patient, tmp_path / "out")
+  assert results[0]["dice"] == pytest.approx(rows[patient.name], abs=1e-6)
+
+
 def test_prediction_on_slices_writes_masks_overlays_gif_and_panel(trained_run, tiny_dataset, tmp_path):
   import imageio.v2 as imageio
   import cv2
-  from lgg_jax import predict
   workdir, _, _ = trained_run
   patient = _patient_folder(tiny_dataset)
   n = len([f for f in patient.iterdir() if not f.stem.endswith("_mask")])
@@ -139,8 +231,6 @@ def test_prediction_on_slices_writes_masks_overlays_gif_and_panel(trained_run, t
 
 def test_prediction_on_nifti_keeps_the_affine(trained_run, tiny_dataset, tmp_path):
   nib = pytest.importorskip("nibabel")
-  import tifffile
-  from lgg_jax import predict
   workdir, _, _ = trained_run
   patient = _patient_folder(tiny_dataset)
   files = sorted((f for f in patient.iterdir() if not f.stem.endswith("_mask")),
@@ -165,8 +255,6 @@ def test_prediction_on_nifti_keeps_the_affine(trained_run, tiny_dataset, tmp_pat
     (np.zeros((256, 256, 3), np.uint16), "dtype"),
 ])
 def test_bad_prediction_input_is_named(tmp_path, array, message):
-  import tifffile
-  from lgg_jax import predict
   from lgg_jax.data.kaggle import DataError
   path = tmp_path / "in" / "slice_1.tif"
   path.parent.mkdir()
@@ -186,3 +274,13 @@ def test_evaluation_on_an_external_dataset_scores_every_patient(trained_run, tin
   patients = [p for p in tiny_dataset.iterdir() if p.is_dir()]
   assert result["split"] == "external" and result["patients"] == len(patients)
   assert (workdir / "evaluation").is_dir()
+
+
+def test_an_ensemble_needs_other_patients(trained_run, tiny_dataset, tmp_path):
+  workdir, _, _ = trained_run
+  with pytest.raises(ValueError, match="--manual_dir"):
+    evaluate.evaluate_run([workdir, workdir])
+  single = evaluate.evaluate_run(workdir, manual_dir=str(tiny_dataset), out=str(tmp_path / "one"))
+  double = evaluate.evaluate_run([workdir, workdir], manual_dir=str(tiny_dataset), out=str(tmp_path / "two"))
+  assert double["patient_dice"] == pytest.approx(single["patient_dice"], abs=1e-6)  # the mean of two equals one
+  assert len(double["runs"]) == 2

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from configs import default
 from lgg_jax import models
 from lgg_jax.models import layers
 
@@ -50,9 +51,6 @@ def test_upsample_align_corners_matches_torch_semantics():
 
 
 def _full_config(name):
-  import sys, pathlib
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-  from configs import default
   config = default.get_config().model
   config.name = name
   return config

@@ -7,7 +7,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from lgg_jax import losses, train
+from lgg_jax import losses, parallel, state, steps, train
 from lgg_jax.data import pipeline
 from conftest import tiny_config
 
@@ -30,17 +30,17 @@ def test_train_step_on_one_device_equals_eight_devices(tmp_path):
   batch = _batch(config, config.global_batch_size)
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
-    mesh = jax.sharding.Mesh(np.array(devices), (train.AXIS,))
-    tx, _ = train.make_optimizer(config, total_steps=10)
-    graphdefs, state = train.create_state(config, tx)
-    initial_params = jax.device_get(state["params"])
-    state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-    step = train.make_train_step(graphdefs["train"], tx, config, mesh)
+    mesh = parallel.make_mesh(devices)
+    tx, _ = state.make_optimizer(config, total_steps=10)
+    graphdefs, train_state = state.create_state(config, tx)
+    initial_params = jax.device_get(train_state["params"])
+    train_state = parallel.replicate(train_state, mesh)
+    step = steps.make_train_step(graphdefs["train"], tx, config, mesh)
     all_stats = []
     for _ in range(2):
-      state, stats = step(state, train.global_batch(batch, mesh))
+      train_state, stats = step(train_state, parallel.global_batch(batch, mesh))
       all_stats.append(jax.device_get(stats))
-    results.append((jax.device_get(state["params"]), all_stats))
+    results.append((jax.device_get(train_state["params"]), all_stats))
   (p1, s1), (p8, s8) = results
   for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
@@ -49,7 +49,7 @@ def test_train_step_on_one_device_equals_eight_devices(tmp_path):
   # The first step's gradient norm equals that of a plain jax.grad of the mean
   # loss over the whole batch, outside any mesh.
   def mean_loss(params):
-    model = train.merge(graphdefs["train"], params, jax.device_get(state["model_state"]))
+    model = state.merge(graphdefs["train"], params, jax.device_get(train_state["model_state"]))
     return losses.per_sample_loss(model(batch["image"]), batch["mask"], config.loss).mean()
   direct = optax.tree.norm(jax.grad(mean_loss)(initial_params))
   np.testing.assert_allclose(s8[0]["grad_norm"], direct, rtol=1e-4)
@@ -93,32 +93,39 @@ def test_training_lowers_loss_and_a_resumed_run_equals_an_uninterrupted_one(tmp_
     np.testing.assert_array_equal(a, b)
 
 
+def _resident(config):
+  data = pipeline.load(config)
+  return data, pipeline.resident(data, data.split.train, config.data)
+
+
 def test_train_data_order_is_a_function_of_seed_and_step(tmp_path, tiny_dataset):
   config = tiny_config(tmp_path, manual_dir=tiny_dataset.parent)
-  data = pipeline.load(config)
-  it = pipeline.train_dataset(data, config)
+  _, res = _resident(config)
+  it = pipeline.train_dataset(res, config)
   first = [next(it)["index"] for _ in range(6)]
-  it = pipeline.train_dataset(data, config)
+  it = pipeline.train_dataset(res, config)
   for _ in range(3):
     next(it)
-  state = it.get_state()
-  again = pipeline.train_dataset(data, config)
-  again.set_state(state)
+  saved = it.get_state()
+  again = pipeline.train_dataset(res, config)
+  again.set_state(saved)
   np.testing.assert_array_equal(next(again)["index"], first[3])
-  # Two processes reading their halves make up the same global batches.
-  halves = [pipeline.train_dataset(data, config, p, 2) for p in range(2)]
+  # Two processes reading their halves make up the same global batches, row for row.
+  halves = [pipeline.train_dataset(res, config, p, 2) for p in range(2)]
   for step in range(3):
-    rows = np.concatenate([next(h)["index"] for h in halves])
-    assert sorted(rows) == sorted(first[step])
+    np.testing.assert_array_equal(np.concatenate([next(h)["index"] for h in halves]), first[step])
 
 
 @pytest.mark.parametrize("key,value,message", [
     ("global_batch_size", 12, "multiple of the device count"),
     ("data.image_size", 30, "divisible"),
     ("data.manual_dir", "/nonexistent/lgg", "does not exist"),
-    ("model.name", "vnet", "unknown model 'vnet'"),
+    ("model.name", "vnet", "config.model.name: unknown value 'vnet'"),
     ("loss.name", "focal", "config.loss.name: unknown value 'focal'"),
     ("augment.name", "mixup", "config.augment.name: unknown value 'mixup'"),
+    ("inference.tta", "d8", "config.inference.tta: unknown value 'd8'"),
+    ("data.normalization", "volume", "config.data.normalization: unknown value 'volume'"),
+    ("data.tumour_fraction", 1.5, "tumour_fraction"),
 ])
 def test_bad_config_fails_before_work(tmp_path, key, value, message):
   config = tiny_config(tmp_path)
@@ -129,32 +136,114 @@ def test_bad_config_fails_before_work(tmp_path, key, value, message):
   assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("model", ["fpn", "resnext_unet"])
-def test_each_model_trains_a_few_steps_and_lowers_the_loss(tmp_path, model):
-  config = tiny_config(tmp_path)
+def _tiny_model(config, model):
   config.model.name = model
   config.model.base_width = 4
   config.model.fpn.update(pyramid_channels=8, segmentation_channels=8, group_norm_groups=4)
   config.model.resnext.update(stem_width=8, blocks=(1, 1, 1, 1), groups=4, width_per_group=16)
-  config.optimizer.learning_rate = 1e-3
-  mesh = train.make_mesh()
-  tx, _ = train.make_optimizer(config, total_steps=80)
-  graphdefs, state = train.create_state(config, tx)
-  state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-  step = train.make_train_step(graphdefs["train"], tx, config, mesh)
-  local = _batch(config, 8, seed=1)
-  # A target learnable from the input at every model's resolution: 4x4 blocks.
-  coarse = np.random.default_rng(2).standard_normal((8, 8, 8, 3)).astype(np.float32)
+  return config
+
+
+def _learnable_batch(n=8):
+  """A target learnable from the input at every model's resolution: 4x4 blocks."""
+  local = _batch(tiny_config_defaults(), n, seed=1)
+  coarse = np.random.default_rng(2).standard_normal((n, 8, 8, 3)).astype(np.float32)
   local["image"] = coarse.repeat(4, axis=1).repeat(4, axis=2)
   local["mask"] = (local["image"][..., 1:2] > 0.5).astype(np.float32)
-  batch = train.global_batch(local, mesh)
-  losses = []
-  for _ in range(80):
-    state, stats = step(state, batch)
-    losses.append(float(stats["loss"]))
-  assert losses[-1] < 0.85 * losses[0]
-  if model == "resnext_unet":  # BatchNorm running statistics moved
-    assert any(float(abs(x).sum()) > 0 for x in jax.tree.leaves(state["model_state"]))
+  return local
+
+
+def tiny_config_defaults():
+  import tiny_config
+  return tiny_config.get_config()
+
+
+def _run_steps(config, local, count, mesh=None, freeze_encoder=False, compute_dtype="float32"):
+  config.compute_dtype = compute_dtype
+  mesh = mesh or parallel.make_mesh()
+  tx, _ = state.make_optimizer(config, total_steps=count)
+  graphdefs, train_state = state.create_state(config, tx)
+  initial = jax.device_get(train_state)
+  train_state = parallel.replicate(train_state, mesh)
+  step = steps.make_train_step(graphdefs["train"], tx, config, mesh, freeze_encoder=freeze_encoder)
+  batch = parallel.global_batch(local, mesh)
+  history = []
+  for _ in range(count):
+    train_state, stats = step(train_state, batch)
+    history.append(jax.device_get(stats))
+  return initial, jax.device_get(train_state), history
+
+
+@pytest.mark.parametrize("model", ["fpn", "resnext_unet"])
+def test_each_model_trains_a_few_steps_and_lowers_the_loss(tmp_path, model):
+  config = _tiny_model(tiny_config(tmp_path), model)
+  config.optimizer.learning_rate = 1e-3
+  initial, final, history = _run_steps(config, _learnable_batch(), 80)
+  assert history[-1]["loss"] < 0.85 * history[0]["loss"]
+  if model == "resnext_unet":  # BatchNorm running statistics moved away from their start (mean 0, var 1)
+    moved = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(initial["model_state"]),
+                                                  jax.tree.leaves(final["model_state"]))]
+    assert min(moved) > 1e-3
+
+
+def test_resnext_on_one_device_equals_eight_devices_with_synced_batchnorm(tmp_path):
+  """BatchNorm statistics over the global batch (sync_batch_norm): 8 devices
+  of 1 row each give one device's 8-row step."""
+  config = _tiny_model(tiny_config(tmp_path), "resnext_unet")
+  config.optimizer.name, config.optimizer.grad_clip_norm = "sgd", 0.0
+  local = _learnable_batch()
+  results = [_run_steps(config, local, 2, mesh=parallel.make_mesh(d))[1:]
+             for d in (jax.devices()[:1], jax.devices())]
+  (s1, h1), (s8, h8) = results
+  for a, b in zip(jax.tree.leaves((s1["params"], s1["model_state"])), jax.tree.leaves((s8["params"], s8["model_state"]))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(h1[-1]["loss"], h8[-1]["loss"], rtol=1e-5)
+  # Without the sync each device normalises its own row: the step differs.
+  config.model.resnext.sync_batch_norm = False
+  _, unsynced, _ = _run_steps(config, local, 2, mesh=parallel.make_mesh())
+  assert not np.allclose(unsynced["params"]["head2"]["kernel"], s1["params"]["head2"]["kernel"], rtol=1e-4)
+
+
+def test_frozen_encoder_does_not_move_while_the_decoder_does(tmp_path):
+  config = _tiny_model(tiny_config(tmp_path), "resnext_unet")
+  initial, final, _ = _run_steps(config, _learnable_batch(), 3, freeze_encoder=True)
+  for a, b in zip(jax.tree.leaves(initial["params"]["encoder"]), jax.tree.leaves(final["params"]["encoder"])):
+    np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(initial["params"]["decoder1"]["conv1"]["kernel"],
+                            final["params"]["decoder1"]["conv1"]["kernel"])
+
+
+def test_bfloat16_step_keeps_float32_parameters_and_tracks_float32(tmp_path):
+  config = _tiny_model(tiny_config(tmp_path), "unet")
+  _, f32, h32 = _run_steps(config, _learnable_batch(), 3)
+  _, bf16, h16 = _run_steps(config, _learnable_batch(), 3, compute_dtype="bfloat16")
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(bf16["params"]))
+  assert np.isfinite(h16[-1]["loss"])
+  np.testing.assert_allclose(h16[0]["loss"], h32[0]["loss"], rtol=3e-2)
+
+
+def test_pretrained_encoder_weights_reach_the_model(tmp_path):
+  """config.model.pretrained_path goes through model creation: the encoder
+  holds the file's weights (torchvision names, OIHW kernels)."""
+  from safetensors.numpy import save_file
+  config = _tiny_model(tiny_config(tmp_path), "resnext_unet")
+  reference = state.create_model(config)
+  from lgg_jax.models import weights
+  tensors = {}
+  for key, (variable, convert) in weights._encoder_targets(reference.encoder).items():
+    shape = np.asarray(variable[...]).shape
+    value = np.random.default_rng(len(tensors)).standard_normal(shape).astype(np.float32)
+    tensors[key] = np.ascontiguousarray(np.transpose(value, (3, 2, 0, 1)) if value.ndim == 4 else value)
+  path = tmp_path / "encoder.safetensors"
+  save_file(tensors, str(path))
+  config.model.pretrained_path = str(path)
+  model = state.create_model(config)
+  np.testing.assert_array_equal(np.asarray(model.encoder.conv1.kernel[...]),
+                                np.transpose(tensors["conv1.weight"], (2, 3, 1, 0)))
+  np.testing.assert_array_equal(np.asarray(model.encoder.layer1[0].bn1.mean[...]), tensors["layer1.0.bn1.running_mean"])
+  config.model.name = "unet"
+  with pytest.raises(ValueError, match="no pretrained encoder"):
+    state.create_model(config)
 
 
 def test_unwritable_workdir_is_named(tmp_path):
@@ -165,19 +254,25 @@ def test_unwritable_workdir_is_named(tmp_path):
 
 
 def test_non_finite_loss_stops_training_and_keeps_good_checkpoints(tmp_path):
+  """A run that diverges in its second epoch stops there, names the first
+  epoch's checkpoint, and writes no checkpoint of the bad epoch."""
   config = tiny_config(tmp_path)
-  config.num_epochs = 4
-  config.optimizer.name = "sgd"
-  config.optimizer.grad_clip_norm = 0.0
-  config.optimizer.learning_rate = 1e12  # diverges within a few steps
-  config.optimizer.warmup_steps = 0
-  with pytest.raises(FloatingPointError, match="non-finite training loss") as err:
-    train.train_and_evaluate(config, tmp_path / "run")
-  assert "last good checkpoint" in str(err.value)
-  checkpoints = tmp_path / "run" / "checkpoints"
-  for step_dir in (p for p in checkpoints.iterdir() if p.name.isdigit()) if checkpoints.exists() else []:
-    params = ocp.StandardCheckpointer().restore(step_dir / "state")["params"]
-    assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+  config.num_epochs = 1
+  config.optimizer.name, config.optimizer.grad_clip_norm = "sgd", 0.0
+  config.optimizer.schedule, config.optimizer.warmup_steps = "constant", 0
+  config.optimizer.learning_rate = 1e-3
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(config, workdir)
+  good = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert len(good) == 1
+  config.num_epochs = 3
+  config.optimizer.learning_rate = 1e12  # resumes, then diverges within epoch 2
+  with pytest.raises(FloatingPointError, match=f"non-finite training loss in epoch 2.*step {good[0]}"):
+    train.train_and_evaluate(config, workdir)
+  after = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert after == good
+  params = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(good[0]) / "state")["params"]
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 
 def test_grain_workers_give_the_same_batches(tmp_path, tiny_dataset):
@@ -186,12 +281,12 @@ def test_grain_workers_give_the_same_batches(tmp_path, tiny_dataset):
     flags.FLAGS.mark_as_parsed()
   config = tiny_config(tmp_path, manual_dir=tiny_dataset.parent)
   config.augment.name = "distortions"
-  data = pipeline.load(config)
-  serial = pipeline.train_dataset(data, config)
+  _, res = _resident(config)
+  serial = pipeline.train_dataset(res, config)
   config.data.num_workers = 2
-  parallel = pipeline.train_dataset(data, config)
+  parallel_batches = pipeline.train_dataset(res, config)
   for _ in range(3):
-    a, b = next(serial), next(parallel)
+    a, b = next(serial), next(parallel_batches)
     np.testing.assert_array_equal(a["index"], b["index"])
     np.testing.assert_array_equal(a["image"], b["image"])
     np.testing.assert_array_equal(a["mask"], b["mask"])

@@ -1,10 +1,6 @@
 """A config for subprocess tests: python -m lgg_jax.main --config=tests/tiny_config.py ..."""
 
-import pathlib
-import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from configs import default  # noqa: E402
+from configs import default
 
 
 def get_config():

@@ -1,6 +1,7 @@
 """TFDS builder for the LGG dataset, written as array_record (no TensorFlow).
 
-One split, `slices`, holds every slice; patient-level splits are made later by
+One split, `slices`, holds every slice in (patient, slice number) order, so a
+patient's records read as its volume; patient-level splits are made later by
 `splits.py` so folds can change without rebuilding. Images and masks are
 stored as PNG bytes we encode ourselves (tfds would need TensorFlow to
 encode arrays), read back by `tfds` data sources for grain.
@@ -32,7 +33,10 @@ def _png(array: np.ndarray) -> bytes:
 class Lgg(tfds.core.GeneratorBasedBuilder):
   """LGG Segmentation Dataset (Buda et al. 2019) from a local `kaggle_3m/`."""
 
-  VERSION = tfds.core.Version("1.0.0")
+  # 1.1.0: records in (patient, slice) order (1.0.0 wrote them in hash order).
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.1.0": "Records in (patient, slice number) order: shuffling disabled.",
+                   "1.0.0": "Initial release (records in hash order)."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "Download the LGG Segmentation Dataset (kaggle_3m/) and set "
       "config.data.manual_dir to the folder that holds it.")
@@ -50,6 +54,8 @@ class Lgg(tfds.core.GeneratorBasedBuilder):
             "clinical": tfds.features.Text(),  # the patient's data.csv row as JSON
         }),
         citation="Buda, Saha, Mazurowski. Computers in Biology and Medicine 109 (2019).",
+        # Written in generation order: patient folders sorted, slices 1..N.
+        disable_shuffling=True,
     )
 
   def _split_generators(self, dl_manager):

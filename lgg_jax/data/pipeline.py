@@ -1,27 +1,31 @@
-"""Grain input pipeline over the prepared TFDS data source.
+"""The prepared dataset as patients' volumes, and the grain training pipeline.
 
-Training data order is a pure function of (seed, step): the record order is
-a seeded shuffle reshuffled each epoch (grain's `repeat` reseeds), and
-augmentation randomness is seeded per element. The grain iterator's state is
-saved in every checkpoint, so a resumed run sees what an uninterrupted one
-would. Each process reads only its own rows of every global batch.
+Records come in (patient, slice) order (the builder's version 1.1.0), and
+every volume is formed by an explicit sort on the slice number as well.
+
+Training data order is a pure function of (seed, step) (`TrainOrder`), and
+augmentation randomness is seeded per element, so a resumed run sees what an
+uninterrupted one would; the grain iterator's state is saved in every
+checkpoint. Each process reads only its own rows of every global batch. The
+training records are held in memory at the model's size (uint8), decoded once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import logging
 import pathlib
 
-import cv2
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
 from lgg_jax.data import augment as augment_lib
 from lgg_jax.data import builder as builder_lib
-from lgg_jax.data import kaggle, splits, synthetic
+from lgg_jax.data import preprocess, splits, synthetic
 
 
 @dataclasses.dataclass
@@ -32,8 +36,38 @@ class Data:
   has_tumor: np.ndarray       # per record
   split: splits.Split
   fingerprint: str
+  version: str                # the prepared dataset's version (1.1.0: ordered records)
   manual_dir: str
   clinical: dict              # patient id -> data.csv row (may be empty)
+  _volumes: dict = dataclasses.field(default_factory=dict, repr=False)
+
+  def records(self, patient: str) -> np.ndarray:
+    """The patient's record indices, in slice order."""
+    mine = np.flatnonzero(self.patient_ids == patient)
+    if not len(mine):
+      raise KeyError(f"no patient {patient!r} in {self.manual_dir}")
+    return mine[np.argsort(self.slice_index[mine], kind="stable")]
+
+  def patients(self, indices: np.ndarray) -> list[str]:
+    return sorted({str(p) for p in self.patient_ids[indices]})
+
+  def volume(self, patient: str, cache: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (S, 256, 256, 3) slices and bool (S, 256, 256) truth, in slice order."""
+    if patient in self._volumes:
+      return self._volumes[patient]
+    examples = [self.source[int(i)] for i in self.records(patient)]
+    volume = (np.stack([e["image"] for e in examples]), np.stack([e["mask"][..., 0] > 0 for e in examples]))
+    if cache:
+      self._volumes[patient] = volume
+    return volume
+
+  def order_signature(self, indices: np.ndarray) -> str:
+    """Names the records behind `indices` and their order: a run resumes only
+    on the same records in the same order."""
+    h = hashlib.sha256(self.version.encode())
+    for i in indices:
+      h.update(f"{self.patient_ids[i]}:{self.slice_index[i]};".encode())
+    return h.hexdigest()[:16]
 
 
 def resolve_manual_dir(data_config) -> pathlib.Path:
@@ -75,59 +109,125 @@ def load(config) -> Data:
   return Data(source=builder.as_data_source("slices"), patient_ids=patient_ids,
               slice_index=np.array([m["slice_index"] for m in meta], np.int32), has_tumor=has_tumor,
               split=split, fingerprint=pathlib.Path(builder.data_dir).parent.parent.name,
-              manual_dir=str(manual_dir),
+              version=str(builder.version), manual_dir=str(manual_dir),
               clinical={m["patient_id"].decode(): json.loads(m["clinical"]) for m in meta})
 
 
-_PADDING = {"image": np.zeros(kaggle.IMAGE_SHAPE, np.uint8),
-            "mask": np.zeros(kaggle.IMAGE_SHAPE[:2] + (1,), np.uint8), "index": np.int32(-1)}
+# --------------------------------------------------------------------------- training records
+
+@dataclasses.dataclass
+class Resident:
+  """Records at the model's size, decoded once: uint8 images (N, s, s, 3) and
+  masks (N, s, s) {0, 255}; per row its record index, patient number, the
+  rows of its 2.5-D stack and whether it shows tumour; per patient the
+  normalisation statistics (P, 3, 4), or None."""
+  images: np.ndarray
+  masks: np.ndarray
+  records: np.ndarray
+  patient: np.ndarray
+  neighbours: np.ndarray
+  has_tumor: np.ndarray
+  stats: np.ndarray | None
 
 
-class _Records:
-  """A view of the source restricted to some records; index -1 is padding."""
+def resident(data: Data, indices: np.ndarray, data_config) -> Resident:
+  size, k = data_config.image_size, data_config.neighbours
+  images, masks, records, patient, neighbours, stats = [], [], [], [], [], []
+  for number, pid in enumerate(data.patients(indices)):
+    rows = data.records(pid)
+    examples = [data.source[int(i)] for i in rows]
+    small = np.stack([preprocess.resize_image(e["image"], size) for e in examples])
+    neighbours.append(sum(len(r) for r in records) + preprocess.neighbour_rows(len(rows), k))
+    images.append(small)
+    masks.append(np.stack([preprocess.resize_mask(e["mask"][..., 0], size) for e in examples]))
+    records.append(rows)
+    patient.append(np.full(len(rows), number, np.int32))
+    stats.append(preprocess.volume_statistics(small, data_config))
+  records = np.concatenate(records)
+  return Resident(images=np.concatenate(images), masks=np.concatenate(masks), records=records,
+                  patient=np.concatenate(patient), neighbours=np.concatenate(neighbours).astype(np.int32),
+                  has_tumor=data.has_tumor[records],
+                  stats=None if stats[0] is None else np.stack(stats))
 
-  def __init__(self, source, indices: np.ndarray):
-    self._source = source
-    self._indices = np.asarray(indices, np.int64)
+
+class TrainOrder:
+  """Which resident row fills each position of the training stream.
+
+  Position e is row e % B of global batch e // B. The first
+  round(tumour_fraction * B) rows of each batch, spread evenly over it, come
+  from a stream of tumour rows, the rest from a stream of all rows; each
+  stream walks through fresh seeded permutations of its rows. A pure
+  function of (seed, position): resuming needs only the position.
+  """
+
+  def __init__(self, num_rows: int, tumour_rows: np.ndarray, batch: int, tumour_fraction: float, seed: int):
+    if not 0.0 <= tumour_fraction <= 1.0:
+      raise ValueError(f"config.data.tumour_fraction={tumour_fraction} must be in [0, 1]")
+    self.num_rows, self.tumour_rows, self.batch, self.seed = num_rows, np.asarray(tumour_rows), batch, seed
+    self.per_batch = int(round(tumour_fraction * batch)) if len(tumour_rows) else 0
+
+  @functools.lru_cache(maxsize=8)
+  def _permutation(self, stream: int, cycle: int) -> np.ndarray:
+    size = len(self.tumour_rows) if stream else self.num_rows
+    return np.random.default_rng([self.seed, stream, cycle]).permutation(size)
+
+  def row(self, position: int) -> int:
+    step, r = divmod(int(position), self.batch)
+    tumour_before = (r * self.per_batch) // self.batch
+    if ((r + 1) * self.per_batch) // self.batch > tumour_before:  # a tumour row
+      j = step * self.per_batch + tumour_before
+      cycle, i = divmod(j, len(self.tumour_rows))
+      return int(self.tumour_rows[self._permutation(1, cycle)[i]])
+    j = step * (self.batch - self.per_batch) + (r - tumour_before)
+    cycle, i = divmod(j, self.num_rows)
+    return int(self._permutation(0, cycle)[i])
+
+  def rows(self, step: int) -> np.ndarray:
+    return np.array([self.row(step * self.batch + r) for r in range(self.batch)], np.int32)
+
+
+class _Stream(grain.MapDataset):
+  """The infinite stream of positions, mapped to resident rows by the order."""
+
+  def __init__(self, order: TrainOrder):
+    super().__init__()
+    self._order = order
 
   def __len__(self):
-    return len(self._indices)
+    return np.iinfo(np.int64).max
 
-  def __getitem__(self, i):
-    index = int(self._indices[i])
-    if index < 0:
-      return _PADDING
-    example = self._source[index]
-    return {"image": example["image"], "mask": example["mask"], "index": np.int32(index)}
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return self._order.row(index)
 
-
-NORMALIZATIONS = ("slice", "unit")
+  def __str__(self):
+    return "TrainOrder"
 
 
-def normalise(image: np.ndarray, mode: str) -> np.ndarray:
-  image = image.astype(np.float32)
-  if mode == "unit":
-    return image / 255.0
-  if mode == "slice":  # per-channel z-score: removes per-patient gain
-    mean = image.mean(axis=(0, 1), keepdims=True)
-    std = image.std(axis=(0, 1), keepdims=True)
-    return (image - mean) / (std + 1.0)
-  raise ValueError(f"config.data.normalization must be one of {NORMALIZATIONS}, got {mode!r}")
+class _Element:
+  """Resident row -> uint8 example: the slice stacked with its neighbours."""
+
+  def __init__(self, res: Resident):
+    self.res = res
+
+  def __call__(self, row: int) -> dict:
+    stack = self.res.images[self.res.neighbours[row]]  # (2k+1, s, s, 3)
+    image = np.concatenate(list(stack), axis=-1) if len(stack) > 1 else stack[0]
+    return {"image": image, "mask": self.res.masks[row], "index": np.int32(self.res.records[row]),
+            "row": np.int32(row)}
 
 
-def resize(example: dict, size: int) -> dict:
-  """Image (area) and mask (area, then >= 50%) at the model's size."""
-  image, mask = example["image"], example["mask"][..., 0]
-  if image.shape[0] != size:
-    image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-    mask = np.where(cv2.resize(mask, (size, size), interpolation=cv2.INTER_AREA) >= 128, 255, 0)
-  return {"image": image, "mask": mask.astype(np.uint8), "index": example["index"]}
+class _Finish:
+  """Normalise (with the patient's statistics) and cast: the model's input."""
 
+  def __init__(self, res: Resident, normalization: str):
+    self.res, self.normalization = res, normalization
 
-def _finish(example: dict, normalization: str) -> dict:
-  return {"image": normalise(example["image"], normalization),
-          "mask": (example["mask"] > 0).astype(np.float32)[..., None],
-          "index": example["index"]}
+  def __call__(self, example: dict) -> dict:
+    stats = None if self.res.stats is None else self.res.stats[self.res.patient[example["row"]]]
+    return {"image": preprocess.normalise(example["image"], self.normalization, stats),
+            "mask": (example["mask"] > 0).astype(np.float32)[..., None], "index": example["index"]}
 
 
 class _ProcessRows(grain.MapDataset):
@@ -150,38 +250,24 @@ class _ProcessRows(grain.MapDataset):
     return f"ProcessRows(global={self._global}, local={self._local}, offset={self._offset})"
 
 
-def train_dataset(data: Data, config, process_index: int = 0, process_count: int = 1):
+def train_order(res: Resident, config) -> TrainOrder:
+  return TrainOrder(len(res.records), np.flatnonzero(res.has_tumor), config.global_batch_size,
+                    config.data.tumour_fraction, config.seed)
+
+
+def train_dataset(res: Resident, config, process_index: int = 0, process_count: int = 1):
   """Infinite iterator of this process's rows of each global batch."""
   local_batch = config.global_batch_size // process_count
-  size, normalization = config.data.image_size, config.data.normalization
-  augmenter = augment_lib.make(config.augment)
-  ds = grain.MapDataset.source(_Records(data.source, data.split.train))
-  ds = ds.shuffle(seed=config.seed).repeat(None)
-  ds = ds.map(lambda e: resize(e, size))
-  ds = ds.random_map(augmenter, seed=config.seed + 1)
+  ds = _Stream(train_order(res, config)).map(_Element(res))
+  ds = ds.random_map(augment_lib.make(config.augment), seed=config.seed + 1)
   # Row r of global batch s is element s*B + r; this process reads its
   # contiguous rows of each global batch (lazily: the others are never read),
   # so global batches, their row order and their augmentations do not depend
   # on the process count.
   ds = _ProcessRows(ds, config.global_batch_size, local_batch, process_index)
-  ds = ds.map(lambda e: _finish(e, normalization))
+  ds = ds.map(_Finish(res, config.data.normalization))
   ds = ds.batch(local_batch, drop_remainder=True)
   iter_ds = ds.to_iter_dataset()
   if config.data.num_workers > 0:
     iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
   return iter(iter_ds)
-
-
-def eval_batches(data: Data, indices: np.ndarray, config, process_index: int = 0,
-                 process_count: int = 1):
-  """Yields this process's rows of padded global batches; padding has index -1."""
-  batch = config.eval_batch_size
-  local = batch // process_count
-  n = -(-len(indices) // batch) * batch
-  padded = np.full(n, -1, np.int64)
-  padded[:len(indices)] = indices
-  mine = padded.reshape(-1, process_count, local)[:, process_index].ravel()
-  size, normalization = config.data.image_size, config.data.normalization
-  ds = grain.MapDataset.source(_Records(data.source, mine))
-  ds = ds.map(lambda e: _finish(resize(e, size), normalization))
-  return iter(ds.batch(local, drop_remainder=False).to_iter_dataset())

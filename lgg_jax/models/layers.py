@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lgg_jax import choices
+
 
 def _interpolation_matrix(n_in: int, n_out: int) -> np.ndarray:
   """Linear interpolation weights with align_corners=True (torch semantics)."""
@@ -62,8 +64,7 @@ CONV_IMPLS = ("auto", "xla", "cpu")
 
 def resolve_conv_impl(impl: str) -> str:
   """"auto" is "cpu" on the CPU backend and "xla" on GPU/TPU."""
-  if impl not in CONV_IMPLS:
-    raise ValueError(f"config.model.conv_impl: unknown implementation {impl!r} (known: {', '.join(CONV_IMPLS)})")
+  choices.check("config.model.conv_impl", impl, CONV_IMPLS)
   if impl == "auto":
     return "cpu" if jax.default_backend() == "cpu" else "xla"
   return impl

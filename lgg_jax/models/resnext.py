@@ -92,9 +92,9 @@ class DecoderBlock(nnx.Module):
 
 class ResNeXtUNet(nnx.Module):
 
-  def __init__(self, *, stem_width=64, blocks=(3, 4, 6, 3), groups=32, width_per_group=4,
+  def __init__(self, *, in_channels=3, stem_width=64, blocks=(3, 4, 6, 3), groups=32, width_per_group=4,
                conv_impl="auto", axis_name=None, dtype=jnp.float32, rngs: nnx.Rngs):
-    self.encoder = ResNeXtEncoder(stem_width=stem_width, blocks=blocks, groups=groups,
+    self.encoder = ResNeXtEncoder(in_channels=in_channels, stem_width=stem_width, blocks=blocks, groups=groups,
                                   width_per_group=width_per_group, conv_impl=conv_impl,
                                   axis_name=axis_name, dtype=dtype, rngs=rngs)
     e1, e2, e3, e4 = self.encoder.out_channels

@@ -6,6 +6,12 @@ when it is installed, `.safetensors` with numpy alone. Keys map by name
 (`fc.*`) is skipped on purpose. Any other unexpected key, any encoder
 parameter left without a value, or any shape mismatch is an error naming
 them all.
+
+2.5-D input (3 * m channels: the slice and its neighbours, 3 MRI channels
+each): the stem's ImageNet kernel (64, 3, 7, 7) is tiled m times along its
+input channels and divided by m. A stack of m identical slices then gives
+the pretrained stem's exact output, and neighbouring slices, which look
+alike, keep its activation scale (timm's rule for extra input channels).
 """
 
 from __future__ import annotations
@@ -75,11 +81,17 @@ def _encoder_targets(encoder: nnx.Module) -> dict[str, tuple[nnx.Variable, calla
     kernel = module.kernel
     targets[f"{prefix}.weight"] = (kernel, lambda w: np.transpose(w, (2, 3, 1, 0)))  # OIHW -> HWIO
 
+  def expanded_stem(w):
+    copies = encoder.conv1.kernel.shape[2] // w.shape[1]
+    if copies > 1 and encoder.conv1.kernel.shape[2] == copies * w.shape[1]:
+      w = np.tile(w, (1, copies, 1, 1)) / copies
+    return np.transpose(w, (2, 3, 1, 0))
+
   def bn(prefix, module):
     for torch_name, ours in _BN_NAMES.items():
       targets[f"{prefix}.{torch_name}"] = (getattr(module, ours), lambda w: w)
 
-  conv("conv1", encoder.conv1)
+  targets["conv1.weight"] = (encoder.conv1.kernel, expanded_stem)
   bn("bn1", encoder.bn1)
   for li, layer in enumerate((encoder.layer1, encoder.layer2, encoder.layer3, encoder.layer4), start=1):
     for bi, block in enumerate(layer):

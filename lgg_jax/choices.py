@@ -1,0 +1,9 @@
+"""Settings that take one of a few names: one check, one error message."""
+
+from __future__ import annotations
+
+
+def check(setting: str, value, allowed) -> None:
+  """Raises ValueError naming the setting, the bad value and the known values."""
+  if value not in allowed:
+    raise ValueError(f"{setting}: unknown value {value!r} (known: {', '.join(map(str, allowed))})")

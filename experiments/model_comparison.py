@@ -16,8 +16,9 @@ MANUAL_DIR = ""  # the folder holding kaggle_3m/; empty: the synthetic dataset
 
 
 def get_sweep(tiny: bool):
-  grid = [{"model.name": m} for m in ("unet", "fpn", "resnext_unet")]
+  # Each model starts from its own config (its learning rate among others).
+  grid = [{"config": f"configs/{c}.py"} for c in ("unet", "fpn", "resnext")]
   if MANUAL_DIR and not tiny:
     grid = [{**g, "data.manual_dir": MANUAL_DIR} for g in grid]
   return {"title": "Model comparison (test per-patient Dice, patient folds)", "config": "configs/unet.py",
-          "common": common(tiny), "members": members(grid, tiny), "group_by": ["model.name"]}
+          "common": common(tiny), "members": members(grid, tiny), "group_by": ["config"]}

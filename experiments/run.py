@@ -1,39 +1,56 @@
-"""Run an ablation sweep: python -m experiments.run --sweep=experiments/<name>.py --workdir=DIR
+"""Run a sweep: python -m experiments.run --sweep=experiments/<name>.py [--workdir=DIR]
 
 A sweep file defines `get_sweep(tiny: bool) -> dict` with
-  config:  the base config file (e.g. "configs/unet.py")
-  members: a list of {dotted.config.key: value} overrides, one run each
+  config:  the base config file (e.g. "configs/unet.py"); a member may name
+           its own with a "config" key (each model starts from its config)
+  members: a list of {dotted.config.key: value} overrides, one run each; or
+  rows:    an ordered list of {"name", "label", "overrides", "folds", "seeds"} (an
+           ablation: each row adds to the one before), where a row with
+           "evaluate" instead of training re-scores the runs of the row it
+           names (by label) under other inference settings
+  folds, seeds (with rows): the defaults for every row
   common (optional): overrides applied to every member (not in member names)
-  group_by (optional): the keys that name a table row (default: every
-    overridden key except split.fold, so folds are averaged)
+  group_by (optional, with members): the keys that name a table row
 `--tiny` asks for the sweep's CI-sized variant (synthetic data, seconds).
 
-Each member trains in DIR/<member name>. A member whose summary.json exists
-is skipped as finished; an interrupted one resumes from its checkpoints; a
-member that needs a file this machine lacks (a `*_path` or `manual_dir`
-override that does not exist) is reported as skipped, not failed. With
---host_index/--host_count each host runs its share (members i, i+n, ...).
-Afterwards every finished member's summary.json is aggregated into
-DIR/results.csv, DIR/results.md (mean +- std over folds and a per-patient
-bootstrap 95% interval of the mean test Dice) and DIR/results.png.
+Each member trains in DIR/<member name> (an interrupted one resumes) and
+leaves one small result file, RESULTS/<member name>.json: its settings, test
+per-patient rows, summary metrics and provenance. RESULTS defaults to
+experiments/results/<sweep name>/ and is committed; a member whose result
+file exists is not run again, on this machine or another. A member lacking
+a file this machine does not have (a `*_path` or `manual_dir` override) is
+skipped, not failed. With --host_index/--host_count each host runs members
+i, i+n, ... Afterwards the result files are aggregated into RESULTS/results.md
+and results.csv (and DIR/results.png): per row the mean and median
+per-patient Dice with a per-patient bootstrap 95% interval, the 3-D HD95,
+tumour-free slices with false positives and missed patients; for rows, the
+paired per-patient difference to the row before with its interval.
 """
 
 from __future__ import annotations
 
 import csv
+import datetime
+import importlib
 import importlib.util
 import json
 import os
 import pathlib
+import time
 import traceback
 
 import numpy as np
+import scipy.stats
 from absl import flags, logging
 
-from lgg_jax import cli, figures, report, train
+from lgg_jax import cli, evaluate, figures, report, train
+from lgg_jax.data import pipeline
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+_BOOTSTRAP_ROUNDS = 10000
 
+
+# --------------------------------------------------------------------------- sweeps and members
 
 def load_sweep(path: str | os.PathLike, tiny: bool) -> dict:
   path = pathlib.Path(path)
@@ -43,17 +60,55 @@ def load_sweep(path: str | os.PathLike, tiny: bool) -> dict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   sweep = module.get_sweep(tiny)
+  sweep.setdefault("name", path.stem)
+  if sweep.get("rows"):
+    sweep["members"] = _expand_rows(sweep, path)
   if not sweep.get("members"):
     raise ValueError(f"{path}: get_sweep() returned no members")
   return sweep
 
 
-def member_name(overrides: dict) -> str:
-  return ",".join(f"{k}={v}" for k, v in sorted(overrides.items())).replace("/", "_") or "base"
+def _expand_rows(sweep: dict, path) -> list[dict]:
+  """Members of an ablation; each carries its row label and, for a
+  re-scoring row, the training member it re-scores."""
+  members, by_label = [], {}
+  for row in sweep["rows"]:
+    label = row["label"]
+    if "evaluate" in row:
+      source = by_label.get(row["evaluate"])
+      if source is None:
+        raise ValueError(f"{path}: row {label!r} re-scores {row['evaluate']!r}, which no earlier row is")
+      rescored = [{**m, **row["inference"], "_row": label, "_from": m["_name"],
+                   "_name": m["_name"].replace(m["_row_name"], row["name"], 1), "_row_name": row["name"]}
+                  for m in source]
+      members += rescored
+      by_label[label] = rescored
+      continue
+    row_members = []
+    for fold in row.get("folds", sweep.get("folds", (0,))):
+      for seed in row.get("seeds", sweep.get("seeds", (0,))):
+        row_members.append({**row["overrides"], "split.fold": fold, "seed": seed, "_row": label,
+                            "_row_name": row["name"], "_name": f"{row['name']},fold={fold},seed={seed}"})
+    members += row_members
+    by_label[label] = row_members
+  return members
+
+
+def overrides_of(member: dict) -> dict:
+  return {k: v for k, v in member.items() if not k.startswith("_")}
+
+
+def member_name(member: dict) -> str:
+  """A row member's short name, else its overrides spelled out."""
+  if "_name" in member:
+    return member["_name"]
+  return ",".join(f"{k}={v}" for k, v in sorted(overrides_of(member).items())).replace("/", "_") or "base"
 
 
 def build_config(base_config: str, overrides: dict):
   """`base_config` names a config file of the `configs` package, e.g. "configs/unet.py"."""
+  overrides = dict(overrides)
+  base_config = overrides.pop("config", base_config)
   path = pathlib.PurePosixPath(base_config)
   if path.parent.name != "configs" or path.suffix != ".py":
     raise ValueError(f"sweep config {base_config!r}: want configs/<name>.py")
@@ -74,31 +129,72 @@ def missing_files(overrides: dict) -> list[str]:
           if (k.endswith("_path") or k.endswith("manual_dir")) and v and not pathlib.Path(v).expanduser().exists()]
 
 
-def run_sweep(sweep: dict, workdir: pathlib.Path, host_index: int = 0, host_count: int = 1) -> dict:
+def results_dir(sweep: dict, tiny: bool, workdir: pathlib.Path) -> pathlib.Path:
+  """Committed result files live in the repo; the tiny variants' beside their runs."""
+  return workdir / "results" if tiny else REPO / "experiments" / "results" / sweep["name"]
+
+
+# --------------------------------------------------------------------------- running
+
+def _result(member: dict, config, summary: dict, seconds: float | None) -> dict:
+  prov = summary.get("provenance", {})
+  return {"member": member_name(member), "row": member.get("_row"), "overrides": overrides_of(member),
+          "evaluated_from": member.get("_from"), "epochs": config.num_epochs, "steps": summary.get("step"),
+          "best_step": summary.get("best_step"), "val_dice": summary.get("val_dice"),
+          "best_val_dice": summary.get("best_val_dice"), "test": summary.get("test"),
+          "inference": summary.get("inference"), "test_per_patient": summary.get("test_per_patient"),
+          "wall_seconds": seconds, "finished": datetime.date.today().isoformat(),
+          "provenance": {"git_commit": prov.get("git_commit"), "dataset": prov.get("dataset"),
+                         "devices": prov.get("devices"), "versions": prov.get("versions")}}
+
+
+def _rescore(sweep: dict, member: dict, workdir: pathlib.Path) -> dict:
+  """A member that re-scores another's training under other inference settings."""
+  source = workdir / member["_from"]
+  if not (source / "summary.json").exists():
+    raise FileNotFoundError(f"{source} has not finished: run its row first (re-scoring needs its checkpoint)")
+  config = build_config(sweep["config"], {**sweep.get("common", {}), **overrides_of(member)})
+  summary = json.loads((source / "summary.json").read_text())
+  summary.update(evaluate.best_checkpoint_on_test(source, config, pipeline.load(config)))
+  return _result(member, config, summary, None)
+
+
+def run_sweep(sweep: dict, workdir: pathlib.Path, results: pathlib.Path, host_index: int = 0,
+              host_count: int = 1) -> dict:
   workdir.mkdir(parents=True, exist_ok=True)
+  results.mkdir(parents=True, exist_ok=True)
   status = {}
-  for i, overrides in enumerate(sweep["members"]):
-    name = member_name(overrides)
+  for i, member in enumerate(sweep["members"]):
+    name = member_name(member)
     if i % host_count != host_index:
       continue
-    member_dir = workdir / name
-    if (member_dir / "summary.json").exists():
+    result_file = results / f"{name}.json"
+    if result_file.exists():
       status[name] = "finished earlier"
       continue
-    lacking = missing_files({**sweep.get("common", {}), **overrides})
+    overrides = {**sweep.get("common", {}), **overrides_of(member)}
+    lacking = missing_files(overrides)
     if lacking:
       status[name] = f"skipped: missing {', '.join(lacking)}"
       logging.warning("%s %s", name, status[name])
       continue
     logging.info("sweep member %d/%d: %s", i + 1, len(sweep["members"]), name)
     try:
-      config = build_config(sweep["config"], {**sweep.get("common", {}), **overrides})
-      summary = train.train_and_evaluate(config, member_dir)
-      status[name] = "preempted" if summary.get("preempted") else "finished"
-      if summary.get("preempted"):
-        break
-      if config.write_report:
-        report.write(member_dir)
+      if member.get("_from"):
+        result = _rescore(sweep, member, workdir)
+      else:
+        config = build_config(sweep["config"], overrides)
+        started = time.perf_counter()
+        summary = train.train_and_evaluate(config, workdir / name)
+        if summary.get("preempted"):
+          status[name] = "preempted"
+          break
+        if config.write_report:
+          report.write(workdir / name)
+        result = _result(member, config, summary, time.perf_counter() - started)
+      if cli.is_main_process():
+        result_file.write_text(json.dumps(result, indent=1, default=str))
+      status[name] = "finished"
     except Exception as e:  # one failing member must not stop the sweep
       status[name] = f"failed: {type(e).__name__}: {e}"
       logging.error("%s failed:\n%s", name, traceback.format_exc())
@@ -106,67 +202,127 @@ def run_sweep(sweep: dict, workdir: pathlib.Path, host_index: int = 0, host_coun
   return status
 
 
-def bootstrap_interval(values: np.ndarray, rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
-  """95% interval of the mean by resampling patients with replacement."""
-  if len(values) == 0:
-    return float("nan"), float("nan")
-  rng = np.random.default_rng(seed)
-  means = rng.choice(values, size=(rounds, len(values)), replace=True).mean(axis=1)
-  return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+# --------------------------------------------------------------------------- aggregation
+
+def bootstrap_interval(values, rounds: int = _BOOTSTRAP_ROUNDS, seed: int = 0) -> tuple[float, float]:
+  """95% interval of the mean, resampling patients (scipy.stats.bootstrap, BCa)."""
+  values = np.asarray(values, float)
+  if len(values) < 2 or np.all(values == values[0]):
+    return (float(values[0]), float(values[0])) if len(values) else (float("nan"), float("nan"))
+  result = scipy.stats.bootstrap((values,), np.mean, n_resamples=rounds, confidence_level=0.95,
+                                 method="BCa", random_state=seed)
+  return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def aggregate(sweep: dict, workdir: pathlib.Path) -> list[dict]:
-  rows = []
-  for overrides in sweep["members"]:
-    path = workdir / member_name(overrides) / "summary.json"
-    if not path.exists():
-      continue
-    s = json.loads(path.read_text())
-    rows.append({**{k: str(v) for k, v in overrides.items()}, "member": member_name(overrides),
-                 "val_dice": s.get("val_dice"), "best_val_dice": s.get("best_val_dice"),
-                 "test_dice": s.get("test_dice"), "test_tumour_slice_dice": s.get("test", {}).get("tumour_slice_dice"),
-                 "test_empty_fp_rate": s.get("test", {}).get("empty_false_positive_rate"),
-                 "steps": s.get("step"), "_per_patient": list(s.get("test_per_patient_dice", {}).values())})
-  if not rows:
-    return []
-  keys = sweep.get("group_by") or sorted({k for o in sweep["members"] for k in o} - {"split.fold"})
-  with open(workdir / "results.csv", "w", newline="") as f:
-    fields = [k for k in rows[0] if not k.startswith("_")]
-    writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
+def _patient_means(results: list[dict]) -> dict[str, float]:
+  """A row's Dice per patient, averaged over the row's seeds."""
+  scores = {}
+  for r in results:
+    for p in r["test_per_patient"]:
+      scores.setdefault(p["patient"], []).append(p["dice"])
+  return {k: float(np.mean(v)) for k, v in scores.items()}
+
+
+def summarise_group(results: list[dict]) -> dict:
+  rows = [p for r in results for p in r["test_per_patient"]]
+  dice = np.array([p["dice"] for p in rows])
+  hd = np.array([p.get("hd95_px", np.nan) for p in rows], float)
+  penalty = results[0]["test"].get("hd95_penalty_px", np.nan)
+  low, high = bootstrap_interval(dice)
+  empty = sum(p["slices"] - p["tumour_slices"] for p in rows)
+  return {"runs": len(results), "epochs": sorted({r["epochs"] for r in results}),
+          "folds": sorted({r["overrides"].get("split.fold") for r in results}),
+          "seeds": sorted({r["overrides"].get("seed", 0) for r in results}),
+          "patients": len(rows), "mean": float(dice.mean()), "median": float(np.median(dice)),
+          "low": low, "high": high,
+          "fold_means": [float(r["test"]["patient_dice"]) for r in results],
+          "hd95": float(np.nanmean(hd)) if np.isfinite(hd).any() else float("nan"),
+          "hd95_undefined": int(np.isnan(hd).sum()),
+          "hd95_penalised": float(np.where(np.isfinite(hd), hd, penalty).mean()),
+          "fp_rate": float(sum(p.get("false_positive_slices", 0) for p in rows) / max(empty, 1)),
+          "missed": int((dice < evaluate.MISSED_DICE).sum())}
+
+
+def paired_difference(results: list[dict], previous: list[dict]) -> dict:
+  """Mean per-patient Dice difference to the previous row on the patients both
+  have (seeds averaged per patient), with a paired bootstrap 95% interval."""
+  a, b = _patient_means(results), _patient_means(previous)
+  shared = sorted(set(a) & set(b))
+  diff = np.array([a[p] - b[p] for p in shared])
+  if not len(diff):
+    return {"patients": 0, "mean": float("nan"), "low": float("nan"), "high": float("nan")}
+  low, high = bootstrap_interval(diff)
+  return {"patients": len(shared), "mean": float(diff.mean()), "low": low, "high": high}
+
+
+def _group_results(sweep: dict, results: dict[str, dict]) -> list[tuple[str, list[dict]]]:
+  if sweep.get("rows"):
+    return [(row["label"], [r for r in results.values() if r.get("row") == row["label"]]) for row in sweep["rows"]]
+  keys = sweep.get("group_by") or sorted({k for m in sweep["members"] for k in overrides_of(m)}
+                                         - {"split.fold", "seed"})
   groups = {}
-  for r in rows:
-    groups.setdefault(tuple(r.get(k, "") for k in keys), []).append(r)
-  table = []
-  for group, members in groups.items():
-    test = np.array([m["test_dice"] for m in members], float)
-    patients = np.array([d for m in members for d in m["_per_patient"]], float)
-    low, high = bootstrap_interval(patients)
-    table.append({"group": group, "runs": len(members), "mean": float(test.mean()),
-                  "std": float(test.std(ddof=1)) if len(test) > 1 else 0.0, "low": low, "high": high,
-                  "patients": len(patients),
-                  "fp": float(np.mean([m["test_empty_fp_rate"] for m in members]))})
-  lines = [f"# {sweep.get('title', workdir.name)}", "",
-           "Test per-patient Dice of each member's best checkpoint: mean +- std over runs (folds), "
-           "and a 95% bootstrap interval of the mean over the pooled test patients.", "",
-           "| " + " | ".join(keys) + " | runs | test Dice mean +- std | 95% CI (patients) | tumour-free slices with FP |",
-           "|" + "---|" * (len(keys) + 4)]
+  for r in results.values():
+    groups.setdefault(", ".join(f"{k}={r['overrides'].get(k, '')}" for k in keys), []).append(r)
+  return list(groups.items())
+
+
+def aggregate(sweep: dict, workdir: pathlib.Path, results: pathlib.Path) -> list[dict]:
+  """The committed result files of this sweep's members -> results.md / .csv."""
+  found = {}
+  for member in sweep["members"]:
+    path = results / f"{member_name(member)}.json"
+    if path.exists():
+      found[member_name(member)] = json.loads(path.read_text())
+  if not found:
+    return []
+  table, previous = [], None
+  for label, group in _group_results(sweep, found):
+    if not group:
+      continue
+    entry = {"label": label, **summarise_group(group)}
+    if sweep.get("rows") and previous is not None:
+      entry["difference"] = paired_difference(group, previous)
+    table.append(entry)
+    previous = group
+  with open(results / "results.csv", "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["member", "row", "fold", "seed", "epochs", "test_patient_dice", "test_hd95_px",
+                     "test_empty_fp_rate", "best_val_dice", "wall_seconds"])
+    for r in found.values():
+      writer.writerow([r["member"], r.get("row"), r["overrides"].get("split.fold"), r["overrides"].get("seed", 0),
+                       r["epochs"], r["test"]["patient_dice"], r["test"].get("hd95_px"),
+                       r["test"]["empty_false_positive_rate"], r["best_val_dice"], r["wall_seconds"]])
+  lines = [f"# {sweep.get('title', sweep['name'])}", "",
+           "Per-patient volumetric Dice of each run's best checkpoint on its held-out test patients, scored at "
+           "256x256 with slices in order, pooled over the runs of a row (patients of different folds; a "
+           "patient appears once per seed). 95% intervals: BCa bootstrap over patients (scipy.stats.bootstrap, "
+           f"{_BOOTSTRAP_ROUNDS} resamples). HD95: 3-D, pixels, mean over patients where both masks are "
+           "non-empty (undefined ones counted; 'penalised' charges them the image diagonal). FP: tumour-free "
+           "slices with any predicted pixel. Missed: Dice below 0.1.", "",
+           "| row | runs (folds x seeds) | epochs | patients | Dice mean [95% CI] | median | "
+           + ("difference to the row above [95% CI] | " if sweep.get("rows") else "")
+           + "HD95 px (undefined; penalised) | FP | missed |",
+           "|---|---|---|---|---|---|" + ("---|" if sweep.get("rows") else "") + "---|---|---|"]
   for t in table:
-    lines.append("| " + " | ".join(t["group"]) + f" | {t['runs']} | {t['mean']:.4f} +- {t['std']:.4f} | "
-                 f"[{t['low']:.4f}, {t['high']:.4f}] (n={t['patients']}) | {t['fp']:.1%} |")
-  (workdir / "results.md").write_text("\n".join(lines) + "\n")
+    diff = t.get("difference")
+    diff_cell = (f"{diff['mean']:+.4f} [{diff['low']:+.4f}, {diff['high']:+.4f}] (n={diff['patients']}) | "
+                 if diff else ("- | " if sweep.get("rows") else ""))
+    lines.append(f"| {t['label']} | {t['runs']} ({len(t['folds'])} x {len(t['seeds'])}) | "
+                 f"{'/'.join(map(str, t['epochs']))} | {t['patients']} | {t['mean']:.4f} [{t['low']:.4f}, "
+                 f"{t['high']:.4f}] | {t['median']:.4f} | {diff_cell}{t['hd95']:.1f} ({t['hd95_undefined']}; "
+                 f"{t['hd95_penalised']:.1f}) | {t['fp_rate']:.1%} | {t['missed']} |")
+  (results / "results.md").write_text("\n".join(lines) + "\n")
   plt = figures.plt()
-  fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(table)), 4))
-  labels = ["\n".join(t["group"]) for t in table]
+  fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(table)), 4))
   means = [t["mean"] for t in table]
   errors = np.array([[t["mean"] - t["low"], t["high"] - t["mean"]] for t in table]).T
   ax.bar(range(len(table)), means, yerr=np.nan_to_num(errors), capsize=4, color="tab:blue")
-  ax.set_xticks(range(len(table)), labels, fontsize=8)
+  ax.set_xticks(range(len(table)), [t["label"] for t in table], fontsize=7, rotation=20, ha="right")
   ax.set_ylabel("test per-patient Dice")
   ax.set_ylim(0, 1)
-  ax.set_title(sweep.get("title", workdir.name))
+  ax.set_title(sweep.get("title", sweep["name"]))
   fig.tight_layout()
+  workdir.mkdir(parents=True, exist_ok=True)
   fig.savefig(workdir / "results.png", dpi=100)
   plt.close(fig)
   return table
@@ -175,17 +331,20 @@ def aggregate(sweep: dict, workdir: pathlib.Path) -> list[dict]:
 def main(argv):
   del argv
   sweep = load_sweep(_SWEEP.value, _TINY.value)
-  workdir = pathlib.Path(_WORKDIR.value or REPO / "runs" / "sweeps" / pathlib.Path(_SWEEP.value).stem)
-  status = run_sweep(sweep, workdir, _HOST_INDEX.value, _HOST_COUNT.value)
+  workdir = pathlib.Path(_WORKDIR.value or REPO / "runs" / "sweeps" / sweep["name"])
+  results = pathlib.Path(_RESULTS.value) if _RESULTS.value else results_dir(sweep, _TINY.value, workdir)
+  status = run_sweep(sweep, workdir, results, _HOST_INDEX.value, _HOST_COUNT.value)
   for name, s in status.items():
     print(f"{name}: {s}")
-  if aggregate(sweep, workdir):
-    print((workdir / "results.md").read_text())
+  if aggregate(sweep, workdir, results):
+    print((results / "results.md").read_text())
 
 
 if __name__ == "__main__":
   _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file, e.g. experiments/model_comparison.py.")
   _WORKDIR = flags.DEFINE_string("workdir", None, "Where members run; default runs/sweeps/<sweep name>.")
+  _RESULTS = flags.DEFINE_string("results", "", "Where result files go; default experiments/results/<sweep> "
+                                 "(with --tiny: <workdir>/results).")
   _TINY = flags.DEFINE_bool("tiny", False, "The sweep's CI-sized variant on synthetic data.")
   _HOST_INDEX = flags.DEFINE_integer("host_index", 0, "This host's index among host_count.")
   _HOST_COUNT = flags.DEFINE_integer("host_count", 1, "Hosts sharing the sweep.")

@@ -79,7 +79,9 @@ def score_patient(probs: np.ndarray, truth: np.ndarray, threshold: float, keep_l
     pred = largest_component(pred)
   counts = {"intersection": (pred & truth).sum(axis=(1, 2)), "predicted": pred.sum(axis=(1, 2)),
             "true": truth.sum(axis=(1, 2))}
-  row = {"slices": int(len(truth)), "tumour_slices": int(truth.any(axis=(1, 2)).sum()),
+  empty = ~truth.any(axis=(1, 2))
+  row = {"slices": int(len(truth)), "tumour_slices": int((~empty).sum()),
+         "false_positive_slices": int((counts["predicted"][empty] > 0).sum()),
          "dice": float(metrics.dice_from_counts(*(counts[k].sum() for k in ("intersection", "predicted", "true")))),
          "true_pixels": int(truth.sum()), "predicted_pixels": int(pred.sum()),
          "true_components": int(ndi.label(truth)[1])}
@@ -204,6 +206,28 @@ def evaluate_run(workdirs, *, checkpoint="best", split="test", manual_dir="", tt
     write_outputs(pathlib.Path(out) if out else pathlib.Path(members[0].source) / "evaluation" / name,
                   summary, rows)
   return summary
+
+
+def best_checkpoint_on_test(workdir, config, data, mesh=None) -> dict:
+  """The summary block of a run's best checkpoint on its test patients, with
+  `config.inference` (which may differ from the run's own: sweeps score one
+  training under several inference options), the threshold chosen on the
+  validation patients if asked."""
+  member = inference.member_from_run(workdir, "best", mesh)
+  inf = config.inference
+  predictor = inference.Predictor(member, mesh, inf.tta)
+  threshold = config.threshold
+  if inf.choose_threshold:
+    val = list(predictor.predict_patients(data, data.patients(data.split.val)))
+    threshold = choose_threshold(val, inf.largest_component)
+  test_patients = data.patients(data.split.test)
+  test, rows = score(predictor.predict_patients(data, test_patients), threshold, inf.largest_component,
+                     config.evaluation)
+  return {"best_step": int(member.step), "test_dice": test["patient_dice"], "test": test,
+          "test_per_patient": rows, "test_per_patient_dice": {r["patient"]: r["dice"] for r in rows},
+          "inference": {"threshold": float(threshold), "tta": inf.tta,
+                        "largest_component": bool(inf.largest_component),
+                        "threshold_chosen_on": "validation patients" if inf.choose_threshold else "config"}}
 
 
 def main(argv):

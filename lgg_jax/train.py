@@ -223,26 +223,6 @@ def validate(predictor: inference.Predictor, data, patients: list[str], config) 
   return summary
 
 
-def _evaluate_best(workdir, config, data, mesh) -> dict:
-  """The best checkpoint on the test patients, with the config's inference
-  options (and a threshold chosen on the validation patients if asked)."""
-  member = inference.member_from_run(workdir, "best", mesh)
-  inf = config.inference
-  predictor = inference.Predictor(member, mesh, inf.tta)
-  threshold = config.threshold
-  if inf.choose_threshold:
-    val = list(predictor.predict_patients(data, data.patients(data.split.val)))
-    threshold = evaluate.choose_threshold(val, inf.largest_component)
-  test_patients = data.patients(data.split.test)
-  test, rows = evaluate.score(predictor.predict_patients(data, test_patients), threshold,
-                              inf.largest_component, config.evaluation)
-  return {"best_step": int(member.step), "test_dice": test["patient_dice"], "test": test,
-          "test_per_patient": rows, "test_per_patient_dice": {r["patient"]: r["dice"] for r in rows},
-          "inference": {"threshold": float(threshold), "tta": inf.tta,
-                        "largest_component": bool(inf.largest_component),
-                        "threshold_chosen_on": "validation patients" if inf.choose_threshold else "config"}}
-
-
 def _report_step_time(seconds: float, remaining_steps: int, config) -> None:
   on_cpu = jax.default_backend() == "cpu"
   eta_min = seconds * remaining_steps / 60
@@ -372,7 +352,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
                "step": int(jax.device_get(train_state["step"])), "steps_per_epoch": steps_per_epoch,
                "split": data.split.summary(), "split_patients": data.split.patients}
     if best.best_step() is not None:
-      summary.update(_evaluate_best(workdir, config, data, mesh))
+      summary.update(evaluate.best_checkpoint_on_test(workdir, config, data, mesh))
     summary["provenance"] = provenance.collect(config, data)
     if is_main:
       (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

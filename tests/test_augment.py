@@ -127,7 +127,7 @@ def test_transforms_of_a_set_draw_independently():
 
 
 def test_unknown_augmentation_is_named():
-  with pytest.raises(ValueError, match="unknown augmentation 'mixup'"):
+  with pytest.raises(ValueError, match="config.augment.name: unknown value 'mixup'"):
     augment.make(_config("mixup"))
 
 

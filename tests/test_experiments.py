@@ -1,9 +1,11 @@
+import json
 import pathlib
 
 import numpy as np
 import pytest
 
-from experiments import run
+from configs import recipe_cpu
+from experiments import recipe, run
 
 SWEEPS = sorted((pathlib.Path(__file__).resolve().parents[1] / "experiments").glob("*.py"))
 SWEEPS = [p for p in SWEEPS if p.stem not in ("__init__", "run", "common")]
@@ -22,7 +24,7 @@ def _tiny(path, data_dir):
 
 def test_every_sweep_states_command_runtime_and_expectation():
   assert {p.stem for p in SWEEPS} >= {"model_comparison", "loss_ablation", "augmentation_ablation",
-                                      "split_protocol", "pretrained_encoder"}
+                                      "split_protocol", "pretrained_encoder", "recipe"}
   for path in SWEEPS:
     doc = path.read_text().split('"""')[1]
     assert "python -m experiments.run" in doc and "Runtime" in doc and "Should show" in doc, path.name
@@ -33,35 +35,78 @@ def test_every_sweep_states_command_runtime_and_expectation():
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
 def test_tiny_sweep_runs_skips_what_it_lacks_and_aggregates(path, tmp_path, data_dir):
   sweep = _tiny(path, data_dir)
-  status = run.run_sweep(sweep, tmp_path)
-  for overrides in sweep["members"]:
-    state = status[run.member_name(overrides)]
-    if run.missing_files(overrides):
+  results = tmp_path / "results"
+  status = run.run_sweep(sweep, tmp_path, results)
+  for member in sweep["members"]:
+    state = status[run.member_name(member)]
+    if run.missing_files(run.overrides_of(member)):
       assert state.startswith("skipped: missing")
     else:
       assert state == "finished", state
-  table = run.aggregate(sweep, tmp_path)
+      written = json.loads((results / f"{run.member_name(member)}.json").read_text())
+      assert written["test_per_patient"] and written["provenance"]["git_commit"]
+  table = run.aggregate(sweep, tmp_path, results)
   finished = [s for s in status.values() if s == "finished"]
-  assert (tmp_path / "results.csv").read_text().count("\n") == len(finished) + 1
-  assert "test Dice mean +- std" in (tmp_path / "results.md").read_text()
+  assert (results / "results.csv").read_text().count("\n") == len(finished) + 1
+  assert "Dice mean [95% CI]" in (results / "results.md").read_text()
   assert (tmp_path / "results.png").stat().st_size > 1000
   assert all(0 <= t["mean"] <= 1 for t in table)
-  # A rerun skips finished members instead of training them again.
-  again = run.run_sweep(sweep, tmp_path)
+  # A rerun skips members whose result file exists, even without their run folders.
+  for member_dir in (p for p in tmp_path.iterdir() if p.is_dir() and p.name != "results"):
+    (member_dir / "summary.json").unlink(missing_ok=True)
+  again = run.run_sweep(sweep, tmp_path, results)
   assert all(s == "finished earlier" or s.startswith("skipped") for s in again.values())
+
+
+def test_each_member_starts_from_its_own_models_config():
+  sweep = run.load_sweep(pathlib.Path(run.REPO) / "experiments" / "model_comparison.py", tiny=False)
+  rates = {m["config"]: run.build_config(sweep["config"], run.overrides_of(m)).optimizer.learning_rate
+           for m in sweep["members"]}
+  assert rates["configs/resnext.py"] == 3e-4 and rates["configs/unet.py"] == 1e-3
+
+
+def test_recipe_ablation_rows_add_one_element_each_and_end_at_the_recipe():
+  """Row 5's training is configs/recipe_cpu.py, and it differs from row 4 in
+  the schedule length only, so the table's last training step measures that."""
+  rows = recipe.rows()
+  configs = [run.build_config("configs/unet_cpu.py", r["overrides"]) for r in rows if "overrides" in r]
+  expected = recipe_cpu.get_config()
+  expected.inference.update(tta="none", choose_threshold=False, largest_component=False)
+  assert configs[5].to_dict() == expected.to_dict()
+  row4 = configs[4]
+  row4.num_epochs = expected.num_epochs
+  assert row4.to_dict() == expected.to_dict()
+  for earlier, later in zip(configs[:4], configs[1:5]):
+    assert earlier.to_dict() != later.to_dict()
+  rescored = run.build_config("configs/unet_cpu.py", {**rows[5]["overrides"], **rows[6]["inference"]})
+  assert rescored.to_dict() == recipe_cpu.get_config().to_dict()
+
+
+def test_rescoring_rows_reuse_the_training_of_the_row_they_name(tmp_path, data_dir):
+  sweep = _tiny(pathlib.Path(run.REPO) / "experiments" / "recipe.py", data_dir)
+  rescoring = [m for m in sweep["members"] if m.get("_from")]
+  assert rescoring and all(any(run.member_name(t) == m["_from"] for t in sweep["members"]) for m in rescoring)
+  assert len({run.member_name(m) for m in sweep["members"]}) == len(sweep["members"])
+  with pytest.raises(FileNotFoundError, match="has not finished"):
+    run._rescore(sweep, rescoring[0], tmp_path)
 
 
 def test_hosts_split_the_members(tmp_path, data_dir):
   sweep = _tiny(SWEEPS[0], data_dir)
   sweep["members"] = sweep["members"][:2]
-  shares = [set(run.run_sweep(sweep, tmp_path / "sweep", i, 2)) for i in range(2)]
+  shares = [set(run.run_sweep(sweep, tmp_path / "sweep", tmp_path / "results", i, 2)) for i in range(2)]
   assert not shares[0] & shares[1] and len(shares[0] | shares[1]) == 2
 
 
-def test_bootstrap_interval_brackets_the_mean():
-  values = np.random.default_rng(0).uniform(0.5, 1.0, 40)
+def test_bootstrap_interval_brackets_the_mean_and_paired_difference_sees_a_gain():
+  rng = np.random.default_rng(0)
+  values = rng.uniform(0.5, 1.0, 40)
   low, high = run.bootstrap_interval(values)
   assert low < values.mean() < high and high - low < 0.2
+  patients = [{"patient": f"p{i}", "dice": float(v)} for i, v in enumerate(values)]
+  better = [{"patient": p["patient"], "dice": p["dice"] + 0.02 + rng.normal(0, 0.005)} for p in patients]
+  diff = run.paired_difference([{"test_per_patient": better}], [{"test_per_patient": patients}])
+  assert diff["patients"] == 40 and 0 < diff["low"] < 0.02 < diff["high"] < 0.03
 
 
 def test_unknown_override_key_is_named(tmp_path):

@@ -178,3 +178,21 @@ def test_cpu_conv_bfloat16_gradient_matches_xla():
     grads.append(nnx.grad(lambda m, x: jnp.sum(m(x).astype(jnp.float32) ** 2))(conv, x).kernel[...])
   assert grads[0].dtype == jnp.float32
   np.testing.assert_allclose(grads[0], grads[1], rtol=2e-2, atol=2e-2 * float(jnp.abs(grads[1]).max()))
+
+
+@pytest.mark.parametrize("name", ["unet", "fpn", "resnext_unet"])
+def test_eval_graphdefs_hash_so_probability_steps_compile_once(name):
+  from lgg_jax import state
+  graphdefs, _, _ = state.split_model(models.create(_tiny(name), rngs=nnx.Rngs(0)))
+  assert hash(graphdefs["eval"]) == hash(graphdefs["eval"])
+
+
+@pytest.mark.parametrize("name", ["unet", "fpn", "resnext_unet"])
+def test_models_take_neighbouring_slices_as_channels(name):
+  """2.5-D: 3 * (2k + 1) input channels; only the first convolution grows."""
+  base = models.count_params(models.create(_tiny(name), rngs=nnx.Rngs(0)))
+  model = models.create(_tiny(name), in_channels=9, rngs=nnx.Rngs(0))
+  model = nnx.view(model, use_running_average=True, raise_if_not_found=False)
+  assert model(jnp.ones((2, 64, 64, 9))).shape == (2, 64, 64, 1)
+  first = {"unet": 3 * 3 * 4, "fpn": 3 * 3 * 4, "resnext_unet": 7 * 7 * 8}[name]  # kernel taps x width
+  assert models.count_params(model) - base == 6 * first

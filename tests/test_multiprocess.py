@@ -4,6 +4,7 @@ kill -9, and 2 processes x 2 CPU devices against 1 process x 4."""
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -59,8 +60,20 @@ def _final_params(workdir):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
   root = tmp_path_factory.mktemp("uninterrupted")
-  _run(root / "run", root / "cache")
+  result = _run(root / "run", root / "cache")
+  (root / "terminal.txt").write_text(result.stdout + result.stderr)
   return root / "run", root / "cache"
+
+
+@pytest.mark.slow
+def test_terminal_shows_progress_and_epochs_not_library_chatter(uninterrupted):
+  workdir, _ = uninterrupted
+  terminal = (workdir.parent / "terminal.txt").read_text()
+  assert "epoch   1" in terminal and "done: val per-patient Dice" in terminal and "step/s" in terminal
+  info = [line for line in terminal.splitlines() if re.match(r"I\d{4} ", line)]
+  assert info == [], info[:5]  # absl INFO lines (Orbax, JAX, ours) go to log.txt
+  log = (workdir / "log.txt").read_text()
+  assert "orbax" in log.lower() and "steps per epoch" in log
 
 
 def _wait_for(predicate, proc, timeout=300):

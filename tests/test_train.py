@@ -246,6 +246,25 @@ def test_pretrained_encoder_weights_reach_the_model(tmp_path):
     state.create_model(config)
 
 
+def test_resuming_a_run_on_other_records_stops_and_says_why(tmp_path):
+  config = tiny_config(tmp_path)
+  config.num_epochs = 1
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(config, workdir)
+  step_dir = next(p for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  item = step_dir / "data" / "metadata"
+  saved = json.loads(item.read_text())
+  config.num_epochs = 2
+  item.write_text(json.dumps({k: v for k, v in saved.items() if k != "data_order"}))  # as before 1.1.0
+  with pytest.raises(ValueError, match="prepared before version 1.1.0.*different data order"):
+    train.train_and_evaluate(config, workdir)
+  item.write_text(json.dumps({**saved, "data_order": "0123456789abcdef"}))  # other records
+  with pytest.raises(ValueError, match="training records differ"):
+    train.train_and_evaluate(config, workdir)
+  item.write_text(json.dumps(saved))
+  assert train.train_and_evaluate(config, workdir)["step"] == 2 * saved["iterator"]["next_index"]
+
+
 def test_unwritable_workdir_is_named(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a folder")

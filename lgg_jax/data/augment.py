@@ -33,6 +33,8 @@ import random
 
 import numpy as np
 
+from lgg_jax import choices
+
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # else it asks the network on import
 import albumentations as A  # noqa: E402
 
@@ -171,10 +173,9 @@ class Albumentations:
 
 def make(augment_config):
   name = augment_config.name
+  choices.check("config.augment.name", name, NAMES)
   if name == "none":
     return lambda example, rng: example
   if name == "flips":
     return lambda example, rng: _flips(example, rng, augment_config.flip_probability)
-  if name in ("seed", "distortions", "nnunet"):
-    return Albumentations(augment_config)
-  raise ValueError(f"config.augment.name: unknown augmentation {name!r} (known: {', '.join(NAMES)})")
+  return Albumentations(augment_config)

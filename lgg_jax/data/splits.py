@@ -17,6 +17,8 @@ import logging
 
 import numpy as np
 
+from lgg_jax import choices
+
 
 PROTOCOLS = ("patient", "slice")
 
@@ -36,6 +38,7 @@ class Split:
 def make_split(patient_ids: np.ndarray, has_tumor: np.ndarray, *, protocol: str = "patient",
                num_folds: int = 5, fold: int = 0, val_fraction: float = 0.15, seed: int = 0) -> Split:
   """`patient_ids` and `has_tumor` are per record, in record order."""
+  choices.check("config.split.protocol", protocol, PROTOCOLS)
   if num_folds < 2:
     raise ValueError(f"config.split.num_folds must be >= 2, got {num_folds}")
   if not 0 <= fold < num_folds:
@@ -46,11 +49,9 @@ def make_split(patient_ids: np.ndarray, has_tumor: np.ndarray, *, protocol: str 
   has_tumor = np.asarray(has_tumor, bool)
   if protocol == "patient":
     return _patient_split(patient_ids, has_tumor, num_folds, fold, val_fraction, seed)
-  if protocol == "slice":
-    logging.warning("split protocol 'slice' puts slices of one patient in train and test: "
-                    "its Dice is inflated and only meant for the leakage ablation")
-    return _slice_split(patient_ids, has_tumor, num_folds, fold, val_fraction, seed)
-  raise ValueError(f"config.split.protocol must be 'patient' or 'slice', got {protocol!r}")
+  logging.warning("split protocol 'slice' puts slices of one patient in train and test: "
+                  "its Dice is inflated and only meant for the leakage ablation")
+  return _slice_split(patient_ids, has_tumor, num_folds, fold, val_fraction, seed)
 
 
 def _stratified_folds(keys: np.ndarray, strata: np.ndarray, num_folds: int,

@@ -66,7 +66,7 @@ class ResNeXtEncoder(nnx.Module):
         cin = planes * 4
       layers.append(nnx.List(layer))
     self.layer1, self.layer2, self.layer3, self.layer4 = layers
-    self.out_channels = [stem_width * 4 * 2**i for i in range(4)]
+    self.out_channels = tuple(stem_width * 4 * 2**i for i in range(4))
 
   def __call__(self, x):
     x = nnx.relu(self.bn1(self.conv1(x)))

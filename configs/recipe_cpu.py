@@ -1,0 +1,38 @@
+"""The real-data recipe sized for 2 CPU cores (issue: segment real patients well).
+
+Run (one patient fold of the 62 dev patients, about 45 minutes on 2 cores):
+  python -m lgg_jax.main --config=configs/recipe_cpu.py \
+      --config.data.manual_dir=../shared/data/lgg_dev --config.split.fold=0
+All five folds: python -m experiments.run --sweep=experiments/recipe_cv.py
+Trains at 128x128; every score is at 256x256 on held-out patients.
+Measured: not yet (the cross-validation is running).
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.model.base_width = 16
+  config.data.image_size = 128
+  config.num_epochs = 40
+  config.global_batch_size = 16
+  config.optimizer.learning_rate = 2e-3
+  config.optimizer.warmup_steps = 200
+  # Per-patient intensity normalisation over the brain (nnU-Net's MRI scheme).
+  config.data.normalization = "patient"
+  # 2.5-D: each slice with its two neighbours, 9 input channels.
+  config.data.neighbours = 1
+  # A third of every batch from tumour slices (nnU-Net's foreground oversampling).
+  config.data.tumour_fraction = 0.33
+  # nnU-Net's 2-D augmentation set where albumentations has it.
+  config.augment.name = "nnunet"
+  config.augment.affine_probability = 0.3
+  config.augment.rotate_limit = 30.0
+  config.augment.scale_limit = 0.2
+  config.augment.shift_limit = 0.05
+  # Inference: 8-way dihedral TTA and a threshold chosen on the validation patients.
+  config.inference.tta = "dihedral"
+  config.inference.choose_threshold = True
+  config.split.num_folds = 5
+  return config

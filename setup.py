@@ -32,9 +32,10 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.7",
         "scipy>=1.10",       # HD95 and connected components
-        "imageio>=2.20",     # prediction GIFs
+        "imageio>=2.28,<3",  # prediction GIFs (2.28+: frame durations in milliseconds)
         "nibabel>=5.0",      # NIfTI input and output in predict
         "safetensors>=0.4",  # exported weights; torchvision encoder weights without torch
+        "flatbuffers>=24.3",  # jax.export serialization of the exported forward pass
     ],
     extras_require={
         # medpy (GPL) is only the tests' reference for HD95, never a dependency.

@@ -53,7 +53,7 @@ def main(argv):
   config = member.config
   data = pipeline.load(config)
   predictor = inference.Predictor(member)
-  threshold = evaluate.run_threshold(member)
+  threshold = member.threshold
   rows = []
   for patient, probs, truth in predictor.predict_patients(data, data.patients(getattr(data.split, _SPLIT.value))):
     plain, _ = evaluate.score_patient(probs, truth, threshold, False, config.evaluation)

@@ -18,6 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.threshold = 0.5            # on the sigmoid probability
   config.checkpoint_every_epochs = 1
   config.keep_checkpoints = 2
+  config.log_every_steps = 20       # TensorBoard: training loss, grad norm and lr every N steps
   config.write_report = True  # main (and the sweep runner) write workdir/report/report.md after training
   config.preemption_check_every_steps = 10  # multi-process: how often SIGTERM is agreed on
 
@@ -36,6 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.base_width = 64      # channels of the first level, doubled per level
   config.model.depth = 4            # levels; depth - 1 max-pools
   config.model.align_corners = True  # the seed's nn.Upsample(align_corners=True)
+  config.model.norm = "none"        # U-Net: "none" (the seed's) or "batch" (after each conv, synced)
   # Same functions, backend-specific forms: "xla" (plain lax convs, for GPU/TPU)
   # or "cpu" (dot-based kernel gradients, bundled grouped convs, sub-pixel
   # transposed convs: XLA:CPU runs those several times faster). "auto" picks.
@@ -73,6 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
   # slices (nnU-Net forces 33% foreground); 0 draws uniformly.
   config.data.tumour_fraction = 0.0
   config.data.num_workers = 0        # grain worker processes; 0 reads in the main process
+  # Keep the training records on the accelerator and augment there, in JAX
+  # (data/device_pipeline.py), instead of grain + albumentations on the host.
+  config.data.on_device = False
   config.data.synthetic = ml_collections.ConfigDict()
   config.data.synthetic.num_patients = 40
   config.data.synthetic.min_slices = 20
@@ -86,6 +91,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.split.fold = 0
   config.split.val_fraction = 0.15   # of the non-test patients
   config.split.seed = 0
+  # A split.json (written by every run, or by hand: {"train": [...], "val":
+  # [...], "test": [...]} patient ids) instead of the folds above.
+  config.split.file = ""
 
   config.augment = ml_collections.ConfigDict()
   # "none" | "flips" | "seed" (the seed's set) | "distortions" (seed + elastic/grid/optical)
@@ -117,6 +125,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.noise_probability = 0.1
   config.augment.blur_sigma_range = (0.5, 1.0)  # pixels
   config.augment.blur_probability = 0.2
+  # Any set: with this probability a sample's pre-contrast, post-contrast or
+  # both channels become copies of FLAIR, as the dataset fills a missing
+  # sequence (15 of its 110 patients); applied after normalisation.
+  config.augment.missing_sequence_probability = 0.0
 
   # How probabilities are made from a trained model (evaluate, predict, the
   # Segmenter and the trainer's validation all use these).

@@ -14,6 +14,7 @@ import os
 import pathlib
 import sys
 
+import jax
 import tqdm
 from absl import app, flags, logging
 
@@ -25,7 +26,6 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def is_main_process() -> bool:
-  import jax
   return jax.process_index() == 0
 
 

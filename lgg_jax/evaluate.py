@@ -153,14 +153,6 @@ def write_outputs(out: pathlib.Path, summary: dict, rows: list[dict]) -> None:
   (out / "table.md").write_text("\n".join(table) + "\n")
 
 
-def run_threshold(member: inference.Member) -> float:
-  """The threshold a run chose on its validation patients, else its config's."""
-  summary = pathlib.Path(member.source) / "summary.json"
-  if member.source and summary.is_file():
-    return float(json.loads(summary.read_text()).get("inference", {}).get("threshold", member.config.threshold))
-  return float(member.config.threshold)
-
-
 def evaluate_run(workdirs, *, checkpoint="best", split="test", manual_dir="", tta="", keep_largest=None,
                  threshold="config", name="", out="") -> dict:
   """Scores one run (or an ensemble of runs on an external dataset); writes
@@ -183,7 +175,7 @@ def evaluate_run(workdirs, *, checkpoint="best", split="test", manual_dir="", tt
     val = list(predictor.predict_patients(data, data.patients(data.split.val)))
     chosen = choose_threshold(val, keep_largest)
   elif threshold == "config":
-    chosen = float(np.mean([run_threshold(m) for m in members]))
+    chosen = float(np.mean([m.threshold for m in members]))
   else:
     chosen = float(threshold)
   if manual_dir:

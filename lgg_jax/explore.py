@@ -139,20 +139,23 @@ def explore(config, out: pathlib.Path, seed: int = 0) -> list[pathlib.Path]:
   out.mkdir(parents=True, exist_ok=True)
   data = pipeline.load(config)
   rng = np.random.default_rng(seed)
-  diagnosis_counts(data.has_tumor, out / "diagnosis_counts.png")
-  patient_counts(data.patient_ids, data.has_tumor, out / "patient_counts.png")
   positive = np.flatnonzero(data.has_tumor)
   picks = rng.choice(len(data.patient_ids), size=6, replace=False)
-  samples([data.source[int(i)]["image"] for i in picks], out / "samples.png")
   tumour = [data.source[int(i)] for i in rng.choice(positive, size=min(12, len(positive)), replace=False)]
-  overlays([t["image"] for t in tumour[:1]], [t["mask"][..., 0] for t in tumour[:1]],
-           out / "overlay_single.png", 1, "One slice")
-  overlays([t["image"] for t in tumour], [t["mask"][..., 0] for t in tumour], out / "overlay_grid.png", 4,
-           "Tumour slices")
   aug = config.augment.copy_and_resolve_references()
   aug.name = "distortions"
-  augmentations(tumour[0]["image"], tumour[0]["mask"][..., 0], aug, out / "augmentations.png")
-  clinical_summary(data.clinical, out)
+  figures_to_draw = [
+      lambda: diagnosis_counts(data.has_tumor, out / "diagnosis_counts.png"),
+      lambda: patient_counts(data.patient_ids, data.has_tumor, out / "patient_counts.png"),
+      lambda: samples([data.source[int(i)]["image"] for i in picks], out / "samples.png"),
+      lambda: overlays([t["image"] for t in tumour[:1]], [t["mask"][..., 0] for t in tumour[:1]],
+                       out / "overlay_single.png", 1, "One slice"),
+      lambda: overlays([t["image"] for t in tumour], [t["mask"][..., 0] for t in tumour],
+                       out / "overlay_grid.png", 4, "Tumour slices"),
+      lambda: augmentations(tumour[0]["image"], tumour[0]["mask"][..., 0], aug, out / "augmentations.png"),
+      lambda: clinical_summary(data.clinical, out)]
+  for draw in cli.progress(figures_to_draw, desc="explore", unit="figure"):
+    draw()
   return sorted(out.iterdir())
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pathlib
 
+import imageio.v2 as imageio
 import numpy as np
 
 TRUTH_COLOUR = (0, 255, 0)       # green
@@ -59,6 +60,49 @@ def training_curves(metrics_path: pathlib.Path, out_dir: pathlib.Path) -> list[p
   return written
 
 
+def progress(records: list[dict], path: pathlib.Path) -> None:
+  """nnU-Net's progress.png: losses, Dice and the learning rate per epoch, redrawn every epoch."""
+  if not records:
+    return
+  p = plt()
+  epochs = [r["epoch"] for r in records]
+  fig, (loss_ax, dice_ax) = p.subplots(2, 1, figsize=(8, 7), sharex=True)
+  loss_ax.plot(epochs, [r["train_loss"] for r in records], marker="o", label="training loss")
+  loss_ax.plot(epochs, [r["val_loss"] for r in records], marker="o", label="validation loss (256x256)")
+  loss_ax.set_ylabel("loss")
+  loss_ax.legend(loc="upper left")
+  lr_ax = loss_ax.twinx()
+  lr_ax.plot(epochs, [r["lr"] for r in records], color="tab:gray", linestyle="--", label="learning rate")
+  lr_ax.set_ylabel("learning rate")
+  lr_ax.legend(loc="upper right")
+  dice_ax.plot(epochs, [r["val_dice"] for r in records], marker="o", label="validation Dice (per patient)")
+  dice_ax.plot(epochs, [r["train_dice"] for r in records], marker="o", label="training Dice (per slice)")
+  best = max(records, key=lambda r: r["val_dice"])
+  dice_ax.axvline(best["epoch"], color="tab:green", alpha=0.4, label=f"best epoch ({best['epoch']})")
+  dice_ax.set_xlabel("epoch")
+  dice_ax.set_ylabel("Dice")
+  dice_ax.set_ylim(0, 1)
+  dice_ax.legend(loc="lower right")
+  for ax in (loss_ax, dice_ax):
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  partial = path.with_name(path.name + ".partial.png")
+  fig.savefig(partial, dpi=90)
+  p.close(fig)
+  partial.replace(path)  # a viewer never sees half a picture
+
+
+def overlay_grid(images: list[np.ndarray], columns: int = 2) -> np.ndarray:
+  """RGB uint8 pictures of one size tiled into a grid (blank cells black)."""
+  rows = -(-len(images) // columns)
+  h, w = images[0].shape[:2]
+  grid = np.zeros((rows * h, columns * w, 3), np.uint8)
+  for i, image in enumerate(images):
+    r, c = divmod(i, columns)
+    grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = image
+  return grid
+
+
 def prediction_panel(image, truth, probability, threshold: float, path: pathlib.Path, title: str = "") -> None:
   """Image / truth / probability / thresholded mask (the seed's figure 19)."""
   p = plt()
@@ -81,6 +125,7 @@ def prediction_panel(image, truth, probability, threshold: float, path: pathlib.
 
 
 def gif(frames: list[np.ndarray], path: pathlib.Path, fps: float = 5.0) -> None:
-  """An animated GIF through a patient's slices (the seed's figure 20)."""
-  import imageio.v2 as imageio
-  imageio.mimsave(path, [np.asarray(f, np.uint8) for f in frames], duration=1.0 / fps, loop=0)
+  """An animated GIF through a patient's slices (the seed's figure 20).
+
+  imageio >= 2.28 (pinned) takes the frame duration in milliseconds."""
+  imageio.mimsave(path, [np.asarray(f, np.uint8) for f in frames], duration=1000.0 / fps, loop=0)

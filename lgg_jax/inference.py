@@ -14,6 +14,8 @@ all go through here.
 from __future__ import annotations
 
 import dataclasses
+import json
+import pathlib
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -29,11 +31,22 @@ class Member:
   variables: dict     # {"params": ..., "model_state": ...}, replicated over the mesh
   step: int | None = None
   source: str = ""    # where it came from (a run folder, an export)
+  threshold: float | None = None  # the probability threshold it was validated with
+
+  def __post_init__(self):
+    if self.threshold is None:
+      self.threshold = float(self.config.threshold)
 
 
 def member_from_run(workdir, checkpoint: str = "best", mesh=None) -> Member:
+  """A run's checkpoint, with the threshold the run chose on its validation
+  patients (summary.json) or else its config's."""
   config, graphdef, variables, step = state.restore_variables(workdir, checkpoint, mesh)
-  return Member(config, graphdef, variables, step, str(workdir))
+  summary = pathlib.Path(workdir) / "summary.json"
+  threshold = None
+  if summary.is_file():
+    threshold = json.loads(summary.read_text()).get("inference", {}).get("threshold")
+  return Member(config, graphdef, variables, step, str(workdir), threshold)
 
 
 class Predictor:

@@ -9,11 +9,15 @@ PATH may be
   * a folder of such patient folders (the kaggle_3m layout);
   * NIfTI: a folder holding three volumes whose names contain "pre", "flair"
     and "post" (and optionally one with "mask"), or a folder of such folders.
-    Each volume is (X, Y, slices); intensities are scaled to 0..255 by the
-    volume's 99.5th percentile, as the published PNG/TIFF slices were.
+    Each volume is brought to RAS+ orientation from its affine, cut into
+    axial slices shown as radiologists view them (anterior at the top, the
+    patient's right on the left, as the published slices are) and resized
+    to 256x256. uint8 volumes are taken as they are; others are scaled to
+    0..255 by the volume's 99.5th percentile, as the published slices were.
 
 Per case it writes: the predicted masks (PNG per slice, or `<case>_mask.nii.gz`
-with the input's affine for NIfTI), overlay PNGs (truth green when given,
+in the input's grid and orientation, with its affine and qform/sform codes),
+overlay PNGs (truth green when given,
 prediction red), `<case>.gif` through the slices, and `<case>_panel.png`
 (image / truth / probability / thresholded mask on the slice with the most
 tumour). Bad input (a wrong size or channel count, an unreadable file) is an
@@ -48,8 +52,7 @@ class Case:
   slice_names: list[str]
   images: np.ndarray             # (S, 256, 256, 3) uint8
   truth: np.ndarray | None       # (S, 256, 256) bool
-  affine: np.ndarray | None = None  # NIfTI input only
-  nifti_shape: tuple | None = None
+  nifti: object | None = None    # NIfTI input only: the FLAIR image (grid, affine, header)
 
 
 def _natural_key(path: pathlib.Path):
@@ -101,6 +104,19 @@ def _scale(volume: np.ndarray) -> np.ndarray:
   return np.clip(volume / top * 255.0, 0, 255).astype(np.uint8)
 
 
+_RAS = nib.orientations.axcodes2ornt("RAS")
+
+
+def to_display_slices(ras_volume: np.ndarray) -> np.ndarray:
+  """(X, Y, Z, ...) in RAS+ -> (Z, Y, X, ...) axial slices, anterior at the top
+  and the patient's right on the left (slice[r, c] = volume[X-1-c, Y-1-r, k])."""
+  return np.flip(np.moveaxis(ras_volume, (0, 1, 2), (2, 1, 0)), axis=(1, 2))
+
+
+def from_display_slices(slices: np.ndarray) -> np.ndarray:
+  return np.moveaxis(np.flip(slices, axis=(1, 2)), (2, 1, 0), (0, 1, 2))
+
+
 def _nifti_case(folder: pathlib.Path) -> Case | None:
   files = [f for f in folder.iterdir() if f.name.endswith((".nii", ".nii.gz"))]
   if not files:
@@ -113,7 +129,7 @@ def _nifti_case(folder: pathlib.Path) -> Case | None:
   missing = [r for r in ("pre", "flair", "post") if r not in found]
   if missing:
     raise DataError(f"{folder}: NIfTI case needs volumes named *pre*, *flair*, *post*; missing {missing}")
-  volumes, affine = {}, None
+  volumes, reference = {}, None
   for role, path in found.items():
     try:
       img = nib.load(str(path))
@@ -121,22 +137,43 @@ def _nifti_case(folder: pathlib.Path) -> Case | None:
     except Exception as e:
       raise DataError(f"{path}: unreadable NIfTI ({type(e).__name__}: {e})") from e
     if data.ndim != 3:
-      raise DataError(f"{path}: expected a 3-D volume (X, Y, slices), got shape {data.shape}")
-    volumes[role] = data
-    affine = img.affine if role == "flair" else affine
+      raise DataError(f"{path}: expected a 3-D volume, got shape {data.shape}")
+    if role != "mask" and img.get_data_dtype() != np.uint8:
+      data = _scale(data)
+    to_ras = nib.orientations.ornt_transform(nib.io_orientation(img.affine), _RAS)
+    volumes[role] = to_display_slices(nib.orientations.apply_orientation(data, to_ras))
+    reference = img if role == "flair" else reference
   shape = volumes["flair"].shape
   for role, data in volumes.items():
     if data.shape != shape:
-      raise DataError(f"{found[role]}: shape {data.shape} differs from the FLAIR volume's {shape}")
+      raise DataError(f"{found[role]}: shape {data.shape} in RAS+ differs from the FLAIR volume's {shape}")
 
-  def slices(volume, interpolation):
-    return np.stack([cv2.resize(volume[:, :, k], (SIZE, SIZE), interpolation=interpolation)
-                     for k in range(volume.shape[2])])
+  def resized(volume, interpolation):
+    return np.stack([cv2.resize(s, (SIZE, SIZE), interpolation=interpolation) for s in volume])
 
-  channels = [slices(_scale(volumes[r]), cv2.INTER_AREA) for r in ("pre", "flair", "post")]
-  truth = slices((volumes["mask"] > 0).astype(np.uint8), cv2.INTER_NEAREST) > 0 if "mask" in volumes else None
-  return Case(folder.name, [f"slice_{k + 1:03d}" for k in range(shape[2])], np.stack(channels, -1), truth,
-              affine=affine, nifti_shape=shape)
+  channels = [resized(volumes[r].astype(np.uint8), cv2.INTER_AREA) for r in ("pre", "flair", "post")]
+  truth = resized((volumes["mask"] > 0).astype(np.uint8), cv2.INTER_NEAREST) > 0 if "mask" in volumes else None
+  return Case(folder.name, [f"slice_{k + 1:03d}" for k in range(shape[0])], np.stack(channels, -1), truth,
+              nifti=reference)
+
+
+def write_nifti_mask(case: Case, pred: np.ndarray, path: pathlib.Path) -> None:
+  """The masks back in the input's grid, orientation, affine and qform/sform codes."""
+  reference = case.nifti
+  orientation = nib.io_orientation(reference.affine)
+  ras_shape = nib.orientations.apply_orientation(np.zeros(reference.shape[:3], bool),
+                                                 nib.orientations.ornt_transform(orientation, _RAS)).shape
+  rows, columns = ras_shape[1], ras_shape[0]  # display slices are (Y, X)
+  slices = np.stack([cv2.resize(p.astype(np.uint8), (columns, rows), interpolation=cv2.INTER_NEAREST)
+                     for p in pred])
+  from_ras = nib.orientations.ornt_transform(_RAS, orientation)
+  volume = nib.orientations.apply_orientation(from_display_slices(slices), from_ras).astype(np.uint8)
+  header = reference.header.copy()
+  header.set_data_dtype(np.uint8)
+  image = nib.Nifti1Image(volume, reference.affine, header=header)
+  image.set_qform(reference.get_qform(), code=int(reference.header["qform_code"]))
+  image.set_sform(reference.get_sform(), code=int(reference.header["sform_code"]))
+  nib.save(image, str(path))
 
 
 def find_cases(path: str | os.PathLike) -> list[Case]:
@@ -164,10 +201,8 @@ def write_case(case: Case, probs: np.ndarray, threshold: float, out: pathlib.Pat
   folder = out / case.name
   (folder / "overlays").mkdir(parents=True, exist_ok=True)
   pred = probs >= threshold
-  if case.affine is not None:
-    x, y, s = case.nifti_shape
-    volume = np.stack([cv2.resize(p.astype(np.uint8), (y, x), interpolation=cv2.INTER_NEAREST) for p in pred], -1)
-    nib.save(nib.Nifti1Image(volume.astype(np.uint8), case.affine), str(folder / f"{case.name}_mask.nii.gz"))
+  if case.nifti is not None:
+    write_nifti_mask(case, pred, folder / f"{case.name}_mask.nii.gz")
   else:
     (folder / "masks").mkdir(exist_ok=True)
     for name, p in zip(case.slice_names, pred):
@@ -195,7 +230,7 @@ def predict(workdir, input_path, out, *, checkpoint="best", tta="", threshold=No
   cases = find_cases(input_path)  # validate input before loading the model
   member = inference.member_from_run(workdir, checkpoint)
   predictor = inference.Predictor(member, tta=tta or member.config.inference.tta)
-  threshold = evaluate.run_threshold(member) if threshold is None else threshold
+  threshold = member.threshold if threshold is None else threshold
   out = pathlib.Path(out)
   results = [write_case(case, predictor.predict_volume(case.images), threshold, out)
              for case in cli.progress(cases, desc="predict", unit="case")]

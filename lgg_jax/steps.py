@@ -25,10 +25,17 @@ def _in_encoder(path) -> bool:
   return any(getattr(k, "key", None) == "encoder" for k in path)
 
 
-def make_train_step(graphdef, tx, config, mesh, freeze_encoder: bool = False):
-  """(state, global batch) -> (state, stats), data-parallel over `mesh`."""
+def make_train_step(graphdef, tx, config, mesh, freeze_encoder: bool = False, prepare=None):
+  """(state, global batch) -> (state, stats), data-parallel over `mesh`.
 
-  def per_device(state, batch):
+  With `prepare` (the on-device input path) the step is (state, batch of
+  rows, device data) -> (state, stats), and each device makes its images
+  from the resident data first.
+  """
+
+  def per_device(state, batch, data=None):
+    if prepare is not None:
+      batch = prepare(data, batch)
     def loss_fn(params, model_state):
       model = merge(graphdef, params, model_state)
       logits = model(batch["image"])
@@ -59,7 +66,8 @@ def make_train_step(graphdef, tx, config, mesh, freeze_encoder: bool = False):
                  "opt_state": opt_state}
     return new_state, stats
 
-  step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()))
+  in_specs = (P(), P(AXIS)) if prepare is None else (P(), P(AXIS), P())
+  step = jax.shard_map(per_device, mesh=mesh, in_specs=in_specs, out_specs=(P(), P()))
   return jax.jit(step, donate_argnums=(0,))
 
 

@@ -28,8 +28,8 @@ import orbax.checkpoint as ocp
 import tqdm
 from jax.experimental import multihost_utils
 
-from lgg_jax import choices, cli, evaluate, inference, losses, models, parallel, provenance, state, steps
-from lgg_jax.data import augment, pipeline, preprocess, splits
+from lgg_jax import choices, cli, evaluate, figures, inference, losses, models, parallel, provenance, state, steps
+from lgg_jax.data import augment, device_augment, device_pipeline, pipeline, preprocess, splits
 
 STAT_KEYS = ("loss", "dice_sum", "slices", "grad_norm")
 TIMED_STEPS = 5  # steps after the compiled one that the time estimate takes
@@ -64,6 +64,10 @@ def validate_config(config, device_count: int, process_count: int) -> None:
     raise ValueError(f"config.model.pretrained_path={config.model.pretrained_path} is not a file")
   if config.num_epochs <= 0:
     raise ValueError(f"config.num_epochs must be positive, got {config.num_epochs}")
+  if config.data.on_device:
+    device_augment.check_supported(config.augment)
+  if config.split.file and not pathlib.Path(config.split.file).expanduser().is_file():
+    raise ValueError(f"config.split.file={config.split.file} is not a file")
   if config.data.manual_dir and not pathlib.Path(config.data.manual_dir).expanduser().exists():
     raise ValueError(f"config.data.manual_dir={config.data.manual_dir} does not exist")
 
@@ -123,24 +127,38 @@ def _checkpoint_managers(workdir: pathlib.Path, config):
 
 
 class MetricsLog:
-  """metrics.jsonl + TensorBoard (tensorboardX: no TensorFlow); process 0 only."""
+  """metrics.jsonl, TensorBoard (tensorboardX: no TensorFlow) and progress.png; process 0 only.
 
-  def __init__(self, workdir: pathlib.Path, resume_step: int):
+  TensorBoard gets the config as text, the training loss, gradient norm and
+  learning rate every `config.log_every_steps` steps, the epoch records, and
+  each epoch a grid of validation overlays (truth green, prediction red).
+  """
+
+  def __init__(self, workdir: pathlib.Path, resume_step: int, config):
     self.enabled = jax.process_index() == 0
-    self.path = workdir / "metrics.jsonl"
+    self.path, self.progress_path = workdir / "metrics.jsonl", workdir / "progress.png"
     self.records = []
-    if not self.enabled:
-      return
     # A resumed run drops records written after its checkpoint, so the log
     # reads like one uninterrupted run.
     if self.path.exists():
       self.records = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
       self.records = [r for r in self.records if r["step"] <= resume_step]
-      self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+      if self.enabled:
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+    if not self.enabled:
+      return
     from tensorboardX import SummaryWriter
     self.writer = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1)
+    if resume_step == 0:
+      self.writer.add_text("config", "```\n" + config.to_json_best_effort(indent=2) + "\n```", 0)
 
-  def write(self, record: dict):
+  def write_step(self, step: int, stats: dict, lr: float):
+    if self.enabled:
+      self.writer.add_scalar("train/step_loss", float(stats["loss"]), step)
+      self.writer.add_scalar("train/step_grad_norm", float(stats["grad_norm"]), step)
+      self.writer.add_scalar("train/lr", lr, step)
+
+  def write(self, record: dict, overlays: np.ndarray | None = None):
     self.records.append(record)
     if not self.enabled:
       return
@@ -149,7 +167,10 @@ class MetricsLog:
     for key, value in record.items():
       if key not in ("step", "epoch") and isinstance(value, (int, float)) and math.isfinite(value):
         self.writer.add_scalar(key.replace("_", "/", 1), value, record["step"])
+    if overlays is not None:
+      self.writer.add_image("validation/overlays", overlays, record["step"], dataformats="HWC")
     self.writer.flush()
+    figures.progress(self.records, self.progress_path)
 
   def close(self):
     if self.enabled:
@@ -214,13 +235,22 @@ def _restore(latest, train_state, train_iter, order: str):
 
 # --------------------------------------------------------------------------- validation and the end
 
-def validate(predictor: inference.Predictor, data, patients: list[str], config) -> dict:
-  """Per-patient Dice at 256x256 (no HD95: it picks checkpoints, fast) and the loss there."""
+OVERLAY_PATIENTS = 4
+
+
+def validate(predictor: inference.Predictor, data, patients: list[str], config) -> tuple[dict, np.ndarray]:
+  """Per-patient Dice at 256x256 (no HD95: it picks checkpoints, fast), the
+  loss there, and overlays of the first patients' largest tumour slices."""
   volumes = list(predictor.predict_patients(data, patients, cache=True))
   summary, _ = evaluate.score(volumes, config.threshold, False)
   summary["loss"] = float(np.mean(np.concatenate(
       [np.asarray(losses.probability_loss(p, t, config.loss)) for _, p, t in volumes])))
-  return summary
+  pictures = []
+  for patient, probs, truth in volumes[:OVERLAY_PATIENTS]:
+    k = int(np.argmax(truth.sum(axis=(1, 2))))
+    pictures.append(figures.overlay(data.volume(patient, cache=True)[0][k], probs[k] >= config.threshold,
+                                    truth=truth[k]))
+  return summary, figures.overlay_grid(pictures)
 
 
 def _report_step_time(seconds: float, remaining_steps: int, config) -> None:
@@ -260,14 +290,22 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
                  sum(x.size for x in jax.tree.leaves(train_state["params"])))
     train_steps = {}  # (freeze encoder, freeze encoder BN) -> compiled step, built on first use
 
+    prepare = device_pipeline.make_prepare(config) if config.data.on_device else None
+
     def train_step_for(epoch: int):
       key = (epoch < config.model.freeze_encoder_epochs, epoch < config.model.freeze_encoder_bn_epochs)
       if key not in train_steps:
         graphdef = graphdefs["train_frozen_bn" if key[1] else "train"]
-        train_steps[key] = steps.make_train_step(graphdef, tx, config, mesh, freeze_encoder=key[0])
+        train_steps[key] = steps.make_train_step(graphdef, tx, config, mesh, freeze_encoder=key[0],
+                                                 prepare=prepare)
       return train_steps[key]
 
-    train_iter = pipeline.train_dataset(res, config, jax.process_index(), jax.process_count())
+    if config.data.on_device:
+      device_data = device_pipeline.put_on_devices(res, mesh)
+      train_iter = device_pipeline.HostBatches(pipeline.train_order(res, config))
+    else:
+      device_data = None
+      train_iter = pipeline.train_dataset(res, config, jax.process_index(), jax.process_count())
     order = data.order_signature(res.records)
     latest, best = _checkpoint_managers(workdir, config)
     stack.callback(latest.close)  # waits for saves in flight
@@ -276,10 +314,11 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     if latest.latest_step() is not None:
       start_step, epoch_stats, train_state = _restore(latest, train_state, train_iter, order)
     train_state = parallel.replicate(train_state, mesh)
-    log = MetricsLog(workdir, start_step)
+    log = MetricsLog(workdir, start_step, config)
     stack.callback(log.close)
     if is_main:
       (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+      (workdir / "split.json").write_text(splits.to_json(data.split, config.split))
     bar = stack.enter_context(cli.progress(total=total_steps, initial=start_step, unit="step"))
     preemption = _Preemption(config.preemption_check_every_steps)
     stack.callback(preemption.close)
@@ -296,7 +335,9 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     for step in range(start_step, total_steps):
       started = time.perf_counter()
       batch = parallel.global_batch(next(train_iter), mesh)
-      train_state, stats = train_step_for(step // steps_per_epoch)(train_state, batch)
+      step_fn = train_step_for(step // steps_per_epoch)
+      train_state, stats = step_fn(train_state, batch) if device_data is None else \
+          step_fn(train_state, batch, device_data)
       if jax.default_backend() == "cpu" or len(step_times) <= TIMED_STEPS:
         # Back-to-back collective steps on fake CPU devices can deadlock in
         # XLA:CPU's rendezvous when several steps are in flight on a small
@@ -307,6 +348,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
         _report_step_time(statistics.median(step_times[1:]), total_steps - step - 1, config)
       epoch_stats.append(stats)
       bar.update(1)
+      if (step + 1) % config.log_every_steps == 0:
+        log.write_step(step + 1, jax.device_get(stats), float(schedule(step)))
       if (step + 1) % steps_per_epoch == 0:
         epoch = (step + 1) // steps_per_epoch
         host = jax.tree.map(lambda *xs: np.asarray(xs), *jax.device_get(epoch_stats))
@@ -317,7 +360,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
               f"checkpoint is step {latest.latest_step()} in {workdir / 'checkpoints'}.")
         member = inference.Member(config, graphdefs["eval"], {"params": train_state["params"],
                                                               "model_state": train_state["model_state"]})
-        val = validate(inference.Predictor(member, mesh), data, val_patients, config)
+        val, overlays = validate(inference.Predictor(member, mesh), data, val_patients, config)
         record = {"epoch": epoch, "step": step + 1, "lr": float(schedule(step)),
                   "train_loss": float(host["loss"].mean()),
                   "train_dice": float(host["dice_sum"].sum() / host["slices"].sum()),
@@ -325,7 +368,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
                   "val_loss": val["loss"], "val_dice": val["patient_dice"],
                   "val_slice_dice": val["slice_dice"], "val_pooled_dice": val["pooled_dice"],
                   "val_empty_fp_rate": val["empty_false_positive_rate"]}
-        log.write(record)
+        log.write(record, overlays)
         if is_main:
           bar.write(f"epoch {epoch:3d} step {step + 1:6d}  train loss {record['train_loss']:.4f} "
                     f"dice {record['train_dice']:.4f} | val loss {val['loss']:.4f} "

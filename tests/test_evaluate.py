@@ -229,24 +229,62 @@ def test_prediction_on_slices_writes_masks_overlays_gif_and_panel(trained_run, t
   assert (folder / f"{patient.name}_panel.png").stat().st_size > 1000
 
 
-def test_prediction_on_nifti_keeps_the_affine(trained_run, tiny_dataset, tmp_path):
+def test_nifti_in_any_axis_order_gives_the_tiff_folders_masks_and_keeps_its_header(trained_run, tiny_dataset,
+                                                                                    tmp_path):
+  """A kaggle patient written as uint8 NIfTI (RAS+, radiological display), once as is
+  and once with permuted, flipped axes and a matching affine: the masks equal
+  those of its TIFF folder, and each output keeps its input's grid, affine and
+  qform/sform codes."""
+  import cv2
   nib = pytest.importorskip("nibabel")
   workdir, _, _ = trained_run
   patient = _patient_folder(tiny_dataset)
   files = sorted((f for f in patient.iterdir() if not f.stem.endswith("_mask")),
                  key=lambda f: int(f.stem.rsplit("_", 1)[1]))
-  volume = np.stack([tifffile.imread(f) for f in files], axis=2)  # (256, 256, S, 3)
+  slices = np.stack([tifffile.imread(f) for f in files])  # (S, 256, 256, 3)
+  ras = predict.from_display_slices(slices)  # (X, Y, S, 3)
   affine = np.diag([0.9, 0.9, 5.0, 1.0])
-  case = tmp_path / "nifti" / "case1"
-  case.mkdir(parents=True)
-  for c, role in enumerate(("pre", "flair", "post")):
-    nib.save(nib.Nifti1Image(volume[..., c].astype(np.float32) * 3.0, affine), str(case / f"case1_{role}.nii.gz"))
-  results = predict.predict(workdir, case.parent, tmp_path / "out")
-  assert results[0]["slices"] == len(files)
-  mask = nib.load(str(tmp_path / "out" / "case1" / "case1_mask.nii.gz"))
-  assert mask.shape == volume.shape[:3]
-  np.testing.assert_allclose(mask.affine, affine)
-  assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
+  # Voxel axes (slice, x, y), slice axis reversed: the same world, another array.
+  permuted = np.flip(ras.transpose(2, 0, 1, 3), axis=0)
+  swap = np.zeros((4, 4))
+  swap[0, 1] = swap[1, 2] = swap[3, 3] = 1
+  swap[2, 0], swap[2, 3] = -1, len(files) - 1
+  permuted_affine = affine @ swap
+  expected = {}
+  results = predict.predict(workdir, patient, tmp_path / "tiff")
+  for name in (f.stem for f in files):
+    expected[name] = cv2.imread(str(tmp_path / "tiff" / patient.name / "masks" / f"{name}_pred.png"), 0) > 0
+  for case, volume, case_affine in (("plain", ras, affine), ("permuted", permuted, permuted_affine)):
+    folder = tmp_path / "nifti" / case
+    folder.mkdir(parents=True)
+    for c, role in enumerate(("pre", "flair", "post")):
+      image = nib.Nifti1Image(np.ascontiguousarray(volume[..., c]), case_affine)  # uint8: taken as is
+      image.set_qform(case_affine, code=1)
+      image.set_sform(case_affine, code=2)
+      nib.save(image, str(folder / f"{case}_{role}.nii.gz"))
+    result = predict.predict(workdir, folder, tmp_path / "out")[0]
+    mask = nib.load(str(tmp_path / "out" / case / f"{case}_mask.nii.gz"))
+    assert mask.shape == volume.shape[:3]
+    np.testing.assert_allclose(mask.affine, case_affine)
+    assert (int(mask.header["qform_code"]), int(mask.header["sform_code"])) == (1, 2)
+    to_ras = nib.orientations.ornt_transform(nib.io_orientation(case_affine), nib.orientations.axcodes2ornt("RAS"))
+    got = predict.to_display_slices(nib.orientations.apply_orientation(np.asarray(mask.dataobj), to_ras)) > 0
+    for k, name in enumerate(f.stem for f in files):
+      np.testing.assert_array_equal(got[k], expected[name], err_msg=f"{case} slice {name}")
+    assert result["predicted_pixels"] == results[0]["predicted_pixels"]
+
+
+def test_gif_frames_last_200_ms(tmp_path):
+  from PIL import Image
+  from lgg_jax import figures
+  frames = [np.full((16, 16, 3), v, np.uint8) for v in (0, 120, 240)]
+  figures.gif(frames, tmp_path / "a.gif", fps=5.0)
+  with Image.open(tmp_path / "a.gif") as gif:
+    durations = []
+    for i in range(gif.n_frames):
+      gif.seek(i)
+      durations.append(gif.info["duration"])
+  assert durations == [200, 200, 200]
 
 
 @pytest.mark.parametrize("array,message", [

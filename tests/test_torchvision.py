@@ -78,22 +78,16 @@ def test_pth_and_safetensors_files_load_and_bad_files_are_named(tv_model, tmp_pa
   torch.save(state, pth)
   loaded = weights.read_state_dict(pth)
   assert set(loaded) == set(state)
-  # safetensors written by hand (the format is a JSON header + raw data).
-  import json, struct
-  header, blobs, offset = {}, [], 0
-  for k, v in state.items():
-    a = v.detach().numpy()
-    a = a.astype(np.float32) if a.dtype.kind == "f" else a.astype(np.int64)
-    header[k] = {"dtype": "F32" if a.dtype == np.float32 else "I64", "shape": list(a.shape),
-                 "data_offsets": [offset, offset + a.nbytes]}
-    blobs.append(a.tobytes())
-    offset += a.nbytes
-  h = json.dumps(header).encode()
+  from safetensors.numpy import save_file
   st = tmp_path / "resnext50_32x4d.safetensors"
-  st.write_bytes(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+  save_file({k: np.ascontiguousarray(v.detach().numpy()) for k, v in state.items()}, str(st))
   from_st = weights.read_state_dict(st)
   for k in state:
     np.testing.assert_array_equal(from_st[k], loaded[k])
+  truncated = tmp_path / "truncated.safetensors"
+  truncated.write_bytes(st.read_bytes()[:len(st.read_bytes()) // 2])
+  with pytest.raises(ValueError, match="truncated.safetensors: not a readable safetensors file"):
+    weights.read_state_dict(truncated)
 
   encoder = resnext.ResNeXtEncoder(rngs=nnx.Rngs(0))
   broken = dict(loaded)

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 
+from lgg_jax import cli
 from lgg_jax.data import kaggle
 
 
@@ -63,7 +64,7 @@ class Lgg(tfds.core.GeneratorBasedBuilder):
     source = self.source
     slices = kaggle.list_slices(source)
     # Validate every file before the writer starts (it writes as it goes).
-    for s in slices:
+    for s in cli.progress(slices, desc="checking slices", unit="slice"):
       kaggle.read_image(source, s.image_path)
       kaggle.read_mask(source, s.mask_path)
     patients = sorted({s.patient_id for s in slices})
@@ -73,7 +74,7 @@ class Lgg(tfds.core.GeneratorBasedBuilder):
     return {"slices": self._generate_examples(source, slices, clinical)}
 
   def _generate_examples(self, source, slices, clinical):
-    for s in slices:
+    for s in cli.progress(slices, desc="encoding slices", unit="slice"):
       mask = kaggle.read_mask(source, s.mask_path)
       yield f"{s.patient_id}_{s.index}", {
           "image": _png(kaggle.read_image(source, s.image_path)),
@@ -94,6 +95,7 @@ def build(manual_dir: str | pathlib.Path, data_dir: str | pathlib.Path) -> Lgg:
   tfds writes into an `incomplete.*` folder and renames it when done; a
   failure removes that folder, so no partial dataset is ever left.
   """
+  tfds.disable_progress_bar()  # ours show the checking and the encoding
   source = kaggle.open_source(manual_dir)
   root = pathlib.Path(data_dir).expanduser() / source.fingerprint()
   builder = Lgg(data_dir=str(root), file_format="array_record")

@@ -41,7 +41,9 @@ KNOBS = ("name", "flip_probability", "rotate90_probability", "transpose_probabil
          "grid_distort_limit", "optical_distort_limit", "brightness_limit",
          "brightness_probability", "contrast_limit", "contrast_probability", "gamma_range",
          "gamma_probability", "noise_std_max", "noise_probability", "blur_sigma_range",
-         "blur_probability")
+         "blur_probability",
+         # Applied after normalisation by device_pipeline.missing_sequences.
+         "missing_sequence_probability")
 
 _DRAWS = ("hflip", "vflip", "rot90", "rot90_k", "transpose", "affine", "translate", "scale",
           "rotate", "distortion", "distortion_choice", "elastic", "grid", "optical", "noise",

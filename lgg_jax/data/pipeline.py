@@ -91,7 +91,6 @@ def load(config) -> Data:
   """Prepares the dataset (process 0 first, the others then find it ready)."""
   import jax
   from jax.experimental import multihost_utils
-  tfds.disable_progress_bar()
   if jax.process_count() > 1:
     if jax.process_index() == 0:
       _prepare(config)
@@ -103,9 +102,12 @@ def load(config) -> Data:
   meta = [meta_source[i] for i in range(len(meta_source))]
   patient_ids = np.array([m["patient_id"].decode() for m in meta])
   has_tumor = np.array([m["has_tumor"] for m in meta], bool)
-  split = splits.make_split(
-      patient_ids, has_tumor, protocol=config.split.protocol, num_folds=config.split.num_folds,
-      fold=config.split.fold, val_fraction=config.split.val_fraction, seed=config.split.seed)
+  if config.split.file:
+    split = splits.from_file(config.split.file, patient_ids)
+  else:
+    split = splits.make_split(
+        patient_ids, has_tumor, protocol=config.split.protocol, num_folds=config.split.num_folds,
+        fold=config.split.fold, val_fraction=config.split.val_fraction, seed=config.split.seed)
   return Data(source=builder.as_data_source("slices"), patient_ids=patient_ids,
               slice_index=np.array([m["slice_index"] for m in meta], np.int32), has_tumor=has_tumor,
               split=split, fingerprint=pathlib.Path(builder.data_dir).parent.parent.name,
@@ -230,6 +232,21 @@ class _Finish:
             "mask": (example["mask"] > 0).astype(np.float32)[..., None], "index": example["index"]}
 
 
+class _MissingSequences:
+  """With probability p, a sample's pre-contrast, post-contrast or both
+  channels become FLAIR copies: 15 of the dataset's 110 patients lack a
+  sequence that way, and a model that never saw one can miss them entirely."""
+
+  def __init__(self, probability: float):
+    self.probability = probability
+
+  def __call__(self, example: dict, rng: np.random.Generator) -> dict:
+    if rng.random() >= self.probability:
+      return example
+    pattern = preprocess.MISSING_PATTERNS[int(rng.integers(len(preprocess.MISSING_PATTERNS)))]
+    return {**example, "image": preprocess.copy_flair(example["image"], pattern)}
+
+
 class _ProcessRows(grain.MapDataset):
   """Element k of this process: row k % local of its share of global batch k // local."""
 
@@ -260,12 +277,14 @@ def train_dataset(res: Resident, config, process_index: int = 0, process_count: 
   local_batch = config.global_batch_size // process_count
   ds = _Stream(train_order(res, config)).map(_Element(res))
   ds = ds.random_map(augment_lib.make(config.augment), seed=config.seed + 1)
+  ds = ds.map(_Finish(res, config.data.normalization))
+  if config.augment.missing_sequence_probability > 0:
+    ds = ds.random_map(_MissingSequences(config.augment.missing_sequence_probability), seed=config.seed + 2)
   # Row r of global batch s is element s*B + r; this process reads its
   # contiguous rows of each global batch (lazily: the others are never read),
   # so global batches, their row order and their augmentations do not depend
   # on the process count.
   ds = _ProcessRows(ds, config.global_batch_size, local_batch, process_index)
-  ds = ds.map(_Finish(res, config.data.normalization))
   ds = ds.batch(local_batch, drop_remainder=True)
   iter_ds = ds.to_iter_dataset()
   if config.data.num_workers > 0:

@@ -91,3 +91,18 @@ def model_inputs(volume: np.ndarray, data_config) -> np.ndarray:
   small = resize_volume(volume, data_config.image_size)
   stats = volume_statistics(small, data_config)
   return normalise(stack_neighbours(small, data_config.neighbours), data_config.normalization, stats)
+
+
+MISSING_PATTERNS = ((0,), (2,), (0, 2))  # pre-contrast, post-contrast, both
+FLAIR = 1
+
+
+def copy_flair(image: np.ndarray, channels: tuple[int, ...]) -> np.ndarray:
+  """What the dataset does for a missing sequence: FLAIR copied into its
+  channel, in every slice of a 2.5-D stack. On normalised images, so the copy
+  equals what a patient with that sequence missing gives at inference."""
+  image = np.array(image, copy=True)
+  for start in range(0, image.shape[-1], 3):
+    for c in channels:
+      image[..., start + c] = image[..., start + FLAIR]
+  return image

@@ -1,5 +1,10 @@
 """Train / validation / test splits.
 
+A split can also come from a file (`config.split.file`, nnU-Net's
+splits_final.json habit): JSON with "train", "val" and "test" lists of
+patient ids. Every run writes the split it used as workdir/split.json, so
+folds can be shared and reproduced.
+
 `patient`: K-fold over patients (fold `fold` is the test set), stratified by
 each patient's fraction of tumour slices; validation patients come from the
 remaining folds. No patient is in two splits, and the split depends only on
@@ -13,7 +18,9 @@ leakage ablation can measure by how much.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import pathlib
 
 import numpy as np
 
@@ -103,3 +110,40 @@ def _slice_split(patient_ids, has_tumor, num_folds, fold, val_fraction, seed) ->
   return Split(train=train, val=val, test=test,
                patients={name: sorted({str(p) for p in patient_ids[idx]})
                          for name, idx in (("train", train), ("val", val), ("test", test))})
+
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def to_json(split: Split, config_split) -> str:
+  return json.dumps({"protocol": config_split.protocol, "num_folds": config_split.num_folds,
+                     "fold": config_split.fold, "seed": config_split.seed, "val_fraction": config_split.val_fraction,
+                     "file": config_split.file, **{name: split.patients[name] for name in SPLIT_NAMES}}, indent=2)
+
+
+def from_file(path, patient_ids: np.ndarray) -> Split:
+  """The split a file names; patients it lists must exist, and appear once."""
+  path = pathlib.Path(path).expanduser()
+  try:
+    listed = json.loads(path.read_text())
+  except (OSError, ValueError) as e:
+    raise ValueError(f"config.split.file={path}: unreadable ({e})") from e
+  missing_keys = [k for k in SPLIT_NAMES if not isinstance(listed.get(k), list)]
+  if missing_keys:
+    raise ValueError(f"config.split.file={path}: needs lists {', '.join(missing_keys)} of patient ids")
+  known = set(np.unique(patient_ids).tolist())
+  seen = {}
+  for name in SPLIT_NAMES:
+    unknown = sorted(set(listed[name]) - known)
+    if unknown:
+      raise ValueError(f"config.split.file={path}: {name} lists patients the dataset lacks: {unknown[:5]}")
+    for pid in listed[name]:
+      if pid in seen:
+        raise ValueError(f"config.split.file={path}: patient {pid} is in both {seen[pid]} and {name}")
+      seen[pid] = name
+  unused = sorted(known - set(seen))
+  if unused:
+    logging.warning("config.split.file=%s leaves %d patients of the dataset unused: %s", path, len(unused),
+                    ", ".join(unused[:5]))
+  return Split(**{name: np.flatnonzero(np.isin(patient_ids, listed[name])) for name in SPLIT_NAMES},
+               patients={name: sorted(listed[name]) for name in SPLIT_NAMES})

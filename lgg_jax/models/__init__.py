@@ -12,7 +12,8 @@ from lgg_jax.models import fpn, layers, resnext, unet
 
 def _unet(cfg, in_channels, dtype, rngs):
   return unet.UNet(in_channels=in_channels, base_width=cfg.base_width, depth=cfg.depth,
-                   align_corners=cfg.align_corners, conv_impl=cfg.conv_impl, dtype=dtype, rngs=rngs)
+                   align_corners=cfg.align_corners, norm=cfg.norm, axis_name=parallel.AXIS,
+                   conv_impl=cfg.conv_impl, dtype=dtype, rngs=rngs)
 
 
 def _fpn(cfg, in_channels, dtype, rngs):
@@ -43,6 +44,7 @@ def check(model_config, image_size: int, compute_dtype: str = "float32") -> None
   choices.check("config.model.name", model_config.name, sorted(REGISTRY))
   choices.check("config.compute_dtype", compute_dtype, COMPUTE_DTYPES)
   choices.check("config.model.conv_impl", model_config.conv_impl, layers.CONV_IMPLS)
+  choices.check("config.model.norm", model_config.norm, layers.NORMS)
   divisor = input_divisor(model_config)
   if image_size % divisor:
     raise ValueError(f"config.data.image_size={image_size} must be divisible by {divisor} for model "

@@ -41,18 +41,30 @@ def upsample2x(x: jax.Array, align_corners: bool = True) -> jax.Array:
   return resize_bilinear(x, 2 * x.shape[1], 2 * x.shape[2], align_corners)
 
 
-class DoubleConv(nnx.Module):
-  """Two 3x3 conv + ReLU, as the seed's `double_conv`."""
+NORMS = ("none", "batch")
 
-  def __init__(self, in_channels: int, out_channels: int, *, conv_impl: str = "auto", dtype, rngs: nnx.Rngs):
+
+class DoubleConv(nnx.Module):
+  """Two 3x3 conv + ReLU, as the seed's `double_conv`; with norm="batch" each
+  conv is followed by BatchNorm (Buda et al.'s U-Net block), its statistics
+  averaged over `axis_name` when data-parallel."""
+
+  def __init__(self, in_channels: int, out_channels: int, *, conv_impl: str = "auto", norm: str = "none",
+               axis_name=None, dtype, rngs: nnx.Rngs):
+    choices.check("config.model.norm", norm, NORMS)
     # He init suits ReLU stacks without normalisation.
-    conv = lambda cin: Conv(cin, out_channels, 3, impl=conv_impl, padding=1, dtype=dtype,
+    conv = lambda cin: Conv(cin, out_channels, 3, impl=conv_impl, padding=1, dtype=dtype, use_bias=norm == "none",
                             kernel_init=nnx.initializers.kaiming_normal(), rngs=rngs)
-    self.conv1 = conv(in_channels)
-    self.conv2 = conv(out_channels)
+    bn = lambda: (nnx.BatchNorm(out_channels, momentum=0.9, epsilon=1e-5, axis_name=axis_name, dtype=dtype,
+                                rngs=rngs) if norm == "batch" else None)
+    self.conv1, self.norm1 = conv(in_channels), bn()
+    self.conv2, self.norm2 = conv(out_channels), bn()
 
   def __call__(self, x):
-    return nnx.relu(self.conv2(nnx.relu(self.conv1(x))))
+    for conv, norm in ((self.conv1, self.norm1), (self.conv2, self.norm2)):
+      x = conv(x)
+      x = nnx.relu(x if norm is None else norm(x))
+    return x
 
 
 def max_pool2(x):

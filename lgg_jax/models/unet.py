@@ -2,7 +2,8 @@
 
 Two 3x3 conv + ReLU per level, max-pool down, bilinear x2 up with the
 skip concatenated after the upsampled map, 1x1 conv to one logit. No
-BatchNorm. At base_width=64, depth=4: 15 convs, 7,782,913 parameters.
+BatchNorm (model.norm="batch" adds it after each conv, as Buda et al.'s
+U-Net). At base_width=64, depth=4: 15 convs, 7,782,913 parameters.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ from lgg_jax.models.layers import Conv, DoubleConv, max_pool2, upsample2x
 class UNet(nnx.Module):
 
   def __init__(self, *, in_channels: int = 3, base_width: int = 64, depth: int = 4,
-               align_corners: bool = True, conv_impl: str = "auto", dtype=jnp.float32, rngs: nnx.Rngs):
+               align_corners: bool = True, norm: str = "none", axis_name=None, conv_impl: str = "auto",
+               dtype=jnp.float32, rngs: nnx.Rngs):
     widths = [base_width * 2**i for i in range(depth)]
     self.align_corners = align_corners
-    self.down = nnx.List([DoubleConv(cin, cout, conv_impl=conv_impl, dtype=dtype, rngs=rngs)
-                          for cin, cout in zip([in_channels] + widths[:-1], widths)])
-    self.up = nnx.List([DoubleConv(widths[i + 1] + widths[i], widths[i], conv_impl=conv_impl, dtype=dtype,
-                                   rngs=rngs)
-                        for i in reversed(range(depth - 1))])
+    block = lambda cin, cout: DoubleConv(cin, cout, conv_impl=conv_impl, norm=norm, axis_name=axis_name,
+                                         dtype=dtype, rngs=rngs)
+    self.down = nnx.List([block(cin, cout) for cin, cout in zip([in_channels] + widths[:-1], widths)])
+    self.up = nnx.List([block(widths[i + 1] + widths[i], widths[i]) for i in reversed(range(depth - 1))])
     self.head = Conv(widths[0], 1, 1, impl=conv_impl, dtype=dtype, rngs=rngs)
 
   def __call__(self, x):

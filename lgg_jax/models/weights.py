@@ -16,16 +16,13 @@ alike, keep its activation scale (timm's rule for extra input channels).
 
 from __future__ import annotations
 
-import json
 import pathlib
-import struct
 
 import jax.numpy as jnp
 import numpy as np
+import safetensors.numpy
 from flax import nnx
 
-_SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64,
-                       "I32": np.int32, "BF16": None}
 _BN_NAMES = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
 _SKIPPED = ("fc.weight", "fc.bias")
 
@@ -50,27 +47,10 @@ def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
 
 
 def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
-  """The format is 8 bytes of header length, a JSON header, raw little-endian data."""
-  data = path.read_bytes()
   try:
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
-  except (struct.error, ValueError) as e:
-    raise ValueError(f"{path}: not a safetensors file ({e})") from e
-  out, base = {}, 8 + n
-  for name, info in header.items():
-    if name == "__metadata__":
-      continue
-    start, end = info["data_offsets"]
-    raw = data[base + start:base + end]
-    if info["dtype"] == "BF16":
-      array = (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
-    elif info["dtype"] in _SAFETENSORS_DTYPES:
-      array = np.frombuffer(raw, _SAFETENSORS_DTYPES[info["dtype"]])
-    else:
-      raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-    out[name] = array.reshape(info["shape"])
-  return out
+    return safetensors.numpy.load_file(str(path))
+  except Exception as e:  # safetensors raises its own types for truncated or foreign files
+    raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from e
 
 
 def _encoder_targets(encoder: nnx.Module) -> dict[str, tuple[nnx.Variable, callable]]:

@@ -1,0 +1,161 @@
+"""Export a trained run as a model that needs neither the training state nor,
+for its forward pass, this codebase.
+
+python -m lgg_jax.export --workdir=RUN [--checkpoint=best] --out=DIR
+
+DIR gets
+  config.json          the run's config (what `Segmenter.load(DIR)` rebuilds the model from)
+  weights.safetensors  parameters and BatchNorm statistics only ("params/...", "model_state/...")
+  inference.json       the threshold (chosen on validation, or the config's), TTA, checkpoint step
+  forward.jax          a serialized `jax.export` (StableHLO) of the forward pass, for the cpu
+                       and cuda platforms, batch size symbolic, weights inside, plain XLA
+                       convolutions: float32 model inputs (b, size, size, channels), prepared
+                       as `lgg_jax.data.preprocess.model_inputs` does -> probabilities (b, 256, 256)
+  model_card.md        data, split, metrics and their protocol, threshold, provenance,
+                       intended use and limits
+
+Running the forward pass needs only jax and numpy:
+    import jax, numpy as np
+    forward = jax.export.deserialize(open("DIR/forward.jax", "rb").read())
+    probabilities = forward.call(inputs)   # inputs: float32 (b, size, size, channels)
+The folder is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import pathlib
+import shutil
+
+import jax
+import jax.numpy as jnp
+from absl import flags
+from safetensors.numpy import save_file
+
+from lgg_jax import cli, inference, segmenter, state, steps
+from lgg_jax.data import preprocess
+
+FORWARD_FILE = "forward.jax"
+PLATFORMS = ("cpu", "cuda")
+
+
+def export_forward(member: inference.Member) -> jax.export.Exported:
+  """The forward pass with the weights inside, lowered with the plain XLA conv forms."""
+  config = member.config.copy_and_resolve_references()
+  config.model.conv_impl = "xla"
+  graphdef, _ = state.abstract_variables(config)
+  probabilities = steps.make_probability_step(graphdef, "none", preprocess.SOURCE_SIZE)
+  variables = jax.device_get(member.variables)
+  size, channels = config.data.image_size, state.in_channels(config)
+  batch, = jax.export.symbolic_shape("b")
+  return jax.export.export(jax.jit(lambda images: probabilities(variables, images)), platforms=PLATFORMS)(
+      jax.ShapeDtypeStruct((batch, size, size, channels), jnp.float32))
+
+
+def _metric(block: dict, key: str, fmt: str = "{:.4f}") -> str:
+  value = block.get(key)
+  return "n/a" if value is None else fmt.format(value)
+
+
+def model_card(member: inference.Member, summary: dict) -> str:
+  config, test, inf = member.config, summary.get("test", {}), summary.get("inference", {})
+  prov = summary.get("provenance", {})
+  patients = summary.get("split_patients", {})
+  dataset = prov.get("dataset", {})
+  lines = [
+      f"# lgg_jax model: {config.model.name}, exported {datetime.date.today().isoformat()}", "",
+      "Segments FLAIR abnormality (low-grade glioma) in axial brain MRI slices of the LGG Segmentation "
+      "Dataset's form: 256x256 uint8 slices with three channels (pre-contrast, FLAIR, post-contrast), a "
+      "patient's slices in order.", "",
+      "**Not a medical device.** A research model: it has not been validated for clinical use and must not "
+      "guide diagnosis or treatment.", "",
+      "## Model", "",
+      f"- {config.model.name}, base width {config.model.base_width}, trained at {config.data.image_size}x"
+      f"{config.data.image_size}; input {state.in_channels(config)} channels (the slice and "
+      f"{config.data.neighbours} neighbour(s) on each side, 3 MRI channels each)",
+      f"- normalisation: {config.data.normalization}"
+      + (f" (per channel over the patient's brain voxels: clip at percentiles "
+         f"{tuple(config.data.normalization_percentiles)}, then z-score)"
+         if config.data.normalization == "patient" else ""),
+      f"- checkpoint: step {member.step} of {summary.get('step')} (best validation per-patient Dice "
+      f"{_metric(summary, 'best_val_dice')})",
+      f"- threshold {member.threshold:.2f} ({inf.get('threshold_chosen_on', 'config')}); TTA "
+      f"{inf.get('tta', config.inference.tta)}; largest 3-D component "
+      f"{inf.get('largest_component', config.inference.largest_component)}", "",
+      "## Data and split", "",
+      f"- dataset: {dataset.get('manual_dir', config.data.manual_dir or 'synthetic')} "
+      f"({dataset.get('slices', '?')} slices, fingerprint {dataset.get('fingerprint', '?')}, "
+      f"version {dataset.get('version', '?')})",
+      f"- split by patient ({config.split.protocol}), {config.split.num_folds} folds, test fold "
+      f"{config.split.fold}, seed {config.split.seed}: "
+      + ", ".join(f"{k} {len(v)} patients" for k, v in patients.items()), "",
+  ]
+  for name, ids in patients.items():
+    lines.append(f"- {name}: {', '.join(ids)}")
+  lines += ["", "## Metrics on the held-out test patients", "",
+            "Per-patient volumetric Dice at 256x256 with the slices in order (both masks empty: 1), "
+            "3-D HD95 in pixels (medpy's definition; undefined when one mask is empty), tumour-free "
+            "slices with any predicted pixel.", "",
+            "| metric | value |", "|---|---|"]
+  for key in ("patient_dice", "patient_dice_median", "hd95_px", "hd95_undefined", "hd95_px_penalised",
+              "empty_false_positive_rate", "missed_patients", "patients"):
+    value = test.get(key)
+    lines.append(f"| {key} | {value if not isinstance(value, float) else f'{value:.4f}'} |")
+  lines += ["", "## Provenance", "",
+            f"- git commit {prov.get('git_commit', '?')}; packages: "
+            + ", ".join(f"{k} {v}" for k, v in prov.get("versions", {}).items() if v),
+            f"- trained on {prov.get('devices', {}).get('count', '?')} {prov.get('devices', {}).get('backend', '?')} "
+            f"device(s); run folder {member.source}", "",
+            "## Intended use and limits", "",
+            "- Research on LGG FLAIR segmentation, on data prepared like the LGG Segmentation Dataset "
+            "(skull-stripped is not required; intensities as uint8 slices).",
+            "- Trained on few patients of one public collection (TCGA-LGG); other scanners, sequences, "
+            "tumour types or preprocessing may give much worse results.",
+            "- Figures above come from the run's own held-out patients, a few dozen at most; expect wide "
+            "intervals."]
+  return "\n".join(lines) + "\n"
+
+
+def export_run(workdir, out, checkpoint: str = "best") -> pathlib.Path:
+  workdir, out = pathlib.Path(workdir).expanduser().resolve(), pathlib.Path(out).expanduser().resolve()
+  if out.exists() and any(out.iterdir()):
+    raise FileExistsError(f"--out={out} exists and is not empty")
+  member = inference.member_from_run(workdir, checkpoint)
+  summary_path = workdir / "summary.json"
+  summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+  forward = export_forward(member)
+  partial = out.parent / f".{out.name}.partial"
+  shutil.rmtree(partial, ignore_errors=True)
+  partial.mkdir(parents=True)
+  try:
+    (partial / segmenter.CONFIG_FILE).write_text(member.config.to_json_best_effort(indent=2))
+    save_file(segmenter.flatten_variables(member.variables), str(partial / segmenter.WEIGHTS_FILE),
+              metadata={"format": "lgg_jax", "checkpoint_step": str(member.step)})
+    (partial / segmenter.INFERENCE_FILE).write_text(json.dumps(
+        {"threshold": member.threshold, "tta": member.config.inference.tta, "step": member.step,
+         "input_size": member.config.data.image_size, "input_channels": state.in_channels(member.config)},
+        indent=2))
+    (partial / FORWARD_FILE).write_bytes(forward.serialize())
+    (partial / "model_card.md").write_text(model_card(member, summary))
+    if out.exists():
+      out.rmdir()
+    partial.rename(out)
+  except BaseException:
+    shutil.rmtree(partial, ignore_errors=True)
+    raise
+  return out
+
+
+def main(argv):
+  del argv
+  out = export_run(_WORKDIR.value, _OUT.value, _CHECKPOINT.value)
+  print(f"exported to {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
+
+
+if __name__ == "__main__":
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder written by lgg_jax.main.")
+  _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
+  _OUT = flags.DEFINE_string("out", None, "Folder to write (must not exist, or be empty).")
+  flags.mark_flags_as_required(["workdir", "out"])
+  cli.run(main)

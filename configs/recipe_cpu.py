@@ -14,6 +14,7 @@ from configs import default
 def get_config():
   config = default.get_config()
   config.model.base_width = 16
+  config.model.norm = "batch"        # BatchNorm after each conv (Buda et al.'s U-Net block)
   config.data.image_size = 128
   config.num_epochs = 40
   config.global_batch_size = 16
@@ -31,6 +32,9 @@ def get_config():
   config.augment.rotate_limit = 30.0
   config.augment.scale_limit = 0.2
   config.augment.shift_limit = 0.05
+  # A quarter of the samples get pre- and/or post-contrast replaced by FLAIR,
+  # as the dataset does for patients missing a sequence.
+  config.augment.missing_sequence_probability = 0.25
   # Inference: 8-way dihedral TTA and a threshold chosen on the validation patients.
   config.inference.tta = "dihedral"
   config.inference.choose_threshold = True

@@ -3,12 +3,12 @@ cross-validation, in one sweep.
 
 Command: python -m experiments.run --sweep=experiments/recipe.py
   (set MANUAL_DIR below if the dev patients are elsewhere than ../shared/data/lgg_dev)
-Runtime on 2 CPU cores: rows 1-5 train 16 epochs (about 20 min a run, 12 runs),
-row 6 trains the recipe's 40 epochs on all 5 folds (about 45 min a run);
-rows 7-8 only re-score row 6's checkpoints (minutes). About 8 hours in all.
+Runtime on 2 CPU cores: rows 1-7 train 16 epochs (about 20 min a run, 16 runs),
+row 8 trains the recipe's 40 epochs on all 5 folds (about 45 min a run);
+rows 9-10 only re-score row 8's checkpoints (minutes). About 9 hours in all.
 Should show: each element's measured gain (the paired per-patient difference to
 the row above, with its interval; an element that does not help says so), two
-seeds of the baseline as the noise floor, and in row 7 the recipe's 5-fold
+seeds of the baseline as the noise floor, and in row 9 the recipe's 5-fold
 development cross-validation (the recipe was tuned on these folds), target mean
 per-patient Dice >= 0.80 with false positives on <= 3% of tumour-free slices.
 """
@@ -34,6 +34,8 @@ def rows(tiny: bool = False) -> list[dict]:
   augmentation = {**sampling, "augment.name": "nnunet", "augment.affine_probability": 0.3,
                   "augment.rotate_limit": 30.0, "augment.scale_limit": 0.2, "augment.shift_limit": 0.05,
                   "optimizer.warmup_steps": 200}
+  missing = {**augmentation, "augment.missing_sequence_probability": 0.25}
+  batchnorm = {**missing, "model.norm": "batch"}
   recipe = {"config": "configs/recipe_cpu.py", **NO_INFERENCE_EXTRAS}
   return [
       {"name": "r0-before", "label": "unet_cpu (before)", "overrides": base, "seeds": (0, 1)},
@@ -41,13 +43,15 @@ def rows(tiny: bool = False) -> list[dict]:
       {"name": "r2-neighbours", "label": "+ 2.5-D input (k=1)", "overrides": neighbours},
       {"name": "r3-sampling", "label": "+ tumour sampling (33%)", "overrides": sampling},
       {"name": "r4-augmentation", "label": "+ nnU-Net augmentation", "overrides": augmentation},
-      {"name": "r5-epochs", "label": "+ 40 epochs (the recipe's training)",
-       "overrides": {**augmentation, "num_epochs": 2} if tiny else recipe,
+      {"name": "r5-missing-sequences", "label": "+ missing-sequence simulation (25%)", "overrides": missing},
+      {"name": "r6-batchnorm", "label": "+ BatchNorm in the U-Net", "overrides": batchnorm},
+      {"name": "r7-epochs", "label": "+ 40 epochs (the recipe's training)",
+       "overrides": {**batchnorm, "num_epochs": 2} if tiny else recipe,
        "folds": (0,) if tiny else (0, 1, 2, 3, 4)},
-      {"name": "r6-recipe", "label": "+ dihedral TTA, threshold on validation (the recipe)",
+      {"name": "r8-recipe", "label": "+ dihedral TTA, threshold on validation (the recipe)",
        "evaluate": "+ 40 epochs (the recipe's training)",
        "inference": {"inference.tta": "dihedral", "inference.choose_threshold": True}},
-      {"name": "r7-largest-component", "label": "+ largest 3-D component", "evaluate": "+ 40 epochs (the recipe's training)",
+      {"name": "r9-largest-component", "label": "+ largest 3-D component", "evaluate": "+ 40 epochs (the recipe's training)",
        "inference": {"inference.tta": "dihedral", "inference.choose_threshold": True,
                      "inference.largest_component": True}},
   ]

@@ -160,13 +160,14 @@ def _rescore(sweep: dict, member: dict, workdir: pathlib.Path) -> dict:
 
 
 def run_sweep(sweep: dict, workdir: pathlib.Path, results: pathlib.Path, host_index: int = 0,
-              host_count: int = 1) -> dict:
+              host_count: int = 1, only_rows: tuple[str, ...] = ()) -> dict:
+  """Runs this host's members (of `only_rows`, when given, by row name)."""
   workdir.mkdir(parents=True, exist_ok=True)
   results.mkdir(parents=True, exist_ok=True)
   status = {}
   for i, member in enumerate(sweep["members"]):
     name = member_name(member)
-    if i % host_count != host_index:
+    if i % host_count != host_index or (only_rows and member.get("_row_name") not in only_rows):
       continue
     result_file = results / f"{name}.json"
     if result_file.exists():
@@ -333,7 +334,7 @@ def main(argv):
   sweep = load_sweep(_SWEEP.value, _TINY.value)
   workdir = pathlib.Path(_WORKDIR.value or REPO / "runs" / "sweeps" / sweep["name"])
   results = pathlib.Path(_RESULTS.value) if _RESULTS.value else results_dir(sweep, _TINY.value, workdir)
-  status = run_sweep(sweep, workdir, results, _HOST_INDEX.value, _HOST_COUNT.value)
+  status = run_sweep(sweep, workdir, results, _HOST_INDEX.value, _HOST_COUNT.value, tuple(_ROWS.value))
   for name, s in status.items():
     print(f"{name}: {s}")
   if aggregate(sweep, workdir, results):
@@ -348,5 +349,6 @@ if __name__ == "__main__":
   _TINY = flags.DEFINE_bool("tiny", False, "The sweep's CI-sized variant on synthetic data.")
   _HOST_INDEX = flags.DEFINE_integer("host_index", 0, "This host's index among host_count.")
   _HOST_COUNT = flags.DEFINE_integer("host_count", 1, "Hosts sharing the sweep.")
+  _ROWS = flags.DEFINE_list("rows", [], "Run only these rows (by name, e.g. r8-recipe); default all.")
   flags.mark_flags_as_required(["sweep"])
   cli.run(main)

@@ -397,6 +397,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     if best.best_step() is not None:
       summary.update(evaluate.best_checkpoint_on_test(workdir, config, data, mesh))
     summary["provenance"] = provenance.collect(config, data)
+    peak = (jax.local_devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
+    summary["peak_device_memory_gb"] = None if peak is None else peak / 2**30
     if is_main:
       (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
       bar.write(f"done: val per-patient Dice {summary['val_dice']:.4f}"

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The prepared GPU check (issue: GPU-ready speed), one command:
+#
+#   bash benchmarks/gpu_check.sh --out=DIR [--wheels=DIR] [--peer=../shared/peers] [--deadline_s=S] [--workers=16]
+#   bash benchmarks/gpu_check.sh --out=DIR --dry_run     # the same script on the CPU, tiny sizes, under 2 minutes
+#
+# On a GPU machine that has only jax, flax, optax, orbax and torch (no network),
+# --wheels=DIR installs the rest (Python 3.12 wheels that benchmarks/fetch_wheels.sh
+# downloads; never committed). Then `python -m lgg_jax.bench --check` measures, in
+# priority order, rewriting DIR/check.json and DIR/check.md after each measurement:
+# the ResNeXt50-UNet train step (bf16 at batch 64 and 128, fp32 at 32) and the
+# U-Net and FPN (bf16, 64) with compile times and peak device memory (preallocation
+# off), the torch peer eager and torch.compile at the same settings, the input paths
+# (grain + albumentations with 16 workers, and on-device), and a 2-minute synthetic
+# 256x256 training on the on-device path. It stops cleanly at the deadline (default:
+# 8 minutes from the start, installs included). The dry run uses at most 2 workers,
+# the CPU peer, no torch.compile and no installs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+started=$(date +%s)
+out="" wheels="" peer="../shared/peers" deadline="" workers=16 dry_run=0
+for arg in "$@"; do
+  case "$arg" in
+    --out=*) out="${arg#*=}" ;;
+    --wheels=*) wheels="${arg#*=}" ;;
+    --peer=*) peer="${arg#*=}" ;;
+    --deadline_s=*) deadline="${arg#*=}" ;;
+    --workers=*) workers="${arg#*=}" ;;
+    --dry_run) dry_run=1 ;;
+    *) echo "error: unknown argument $arg" >&2; exit 2 ;;
+  esac
+done
+[ -n "$out" ] || { echo "error: --out=DIR is required" >&2; exit 2; }
+export NO_ALBUMENTATIONS_UPDATE=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+extra=()
+if [ "$dry_run" = 1 ]; then
+  export JAX_PLATFORMS=cpu
+  extra+=(--dry_run)
+  deadline="${deadline:-110}"
+else
+  if [ -n "$wheels" ]; then
+    # Only the wheels of distributions this machine lacks, without dependency
+    # resolution (the image's own versions stay), then lgg_jax itself.
+    python - "$wheels" <<'PY'
+import importlib.metadata, pathlib, subprocess, sys
+missing = []
+for wheel in sorted(pathlib.Path(sys.argv[1]).glob("*.whl")):
+  name = wheel.name.split("-")[0]
+  try:
+    importlib.metadata.version(name)
+  except importlib.metadata.PackageNotFoundError:
+    missing.append(str(wheel))
+pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps"]
+if missing:
+  subprocess.run(pip + missing, check=True)
+subprocess.run(pip + ["--no-build-isolation", "-e", "."], check=True)
+PY
+  fi
+  python -c "import lgg_jax" 2>/dev/null || {
+    echo "error: lgg_jax does not import here (missing packages?); pass --wheels=DIR from benchmarks/fetch_wheels.sh" >&2
+    exit 1; }
+  deadline="${deadline:-$(( 480 - 20 - ($(date +%s) - started) ))}"
+fi
+python -m lgg_jax.bench --check --out="$out" --deadline_s="$deadline" --workers="$workers" --peer="$peer" "${extra[@]}"

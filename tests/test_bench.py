@@ -1,0 +1,26 @@
+"""The prepared GPU check runs end to end as its CPU dry run."""
+
+import json
+import os
+import pathlib
+import subprocess
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_dry_run_measures_in_priority_order_and_writes_json_and_markdown(tmp_path):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as a user has
+  result = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), f"--out={tmp_path}", "--dry_run"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+  report = json.loads((tmp_path / "check.json").read_text())
+  names = [m["name"] for m in report["measurements"]]
+  assert report["dry_run"] and names[0] == "resnext_unet bf16 b64"
+  assert not [m for m in report["measurements"] if "error" in m]
+  first = report["measurements"][0]["result"]
+  assert first["step_s"] > 0 and first["compile_s"] > 0 and first["resident_data_counted"] is False
+  inputs = {m["name"]: m["result"] for m in report["measurements"] if m["name"].startswith("input")}
+  assert len(inputs) == 2 and all(r["images_per_s"] > 0 for r in inputs.values())
+  assert max(r["workers"] for r in inputs.values()) <= 2
+  assert not any("compile" in n for n in names + report["pending"])  # no torch.compile on the CPU
+  assert (tmp_path / "check.md").read_text().count("\n|") >= len(names)

@@ -8,6 +8,8 @@ setup(
     description="LGG brain-MRI segmentation (U-Net, FPN, ResNeXt50-UNet) in JAX/Flax NNX",
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    license_files=["LICENSE"],
     python_requires=">=3.11",
     packages=find_packages(include=["lgg_jax", "lgg_jax.*", "configs", "experiments"]),
     install_requires=[
@@ -15,7 +17,7 @@ setup(
         "jax>=0.10,<0.12",
         "flax>=0.12.8,<0.13",
         "optax>=0.2.5",
-        "orbax-checkpoint>=0.11",
+        "orbax-checkpoint>=0.11,<0.13",
         # TFDS without TensorFlow: array_record files read through grain.
         "tensorflow-datasets>=4.9.9",
         "importlib_resources",  # tfds imports it when TensorFlow is absent
@@ -23,7 +25,7 @@ setup(
         "grain>=0.2.12",
         # 2.0.8 is the last MIT-licensed release; 2.1+ is AGPL.
         "albumentations>=2.0.8,<2.1",
-        "opencv-python-headless>=4.10",
+        "opencv-python-headless>=4.10,<6",
         "numpy>=1.26",
         "ml-collections>=1.0",
         "tifffile>=2024.1",
@@ -39,6 +41,8 @@ setup(
     ],
     extras_require={
         # medpy (GPL) is only the tests' reference for HD95, never a dependency.
-        "test": ["pytest>=8", "medpy==0.5.2"],
+        "test": ["pytest>=8", "medpy==0.5.2", "tensorboard>=2.15"],
+        # .pth encoder weights (torchvision's file); .safetensors needs neither.
+        "torch": ["torch>=2.4", "torchvision>=0.19"],
     },
 )

@@ -33,7 +33,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import flags
+from absl import flags, logging
 from flax import nnx
 
 from configs import default
@@ -383,6 +383,9 @@ def run_check(out: pathlib.Path, dry_run: bool, deadline_s: float, workers: int,
           entry["result"] = _in_own_process(spec, left)
         if spec["kind"] == "train_step" and spec["model"] == "resnext_unet" and step_s is None:
           step_s = entry["result"]["step_s"]
+    except subprocess.TimeoutExpired:
+      logging.warning("%s did not finish before the deadline; stopping", item.name)
+      break  # stays pending: time ran out, nothing failed
     except (subprocess.SubprocessError, RuntimeError, OSError, ValueError) as e:
       entry["error"] = f"{type(e).__name__}: {e}"[:300]
     entry["seconds"] = time.perf_counter() - begun

@@ -17,10 +17,11 @@ def test_gpu_check_dry_run_measures_in_priority_order_and_writes_json_and_markdo
   names = [m["name"] for m in report["measurements"]]
   assert report["dry_run"] and names[0] == "resnext_unet bf16 b64"
   assert not [m for m in report["measurements"] if "error" in m]
+  # Everything is measured or, past the deadline, listed as pending: nothing is dropped.
+  assert len(names) + len(report["pending"]) >= 8 and not set(names) & set(report["pending"])
   first = report["measurements"][0]["result"]
   assert first["step_s"] > 0 and first["compile_s"] > 0 and first["resident_data_counted"] is False
   inputs = {m["name"]: m["result"] for m in report["measurements"] if m["name"].startswith("input")}
-  assert len(inputs) == 2 and all(r["images_per_s"] > 0 for r in inputs.values())
-  assert max(r["workers"] for r in inputs.values()) <= 2
+  assert all(r["images_per_s"] > 0 and r["workers"] <= 2 for r in inputs.values())
   assert not any("compile" in n for n in names + report["pending"])  # no torch.compile on the CPU
   assert (tmp_path / "check.md").read_text().count("\n|") >= len(names)

@@ -196,3 +196,12 @@ def test_models_take_neighbouring_slices_as_channels(name):
   assert model(jnp.ones((2, 64, 64, 9))).shape == (2, 64, 64, 1)
   first = {"unet": 3 * 3 * 4, "fpn": 3 * 3 * 4, "resnext_unet": 7 * 7 * 8}[name]  # kernel taps x width
   assert models.count_params(model) - base == 6 * first
+
+
+def test_recipe_configs_parameter_counts():
+  """The recipes' U-Nets: 9 input channels (2.5-D) and BatchNorm after every conv."""
+  from configs import recipe, recipe_cpu
+  from lgg_jax import state
+  for get_config, count in ((recipe_cpu.get_config, 488_865), (recipe.get_config, 7_789_185)):
+    model = nnx.eval_shape(lambda: state.create_model(get_config()))
+    assert models.count_params(model) == count

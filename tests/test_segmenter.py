@@ -1,0 +1,181 @@
+"""A trained run as a model people use: Segmenter, export, TensorBoard, split
+files, and one-line errors in every command."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lgg_jax import Segmenter, export, inference, train
+from lgg_jax.data import pipeline
+from lgg_jax.predict import find_cases
+from conftest import tiny_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  root = tmp_path_factory.mktemp("segmenter")
+  config = tiny_config(root)
+  config.data.neighbours = 1
+  config.data.normalization = "patient"
+  config.inference.choose_threshold = True
+  config.log_every_steps = 2
+  train.train_and_evaluate(config, root / "run")
+  return root / "run", config
+
+
+@pytest.fixture(scope="module")
+def exported(run, tmp_path_factory):
+  workdir, _ = run
+  return export.export_run(workdir, tmp_path_factory.mktemp("exports") / "model")
+
+
+def _patient(config):
+  data = pipeline.load(config)
+  patient = data.patients(data.split.test)[0]
+  return data, patient
+
+
+def test_segmenter_from_a_run_equals_the_inference_layer_and_gives_masks(run):
+  workdir, config = run
+  data, patient = _patient(config)
+  volume, _ = data.volume(patient)
+  seg = Segmenter.load(workdir)
+  probabilities = seg.predict(volume)
+  assert probabilities.dtype == np.float32 and probabilities.shape == (len(volume), 256, 256)
+  reference = inference.Predictor(inference.member_from_run(workdir)).predict_volume(volume)
+  np.testing.assert_array_equal(probabilities, reference)
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert seg.threshold == summary["inference"]["threshold"]  # chosen on the validation patients
+  np.testing.assert_array_equal(seg.predict(volume, masks=True), probabilities >= seg.threshold)
+  np.testing.assert_array_equal(seg.predict(volume, masks=True, threshold=0.9), probabilities >= 0.9)
+  flips = seg.predict(volume, tta="flips")
+  assert flips.shape == probabilities.shape and not np.array_equal(flips, probabilities)
+  with pytest.raises(ValueError, match="uint8"):
+    seg.predict(volume.astype(np.float32))
+
+
+def test_export_round_trip_and_ensemble(run, exported):
+  workdir, config = run
+  data, patient = _patient(config)
+  volume, _ = data.volume(patient)
+  assert {p.name for p in exported.iterdir()} == {"config.json", "weights.safetensors", "inference.json",
+                                                  "forward.jax", "model_card.md"}
+  card = (exported / "model_card.md").read_text()
+  assert "Not a medical device" in card and patient in card and "patient_dice" in card
+  from_run, from_export = Segmenter.load(workdir), Segmenter.load(exported)
+  np.testing.assert_allclose(from_export.predict(volume), from_run.predict(volume), atol=1e-6)
+  assert from_export.threshold == from_run.threshold
+  ensemble = Segmenter.load([workdir, exported])
+  np.testing.assert_allclose(ensemble.predict(volume), from_run.predict(volume), atol=1e-6)
+  with pytest.raises(FileExistsError, match="not empty"):
+    export.export_run(workdir, exported)
+
+
+def test_exported_forward_pass_runs_with_only_jax_and_numpy(run, exported, tmp_path):
+  """A fresh process that imports jax and numpy alone reproduces the model's
+  probabilities from the serialized StableHLO."""
+  workdir, config = run
+  data, patient = _patient(config)
+  volume, _ = data.volume(patient)
+  from lgg_jax.data import preprocess
+  np.save(tmp_path / "inputs.npy", preprocess.model_inputs(volume, config.data))
+  expected = Segmenter.load(workdir).predict(volume, tta="none")
+  code = ("import sys, jax, numpy as np\n"
+          f"forward = jax.export.deserialize(open({str(exported / 'forward.jax')!r}, 'rb').read())\n"
+          f"np.save({str(tmp_path / 'out.npy')!r}, np.asarray(forward.call(np.load({str(tmp_path / 'inputs.npy')!r}))))\n"
+          "assert not [m for m in sys.modules if m.startswith(('lgg_jax', 'flax', 'optax'))]\n")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, atol=1e-5)
+
+
+def test_segment_a_real_patient_folder_from_python(exported):
+  from conftest import REAL_DATA
+  if not REAL_DATA.exists():
+    pytest.skip("../shared/data/lgg_dev is absent")
+  case = find_cases(REAL_DATA / "TCGA_CS_4941_19960909")[0]
+  masks = Segmenter.load(exported).predict(case.images, masks=True)
+  assert masks.shape == (len(case.images), 256, 256) and masks.dtype == bool
+
+
+def test_tensorboard_holds_curves_overlays_and_the_config(run):
+  from tensorboard.backend.event_processing import event_accumulator
+  workdir, config = run
+  events = event_accumulator.EventAccumulator(str(workdir / "tensorboard"), size_guidance={"images": 0, "tensors": 0})
+  events.Reload()
+  tags = events.Tags()
+  for scalar in ("train/step_loss", "train/step_grad_norm", "train/lr", "val/dice", "train/loss"):
+    assert scalar in tags["scalars"], (scalar, tags["scalars"])
+  assert len(events.Scalars("train/step_loss")) >= 2
+  assert [e.step for e in events.Scalars("val/dice")] == [r["step"] for r in map(
+      json.loads, (workdir / "metrics.jsonl").read_text().splitlines())]
+  overlays = events.Images("validation/overlays")
+  assert len(overlays) == config.num_epochs and overlays[-1].width == 512
+  assert "config/text_summary" in tags["tensors"]
+  assert (workdir / "progress.png").stat().st_size > 5000
+
+
+def test_split_file_reproduces_the_run_and_bad_ones_are_named(run, tmp_path):
+  workdir, config = run
+  written = json.loads((workdir / "split.json").read_text())
+  shared = config.copy_and_resolve_references()
+  shared.split.file = str(workdir / "split.json")
+  shared.split.seed = 99  # ignored: the file decides
+  data = pipeline.load(shared)
+  assert data.split.patients == {k: written[k] for k in ("train", "val", "test")}
+  bad = tmp_path / "bad.json"
+  bad.write_text(json.dumps({**written, "test": written["test"] + ["TCGA_XX_0000_20000101"]}))
+  shared.split.file = str(bad)
+  with pytest.raises(ValueError, match=f"{bad}.*TCGA_XX_0000"):
+    pipeline.load(shared)
+  bad.write_text(json.dumps({**written, "val": written["val"] + written["test"][:1]}))
+  with pytest.raises(ValueError, match="in both"):
+    pipeline.load(shared)
+
+
+def _command(*args, env=None):
+  return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=300,
+                        env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("args,message", [
+    (("lgg_jax.evaluate", "--workdir=/nonexistent/run"), "not a run folder"),
+    (("lgg_jax.predict", "--workdir=/nonexistent/run", "--input=/nonexistent/scans"), "does not exist"),
+    (("lgg_jax.export", "--workdir=/nonexistent/run", "--out=/tmp/never"), "not a run folder"),
+    (("lgg_jax.explore", "--manual_dir=/nonexistent/lgg"), "does not exist"),
+    (("experiments.run", "--sweep=/nonexistent/sweep.py"), "does not exist"),
+    (("lgg_jax.main", f"--config={REPO / 'tests' / 'tiny_config.py'}", "--config.model.name=vnet"),
+     "config.model.name: unknown value 'vnet'"),
+])
+def test_commands_end_errors_in_one_line(args, message):
+  result = _command(*args)
+  assert result.returncode == 1
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and message in last, result.stderr[-1500:]
+  assert "Traceback" not in result.stderr
+  with_traceback = _command(*args, "--traceback")
+  assert with_traceback.returncode != 0 and "Traceback" in with_traceback.stderr
+
+
+def test_a_truncated_tiff_is_one_line_naming_it(tiny_dataset, tmp_path):
+  import shutil
+  root = tmp_path / "src" / "kaggle_3m"
+  shutil.copytree(tiny_dataset, root)
+  patient = sorted(p for p in root.iterdir() if p.is_dir())[0]
+  image = patient / f"{patient.name}_2.tif"
+  image.write_bytes(image.read_bytes()[:300])
+  result = _command("lgg_jax.main", f"--config={REPO / 'tests' / 'tiny_config.py'}", f"--workdir={tmp_path / 'run'}",
+                    f"--config.data.manual_dir={root}", f"--config.data.data_dir={tmp_path / 'cache'}")
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == f"error: {image}: unreadable TIFF " + \
+      result.stderr.strip().splitlines()[-1].split("unreadable TIFF ", 1)[1]
+  assert "Traceback" not in result.stderr

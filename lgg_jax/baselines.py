@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from lgg_jax import metrics
+from lgg_jax.data import synthetic
 
 FLAIR = 1  # channel order: pre-contrast, FLAIR, post-contrast
 
@@ -41,7 +42,6 @@ def main(argv):
   """python -m lgg_jax.baselines [--patients=12] [--seed=0]: the FLAIR-threshold
   baseline on synthetic patients, threshold fitted on those same patients."""
   del argv
-  from lgg_jax.data import synthetic
   spec = synthetic.SyntheticSpec(num_patients=_PATIENTS.value, seed=_SEED.value)
   volumes, masks = zip(*[synthetic.generate_patient(spec, i) for i in range(spec.num_patients)])
   threshold, dice = fit_threshold(volumes, masks)

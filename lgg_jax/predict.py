@@ -1,6 +1,7 @@
-"""Segment new scans with a trained run.
+"""Segment new scans with a trained run (through `Segmenter`).
 
-python -m lgg_jax.predict --workdir=runs/unet_cpu --input=PATH --out=predictions/ [--tta]
+python -m lgg_jax.predict --workdir=runs/unet_cpu --input=PATH --out=predictions/ [--tta=dihedral]
+    [--workdir=RUN_OR_EXPORT,...]   # several: an ensemble (their mean probability)
 
 PATH may be
   * a folder of slices: <name>.tif / .png, 256x256, 3 channels (pre-contrast,
@@ -38,7 +39,7 @@ import numpy as np
 import tifffile
 from absl import flags
 
-from lgg_jax import cli, evaluate, figures, inference, metrics
+from lgg_jax import cli, figures, metrics, segmenter
 from lgg_jax.data import preprocess
 from lgg_jax.data.kaggle import DataError
 
@@ -225,14 +226,14 @@ def write_case(case: Case, probs: np.ndarray, threshold: float, out: pathlib.Pat
 
 
 def predict(workdir, input_path, out, *, checkpoint="best", tta="", threshold=None) -> list[dict]:
-  """Masks, overlays, GIFs and panels for every case under `input_path`;
-  empty `tta` / None `threshold`: the run's own."""
+  """Masks, overlays, GIFs and panels for every case under `input_path`.
+  `workdir`: a run folder or an export, or a list of them (their mean
+  probability); empty `tta` / None `threshold`: the models' own."""
   cases = find_cases(input_path)  # validate input before loading the model
-  member = inference.member_from_run(workdir, checkpoint)
-  predictor = inference.Predictor(member, tta=tta or member.config.inference.tta)
-  threshold = member.threshold if threshold is None else threshold
+  seg = segmenter.Segmenter.load(workdir, checkpoint)
+  threshold = seg.threshold if threshold is None else threshold
   out = pathlib.Path(out)
-  results = [write_case(case, predictor.predict_volume(case.images), threshold, out)
+  results = [write_case(case, seg.predict(case.images, tta=tta or None), threshold, out)
              for case in cli.progress(cases, desc="predict", unit="case")]
   if cli.is_main_process():
     (out / "predictions.json").write_text(json.dumps(results, indent=2))
@@ -248,7 +249,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder written by lgg_jax.main.")
+  _WORKDIR = flags.DEFINE_list("workdir", None, "Run folder(s) or export(s); several: an ensemble (mean probability).")
   _INPUT = flags.DEFINE_string("input", None, "Slices, patient folders or NIfTI volumes (see module doc).")
   _OUT = flags.DEFINE_string("out", "predictions", "Output folder.")
   _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")

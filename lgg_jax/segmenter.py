@@ -48,7 +48,10 @@ def member_from_export(folder, mesh=None) -> inference.Member:
   except Exception as e:  # safetensors raises its own error types for broken files
     raise ValueError(f"{folder / WEIGHTS_FILE}: unreadable safetensors file ({e})") from e
   flat = {}
-  for path, shape in traverse_util.flatten_dict(shapes).items():
+  for path, shape in traverse_util.flatten_dict(shapes, keep_empty_nodes=True).items():
+    if shape is traverse_util.empty_node:  # e.g. no BatchNorm statistics in a plain U-Net
+      flat[path] = shape
+      continue
     key = "/".join(str(k) for k in path)
     if key not in tensors:
       raise ValueError(f"{folder / WEIGHTS_FILE}: no tensor {key!r} (the config's model needs it)")

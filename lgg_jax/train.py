@@ -12,6 +12,7 @@ an exception.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -25,6 +26,7 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorboardX
 import tqdm
 from jax.experimental import multihost_utils
 
@@ -147,8 +149,7 @@ class MetricsLog:
         self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
     if not self.enabled:
       return
-    from tensorboardX import SummaryWriter
-    self.writer = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1)
+    self.writer = tensorboardX.SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1)
     if resume_step == 0:
       self.writer.add_text("config", "```\n" + config.to_json_best_effort(indent=2) + "\n```", 0)
 
@@ -265,79 +266,133 @@ def _report_step_time(seconds: float, remaining_steps: int, config) -> None:
     tqdm.tqdm.write(f"WARNING: {message}.{hint}")
 
 
+@dataclasses.dataclass
+class _Setup:
+  """What a run trains with: data, schedule, state, steps and input."""
+  data: pipeline.Data
+  steps_per_epoch: int
+  total_steps: int
+  schedule: object
+  graphdefs: dict
+  train_state: dict
+  step_for_epoch: object     # epoch -> compiled train step
+  train_iter: object         # grain iterator or device_pipeline.HostBatches
+  device_data: dict | None   # the resident records on the devices, or None
+  order: str                 # signature of the training records and their order
+
+
+def _set_up(config, mesh) -> _Setup:
+  data = pipeline.load(config)
+  res = pipeline.resident(data, data.split.train, config.data)
+  steps_per_epoch = len(res.records) // config.global_batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"{len(res.records)} training slices make no batch of "
+                     f"config.global_batch_size={config.global_batch_size}")
+  total_steps = steps_per_epoch * config.num_epochs
+  logging.info("split %s; %d steps per epoch, %d devices", data.split.summary(), steps_per_epoch,
+               jax.device_count())
+  tx, schedule = state.make_optimizer(config, total_steps)
+  graphdefs, train_state = state.create_state(config, tx)
+  logging.info("model %s: %d parameters", config.model.name,
+               sum(x.size for x in jax.tree.leaves(train_state["params"])))
+  prepare = device_pipeline.make_prepare(config) if config.data.on_device else None
+  compiled = {}  # (freeze encoder, freeze encoder BN) -> step, built on first use
+
+  def step_for_epoch(epoch: int):
+    key = (epoch < config.model.freeze_encoder_epochs, epoch < config.model.freeze_encoder_bn_epochs)
+    if key not in compiled:
+      graphdef = graphdefs["train_frozen_bn" if key[1] else "train"]
+      compiled[key] = steps.make_train_step(graphdef, tx, config, mesh, freeze_encoder=key[0], prepare=prepare)
+    return compiled[key]
+
+  if config.data.on_device:
+    device_data = device_pipeline.put_on_devices(res, mesh)
+    train_iter = device_pipeline.HostBatches(pipeline.train_order(res, config))
+  else:
+    device_data = None
+    train_iter = pipeline.train_dataset(res, config, jax.process_index(), jax.process_count())
+  return _Setup(data, steps_per_epoch, total_steps, schedule, graphdefs, train_state, step_for_epoch, train_iter,
+                device_data, data.order_signature(res.records))
+
+
+def _epoch_stats(epoch_stats: list) -> dict:
+  return jax.tree.map(lambda *xs: np.asarray(xs), *jax.device_get(epoch_stats))
+
+
+def _epoch_record(epoch: int, step: int, lr: float, host: dict, val: dict) -> dict:
+  return {"epoch": epoch, "step": step, "lr": lr, "train_loss": float(host["loss"].mean()),
+          "train_dice": float(host["dice_sum"].sum() / host["slices"].sum()),
+          "grad_norm": float(host["grad_norm"].mean()), "val_loss": val["loss"], "val_dice": val["patient_dice"],
+          "val_slice_dice": val["slice_dice"], "val_pooled_dice": val["pooled_dice"],
+          "val_empty_fp_rate": val["empty_false_positive_rate"]}
+
+
+def _epoch_line(record: dict) -> str:
+  return (f"epoch {record['epoch']:3d} step {record['step']:6d}  train loss {record['train_loss']:.4f} "
+          f"dice {record['train_dice']:.4f} | val loss {record['val_loss']:.4f} "
+          f"patient dice {record['val_dice']:.4f} slice dice {record['val_slice_dice']:.4f}")
+
+
+def _summary(config, workdir: pathlib.Path, run: _Setup, records: list[dict], has_best: bool, mesh) -> dict:
+  """The final validation is the last epoch's; the test figures are the best checkpoint's."""
+  last = records[-1] if records else {}
+  best_record = max(records, key=lambda r: r["val_dice"]) if records else {}
+  summary = {"val_dice": last.get("val_dice"), "best_val_dice": best_record.get("val_dice"),
+             "step": int(jax.device_get(run.train_state["step"])), "steps_per_epoch": run.steps_per_epoch,
+             "split": run.data.split.summary(), "split_patients": run.data.split.patients}
+  if has_best:
+    summary.update(evaluate.best_checkpoint_on_test(workdir, config, run.data, mesh))
+  summary["provenance"] = provenance.collect(config, run.data)
+  peak = (jax.local_devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
+  summary["peak_device_memory_gb"] = None if peak is None else peak / 2**30
+  return summary
+
+
+def _done_line(summary: dict, workdir: pathlib.Path) -> str:
+  test = (f", best {summary['best_val_dice']:.4f} at step {summary['best_step']}, test per-patient Dice "
+          f"(best checkpoint) {summary['test_dice']:.4f}" if "best_step" in summary else "")
+  return f"done: val per-patient Dice {summary['val_dice']:.4f}{test}; summary in {workdir / 'summary.json'}"
+
+
 def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
   """Trains, validates every epoch, checkpoints, resumes; returns the summary."""
   validate_config(config, jax.device_count(), jax.process_count())
   workdir = _writable_workdir(workdir)
   is_main = jax.process_index() == 0
-  log_name = "log.txt" if is_main else f"log_process{jax.process_index()}.txt"
   with contextlib.ExitStack() as stack:
-    stack.enter_context(cli.log_to(workdir / log_name))
+    stack.enter_context(cli.log_to(workdir / ("log.txt" if is_main else f"log_process{jax.process_index()}.txt")))
     mesh = parallel.make_mesh()
-    data = pipeline.load(config)
-    res = pipeline.resident(data, data.split.train, config.data)
-    steps_per_epoch = len(res.records) // config.global_batch_size
-    if steps_per_epoch == 0:
-      raise ValueError(f"{len(res.records)} training slices make no batch of "
-                       f"config.global_batch_size={config.global_batch_size}")
-    total_steps = steps_per_epoch * config.num_epochs
-    logging.info("split %s; %d steps per epoch, %d devices", data.split.summary(), steps_per_epoch,
-                 jax.device_count())
-
-    tx, schedule = state.make_optimizer(config, total_steps)
-    graphdefs, train_state = state.create_state(config, tx)
-    logging.info("model %s: %d parameters", config.model.name,
-                 sum(x.size for x in jax.tree.leaves(train_state["params"])))
-    train_steps = {}  # (freeze encoder, freeze encoder BN) -> compiled step, built on first use
-
-    prepare = device_pipeline.make_prepare(config) if config.data.on_device else None
-
-    def train_step_for(epoch: int):
-      key = (epoch < config.model.freeze_encoder_epochs, epoch < config.model.freeze_encoder_bn_epochs)
-      if key not in train_steps:
-        graphdef = graphdefs["train_frozen_bn" if key[1] else "train"]
-        train_steps[key] = steps.make_train_step(graphdef, tx, config, mesh, freeze_encoder=key[0],
-                                                 prepare=prepare)
-      return train_steps[key]
-
-    if config.data.on_device:
-      device_data = device_pipeline.put_on_devices(res, mesh)
-      train_iter = device_pipeline.HostBatches(pipeline.train_order(res, config))
-    else:
-      device_data = None
-      train_iter = pipeline.train_dataset(res, config, jax.process_index(), jax.process_count())
-    order = data.order_signature(res.records)
+    run = _set_up(config, mesh)
     latest, best = _checkpoint_managers(workdir, config)
     stack.callback(latest.close)  # waits for saves in flight
     stack.callback(best.close)
     start_step, epoch_stats = 0, []
     if latest.latest_step() is not None:
-      start_step, epoch_stats, train_state = _restore(latest, train_state, train_iter, order)
-    train_state = parallel.replicate(train_state, mesh)
+      start_step, epoch_stats, run.train_state = _restore(latest, run.train_state, run.train_iter, run.order)
+    train_state = parallel.replicate(run.train_state, mesh)
     log = MetricsLog(workdir, start_step, config)
     stack.callback(log.close)
     if is_main:
       (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-      (workdir / "split.json").write_text(splits.to_json(data.split, config.split))
-    bar = stack.enter_context(cli.progress(total=total_steps, initial=start_step, unit="step"))
+      (workdir / "split.json").write_text(splits.to_json(run.data.split, config.split))
+    bar = stack.enter_context(cli.progress(total=run.total_steps, initial=start_step, unit="step"))
     preemption = _Preemption(config.preemption_check_every_steps)
     stack.callback(preemption.close)
-    val_patients = data.patients(data.split.val)
+    val_patients = run.data.patients(run.data.split.val)
 
     def save_latest(step_done: int):
       host = jax.device_get(epoch_stats)
       latest.save(step_done, force=True, args=ocp.args.Composite(
           state=ocp.args.StandardSave(train_state),
-          data=ocp.args.JsonSave({"iterator": train_iter.get_state(), "data_order": order,
+          data=ocp.args.JsonSave({"iterator": run.train_iter.get_state(), "data_order": run.order,
                                   "epoch_stats": {k: [float(h[k]) for h in host] for k in STAT_KEYS}})))
 
     step_times = []
-    for step in range(start_step, total_steps):
+    for step in range(start_step, run.total_steps):
       started = time.perf_counter()
-      batch = parallel.global_batch(next(train_iter), mesh)
-      step_fn = train_step_for(step // steps_per_epoch)
-      train_state, stats = step_fn(train_state, batch) if device_data is None else \
-          step_fn(train_state, batch, device_data)
+      batch = parallel.global_batch(next(run.train_iter), mesh)
+      inputs = (batch,) if run.device_data is None else (batch, run.device_data)
+      train_state, stats = run.step_for_epoch(step // run.steps_per_epoch)(train_state, *inputs)
       if jax.default_backend() == "cpu" or len(step_times) <= TIMED_STEPS:
         # Back-to-back collective steps on fake CPU devices can deadlock in
         # XLA:CPU's rendezvous when several steps are in flight on a small
@@ -345,39 +400,31 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
         jax.block_until_ready(stats)
       step_times.append(time.perf_counter() - started)
       if len(step_times) == TIMED_STEPS + 1:  # the first one compiled
-        _report_step_time(statistics.median(step_times[1:]), total_steps - step - 1, config)
+        _report_step_time(statistics.median(step_times[1:]), run.total_steps - step - 1, config)
       epoch_stats.append(stats)
       bar.update(1)
       if (step + 1) % config.log_every_steps == 0:
-        log.write_step(step + 1, jax.device_get(stats), float(schedule(step)))
-      if (step + 1) % steps_per_epoch == 0:
-        epoch = (step + 1) // steps_per_epoch
-        host = jax.tree.map(lambda *xs: np.asarray(xs), *jax.device_get(epoch_stats))
+        log.write_step(step + 1, jax.device_get(stats), float(run.schedule(step)))
+      if (step + 1) % run.steps_per_epoch == 0:
+        epoch = (step + 1) // run.steps_per_epoch
+        host = _epoch_stats(epoch_stats)
         epoch_stats.clear()
         if not np.isfinite(host["loss"]).all():
           raise FloatingPointError(
               f"non-finite training loss in epoch {epoch} (step {step + 1}); stopping. The last good "
               f"checkpoint is step {latest.latest_step()} in {workdir / 'checkpoints'}.")
-        member = inference.Member(config, graphdefs["eval"], {"params": train_state["params"],
-                                                              "model_state": train_state["model_state"]})
-        val, overlays = validate(inference.Predictor(member, mesh), data, val_patients, config)
-        record = {"epoch": epoch, "step": step + 1, "lr": float(schedule(step)),
-                  "train_loss": float(host["loss"].mean()),
-                  "train_dice": float(host["dice_sum"].sum() / host["slices"].sum()),
-                  "grad_norm": float(host["grad_norm"].mean()),
-                  "val_loss": val["loss"], "val_dice": val["patient_dice"],
-                  "val_slice_dice": val["slice_dice"], "val_pooled_dice": val["pooled_dice"],
-                  "val_empty_fp_rate": val["empty_false_positive_rate"]}
+        member = inference.Member(config, run.graphdefs["eval"], {"params": train_state["params"],
+                                                                  "model_state": train_state["model_state"]})
+        val, overlays = validate(inference.Predictor(member, mesh), run.data, val_patients, config)
+        record = _epoch_record(epoch, step + 1, float(run.schedule(step)), host, val)
         log.write(record, overlays)
         if is_main:
-          bar.write(f"epoch {epoch:3d} step {step + 1:6d}  train loss {record['train_loss']:.4f} "
-                    f"dice {record['train_dice']:.4f} | val loss {val['loss']:.4f} "
-                    f"patient dice {val['patient_dice']:.4f} slice dice {val['slice_dice']:.4f}")
-        if epoch % config.checkpoint_every_epochs == 0 or step + 1 == total_steps:
+          bar.write(_epoch_line(record))
+        if epoch % config.checkpoint_every_epochs == 0 or step + 1 == run.total_steps:
           save_latest(step + 1)
           best.save(step + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(train_state)),
                     metrics={"val_dice": val["patient_dice"]})
-      if preemption.requested(step) and step + 1 < total_steps:
+      if preemption.requested(step) and step + 1 < run.total_steps:
         if latest.latest_step() != step + 1:
           save_latest(step + 1)
         latest.wait_until_finished()
@@ -388,22 +435,9 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
         return {"preempted": True, "step": step + 1}
     latest.wait_until_finished()
     best.wait_until_finished()
-
-    last = log.records[-1] if log.records else {}
-    best_record = max(log.records, key=lambda r: r["val_dice"]) if log.records else {}
-    summary = {"val_dice": last.get("val_dice"), "best_val_dice": best_record.get("val_dice"),
-               "step": int(jax.device_get(train_state["step"])), "steps_per_epoch": steps_per_epoch,
-               "split": data.split.summary(), "split_patients": data.split.patients}
-    if best.best_step() is not None:
-      summary.update(evaluate.best_checkpoint_on_test(workdir, config, data, mesh))
-    summary["provenance"] = provenance.collect(config, data)
-    peak = (jax.local_devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
-    summary["peak_device_memory_gb"] = None if peak is None else peak / 2**30
+    run.train_state = train_state
+    summary = _summary(config, workdir, run, log.records, best.best_step() is not None, mesh)
     if is_main:
       (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-      bar.write(f"done: val per-patient Dice {summary['val_dice']:.4f}"
-                + (f", best {summary['best_val_dice']:.4f} at step {summary['best_step']}, "
-                   f"test per-patient Dice (best checkpoint) {summary['test_dice']:.4f}"
-                   if "best_step" in summary else "")
-                + f"; summary in {workdir / 'summary.json'}")
+      bar.write(_done_line(summary, workdir))
     return summary

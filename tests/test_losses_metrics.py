@@ -30,7 +30,7 @@ def test_soft_dice_on_empty_truth_rewards_predicting_nothing():
 
 
 def test_unknown_loss_is_named():
-  with pytest.raises(ValueError, match="unknown loss 'focal'"):
+  with pytest.raises(ValueError, match="config.loss.name: unknown value 'focal'"):
     losses.per_sample_loss(jnp.zeros((1, 2, 2, 1)), jnp.zeros((1, 2, 2, 1)), _loss_config("focal"))
 
 

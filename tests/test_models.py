@@ -12,7 +12,7 @@ from lgg_jax.models import layers
 
 def _config(**kw):
   return ml_collections.ConfigDict(
-      {**dict(name="unet", base_width=64, depth=4, align_corners=True, conv_impl="auto"), **kw})
+      {**dict(name="unet", base_width=64, depth=4, align_corners=True, conv_impl="auto", norm="none"), **kw})
 
 
 def test_unet_full_size_parameter_count():
@@ -36,7 +36,7 @@ def test_bfloat16_compute_keeps_float32_params():
 
 
 def test_unknown_model_is_named():
-  with pytest.raises(ValueError, match="unknown model 'vnet'"):
+  with pytest.raises(ValueError, match="config.model.name: unknown value 'vnet'"):
     models.create(_config(name="vnet"), rngs=nnx.Rngs(0))
 
 

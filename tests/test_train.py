@@ -265,6 +265,44 @@ def test_resuming_a_run_on_other_records_stops_and_says_why(tmp_path):
   assert train.train_and_evaluate(config, workdir)["step"] == 2 * saved["iterator"]["next_index"]
 
 
+def test_pretrained_stem_expands_to_neighbouring_slices(tmp_path):
+  """2.5-D: a stack of identical slices through the expanded ImageNet stem
+  gives the 3-channel stem's output."""
+  from safetensors.numpy import save_file
+  from lgg_jax.models import weights
+  config = _tiny_model(tiny_config(tmp_path), "resnext_unet")
+  reference = state.create_model(config)
+  tensors = {}
+  for key, (variable, _) in weights._encoder_targets(reference.encoder).items():
+    value = np.random.default_rng(len(tensors)).standard_normal(np.asarray(variable[...]).shape).astype(np.float32)
+    tensors[key] = np.ascontiguousarray(np.transpose(value, (3, 2, 0, 1)) if value.ndim == 4 else value)
+  path = tmp_path / "encoder.safetensors"
+  save_file(tensors, str(path))
+  config.model.pretrained_path = str(path)
+  flat, stacked = state.create_model(config), None
+  config.data.neighbours = 1
+  stacked = state.create_model(config)
+  assert stacked.encoder.conv1.kernel.shape[2] == 9
+  x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
+  np.testing.assert_allclose(stacked.encoder.conv1(np.concatenate([x, x, x], axis=-1)), flat.encoder.conv1(x),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_tumour_aware_sampling_fills_its_share_and_is_a_function_of_seed_and_step():
+  tumour = np.arange(0, 100, 5)  # 20 of 100 rows show tumour
+  order = pipeline.TrainOrder(100, tumour, batch=12, tumour_fraction=0.33, seed=3)
+  batches = [order.rows(step) for step in range(30)]
+  for rows in batches:
+    assert np.isin(rows, tumour).sum() >= 4  # round(0.33 * 12) drawn from tumour rows, more by chance
+  again = pipeline.TrainOrder(100, tumour, batch=12, tumour_fraction=0.33, seed=3)
+  np.testing.assert_array_equal(again.rows(17), batches[17])  # no state: step 17 alone
+  uniform = pipeline.TrainOrder(100, tumour, batch=10, tumour_fraction=0.0, seed=3)
+  seen = np.concatenate([uniform.rows(step) for step in range(10)])
+  np.testing.assert_array_equal(np.sort(seen), np.arange(100))  # each row once per pass
+  with pytest.raises(ValueError, match="tumour_fraction"):
+    pipeline.TrainOrder(100, tumour, batch=12, tumour_fraction=1.5, seed=3)
+
+
 def test_unwritable_workdir_is_named(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a folder")

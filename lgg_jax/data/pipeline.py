@@ -20,8 +20,10 @@ import logging
 import pathlib
 
 import grain
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
 
 from lgg_jax.data import augment as augment_lib
 from lgg_jax.data import builder as builder_lib
@@ -89,8 +91,6 @@ def _prepare(config):
 
 def load(config) -> Data:
   """Prepares the dataset (process 0 first, the others then find it ready)."""
-  import jax
-  from jax.experimental import multihost_utils
   if jax.process_count() > 1:
     if jax.process_index() == 0:
       _prepare(config)

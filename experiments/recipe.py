@@ -5,10 +5,10 @@ Command: python -m experiments.run --sweep=experiments/recipe.py
   (set MANUAL_DIR below if the dev patients are elsewhere than ../shared/data/lgg_dev)
 Runtime on 2 CPU cores: rows 1-7 train 16 epochs (about 20 min a run, 16 runs),
 row 8 trains the recipe's 40 epochs on all 5 folds (about 45 min a run);
-rows 9-10 only re-score row 8's checkpoints (minutes). About 9 hours in all.
+rows 9-11 only re-score row 8's checkpoints (minutes). About 9 hours in all.
 Should show: each element's measured gain (the paired per-patient difference to
 the row above, with its interval; an element that does not help says so), two
-seeds of the baseline as the noise floor, and in row 9 the recipe's 5-fold
+seeds of the baseline as the noise floor, and in row 10 the recipe's 5-fold
 development cross-validation (the recipe was tuned on these folds), target mean
 per-patient Dice >= 0.80 with false positives on <= 3% of tumour-free slices.
 """
@@ -48,12 +48,12 @@ def rows(tiny: bool = False) -> list[dict]:
       {"name": "r7-epochs", "label": "+ 40 epochs (the recipe's training)",
        "overrides": {**batchnorm, "num_epochs": 2} if tiny else recipe,
        "folds": (0,) if tiny else (0, 1, 2, 3, 4)},
-      {"name": "r8-recipe", "label": "+ dihedral TTA, threshold on validation (the recipe)",
-       "evaluate": "+ 40 epochs (the recipe's training)",
-       "inference": {"inference.tta": "dihedral", "inference.choose_threshold": True}},
-      {"name": "r9-largest-component", "label": "+ largest 3-D component", "evaluate": "+ 40 epochs (the recipe's training)",
-       "inference": {"inference.tta": "dihedral", "inference.choose_threshold": True,
-                     "inference.largest_component": True}},
+      {"name": "r8-tta", "label": "+ dihedral TTA", "evaluate": "+ 40 epochs (the recipe's training)",
+       "inference": {"inference.tta": "dihedral"}},
+      {"name": "r9-recipe", "label": "+ largest 3-D component (the recipe)", "evaluate": "+ dihedral TTA",
+       "inference": {"inference.largest_component": True}},
+      {"name": "r10-threshold", "label": "+ threshold chosen on the validation patients (not in the recipe)",
+       "evaluate": "+ largest 3-D component (the recipe)", "inference": {"inference.choose_threshold": True}},
   ]
 
 

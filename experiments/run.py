@@ -78,7 +78,7 @@ def _expand_rows(sweep: dict, path) -> list[dict]:
       source = by_label.get(row["evaluate"])
       if source is None:
         raise ValueError(f"{path}: row {label!r} re-scores {row['evaluate']!r}, which no earlier row is")
-      rescored = [{**m, **row["inference"], "_row": label, "_from": m["_name"],
+      rescored = [{**m, **row["inference"], "_row": label, "_from": m.get("_from", m["_name"]),
                    "_name": m["_name"].replace(m["_row_name"], row["name"], 1), "_row_name": row["name"]}
                   for m in source]
       members += rescored
@@ -88,7 +88,7 @@ def _expand_rows(sweep: dict, path) -> list[dict]:
     for fold in row.get("folds", sweep.get("folds", (0,))):
       for seed in row.get("seeds", sweep.get("seeds", (0,))):
         row_members.append({**row["overrides"], "split.fold": fold, "seed": seed, "_row": label,
-                            "_row_name": row["name"], "_name": f"{row['name']},fold={fold},seed={seed}"})
+                            "_row_name": row["name"], "_name": f"{row['name']}-fold{fold}-seed{seed}"})
     members += row_members
     by_label[label] = row_members
   return members
@@ -99,10 +99,11 @@ def overrides_of(member: dict) -> dict:
 
 
 def member_name(member: dict) -> str:
-  """A row member's short name, else its overrides spelled out."""
+  """A row member's short name, else its overrides spelled out (no commas:
+  run folders go into comma-separated --workdir lists)."""
   if "_name" in member:
     return member["_name"]
-  return ",".join(f"{k}={v}" for k, v in sorted(overrides_of(member).items())).replace("/", "_") or "base"
+  return "+".join(f"{k}={v}" for k, v in sorted(overrides_of(member).items())).replace("/", "_") or "base"
 
 
 def build_config(base_config: str, overrides: dict):

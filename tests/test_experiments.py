@@ -80,8 +80,11 @@ def test_recipe_ablation_rows_add_one_element_each_and_end_at_the_recipe():
   for earlier, later in zip(configs[:-2], configs[1:-1]):
     assert earlier.to_dict() != later.to_dict()
   last_training = max(i for i, r in enumerate(rows) if "overrides" in r)
-  rescored = run.build_config("configs/unet_cpu.py", {**rows[last_training]["overrides"],
-                                                      **rows[last_training + 1]["inference"]})
+  recipe_row = next(r for r in rows if "(the recipe)" in r["label"])
+  inference = {}
+  for r in rows[last_training + 1:rows.index(recipe_row) + 1]:
+    inference.update(r["inference"])
+  rescored = run.build_config("configs/unet_cpu.py", {**rows[last_training]["overrides"], **inference})
   assert rescored.to_dict() == recipe_cpu.get_config().to_dict()
 
 

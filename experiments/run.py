@@ -313,6 +313,16 @@ def aggregate(sweep: dict, workdir: pathlib.Path, results: pathlib.Path) -> list
                  f"{'/'.join(map(str, t['epochs']))} | {t['patients']} | {t['mean']:.4f} [{t['low']:.4f}, "
                  f"{t['high']:.4f}] | {t['median']:.4f} | {diff_cell}{t['hd95']:.1f} ({t['hd95_undefined']}; "
                  f"{t['hd95_penalised']:.1f}) | {t['fp_rate']:.1%} | {t['missed']} |")
+  runs = {}
+  for r in found.values():
+    prov = r.get("provenance") or {}
+    devices = prov.get("devices") or {}
+    key = (r.get("row") or r["member"], prov.get("git_commit"), f"{devices.get('count', '?')} "
+           f"{devices.get('kind', '?')}", r.get("finished"))
+    runs.setdefault(key, 0)
+    runs[key] += 1
+  lines += ["", "Runs: row, git commit, devices, date finished (runs)."]
+  lines += [f"- {row}: {commit}, {devices}, {date} ({n})" for (row, commit, devices, date), n in runs.items()]
   (results / "results.md").write_text("\n".join(lines) + "\n")
   plt = figures.plt()
   fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(table)), 4))

@@ -15,6 +15,7 @@ def resident(tmp_path_factory, tiny_dataset):
   config = tiny_config(tmp_path_factory.mktemp("device"), manual_dir=tiny_dataset.parent)
   config.data.neighbours = 1
   config.data.normalization = "patient"
+  config.data.tumour_fraction = 0.33  # the recipe's sampling, 2.5-D and normalisation
   data = pipeline.load(config)
   return config, pipeline.resident(data, data.split.train, config.data)
 

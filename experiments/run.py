@@ -7,7 +7,9 @@ A sweep file defines `get_sweep(tiny: bool) -> dict` with
   rows:    an ordered list of {"name", "label", "overrides", "folds", "seeds"} (an
            ablation: each row adds to the one before), where a row with
            "evaluate" instead of training re-scores the runs of the row it
-           names (by label) under other inference settings
+           names (by label) under other inference settings, and a row with
+           "compare_to" (a label) is a side branch: compared with the row it
+           names, not part of the chain (the next row compares to the one before)
   folds, seeds (with rows): the defaults for every row
   common (optional): overrides applied to every member (not in member names)
   group_by (optional, with members): the keys that name a table row
@@ -24,11 +26,13 @@ i, i+n, ... Afterwards the result files are aggregated into RESULTS/results.md
 and results.csv (and DIR/results.png): per row the mean and median
 per-patient Dice with a per-patient bootstrap 95% interval, the 3-D HD95,
 tumour-free slices with false positives and missed patients; for rows, the
-paired per-patient difference to the row before with its interval.
+paired per-patient difference to the row before (a side row: to the row it
+names) with its interval.
 """
 
 from __future__ import annotations
 
+import collections
 import csv
 import datetime
 import importlib
@@ -74,6 +78,8 @@ def _expand_rows(sweep: dict, path) -> list[dict]:
   members, by_label = [], {}
   for row in sweep["rows"]:
     label = row["label"]
+    if row.get("compare_to") and row["compare_to"] not in by_label:
+      raise ValueError(f"{path}: row {label!r} is compared to {row['compare_to']!r}, which no earlier row is")
     if "evaluate" in row:
       source = by_label.get(row["evaluate"])
       if source is None:
@@ -277,15 +283,19 @@ def aggregate(sweep: dict, workdir: pathlib.Path, results: pathlib.Path) -> list
       found[member_name(member)] = json.loads(path.read_text())
   if not found:
     return []
-  table, previous = [], None
+  table, previous, by_label = [], None, {}
+  compare_to = {row["label"]: row.get("compare_to") for row in sweep.get("rows", ())}
   for label, group in _group_results(sweep, found):
     if not group:
       continue
     entry = {"label": label, **summarise_group(group)}
-    if sweep.get("rows") and previous is not None:
-      entry["difference"] = paired_difference(group, previous)
+    reference = by_label.get(compare_to[label]) if compare_to.get(label) else previous
+    if sweep.get("rows") and reference is not None:
+      entry["difference"] = paired_difference(group, reference)
     table.append(entry)
-    previous = group
+    by_label[label] = group
+    if not compare_to.get(label):
+      previous = group
   with open(results / "results.csv", "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(["member", "row", "fold", "seed", "epochs", "test_patient_dice", "test_hd95_px",
@@ -302,7 +312,8 @@ def aggregate(sweep: dict, workdir: pathlib.Path, results: pathlib.Path) -> list
            "non-empty (undefined ones counted; 'penalised' charges them the image diagonal). FP: tumour-free "
            "slices with any predicted pixel. Missed: Dice below 0.1.", "",
            "| row | runs (folds x seeds) | epochs | patients | Dice mean [95% CI] | median | "
-           + ("difference to the row above [95% CI] | " if sweep.get("rows") else "")
+           + ("difference to the row above (a side row: to the row it names) [95% CI] | "
+              if sweep.get("rows") else "")
            + "HD95 px (undefined; penalised) | FP | missed |",
            "|---|---|---|---|---|---|" + ("---|" if sweep.get("rows") else "") + "---|---|---|"]
   for t in table:
@@ -313,14 +324,12 @@ def aggregate(sweep: dict, workdir: pathlib.Path, results: pathlib.Path) -> list
                  f"{'/'.join(map(str, t['epochs']))} | {t['patients']} | {t['mean']:.4f} [{t['low']:.4f}, "
                  f"{t['high']:.4f}] | {t['median']:.4f} | {diff_cell}{t['hd95']:.1f} ({t['hd95_undefined']}; "
                  f"{t['hd95_penalised']:.1f}) | {t['fp_rate']:.1%} | {t['missed']} |")
-  runs = {}
+  runs = collections.Counter()
   for r in found.values():
     prov = r.get("provenance") or {}
     devices = prov.get("devices") or {}
-    key = (r.get("row") or r["member"], prov.get("git_commit"), f"{devices.get('count', '?')} "
-           f"{devices.get('kind', '?')}", r.get("finished"))
-    runs.setdefault(key, 0)
-    runs[key] += 1
+    runs[(r.get("row") or r["member"], prov.get("git_commit"), f"{devices.get('count', '?')} "
+          f"{devices.get('kind', '?')}", r.get("finished"))] += 1
   lines += ["", "Runs: row, git commit, devices, date finished (runs)."]
   lines += [f"- {row}: {commit}, {devices}, {date} ({n})" for (row, commit, devices, date), n in runs.items()]
   (results / "results.md").write_text("\n".join(lines) + "\n")

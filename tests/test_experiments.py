@@ -69,7 +69,7 @@ def test_recipe_ablation_rows_add_one_element_each_and_end_at_the_recipe():
   """The last training row is configs/recipe_cpu.py, and it differs from the
   row before in the schedule length only, so the table's last training step
   measures that."""
-  rows = recipe.rows()
+  rows = [r for r in recipe.rows() if "compare_to" not in r]
   configs = [run.build_config("configs/unet_cpu.py", r["overrides"]) for r in rows if "overrides" in r]
   expected = recipe_cpu.get_config()
   expected.inference.update(tta="none", choose_threshold=False, largest_component=False)
@@ -118,3 +118,42 @@ def test_bootstrap_interval_brackets_the_mean_and_paired_difference_sees_a_gain(
 def test_unknown_override_key_is_named(tmp_path):
   with pytest.raises(KeyError, match="model.nonexistent"):
     run.build_config("configs/unet.py", {"model.nonexistent": 1})
+
+
+def test_side_rows_change_one_setting_of_the_row_they_name():
+  rows = {r["label"]: r for r in recipe.rows()}
+  side = [r for r in rows.values() if "compare_to" in r]
+  assert side
+  for r in side:
+    mine = run.build_config("configs/unet_cpu.py", r["overrides"]).to_dict()
+    theirs = run.build_config("configs/unet_cpu.py", rows[r["compare_to"]]["overrides"]).to_dict()
+    changed = [(s, k) for s in mine if isinstance(mine[s], dict) for k in mine[s] if mine[s][k] != theirs[s][k]]
+    assert len(changed) == 1, changed
+
+
+def _fake_result(row, fold, dice):
+  patients = [{"patient": f"f{fold}p{i}", "dice": d, "hd95_px": 5.0, "slices": 20, "tumour_slices": 5,
+               "false_positive_slices": 0} for i, d in enumerate(dice)]
+  return {"member": f"{row}-{fold}", "row": row, "overrides": {"split.fold": fold, "seed": 0}, "epochs": 1,
+          "test": {"patient_dice": float(np.mean(dice)), "empty_false_positive_rate": 0.0},
+          "best_val_dice": 0.5, "wall_seconds": 1.0, "test_per_patient": patients}
+
+
+def test_a_side_row_is_compared_with_the_row_it_names_and_the_chain_skips_it(tmp_path):
+  rng = np.random.default_rng(0)
+  base = rng.uniform(0.4, 0.6, 30)
+  offsets = {"a": 0.0, "b": 0.1, "side of b": 0.15, "c": 0.2}
+  rows = [{"name": "a", "label": "a", "overrides": {}}, {"name": "b", "label": "b", "overrides": {}},
+          {"name": "s", "label": "side of b", "overrides": {}, "compare_to": "b"},
+          {"name": "c", "label": "c", "overrides": {}}]
+  sweep = {"name": "fake", "rows": rows, "folds": (0,)}
+  sweep["members"] = run._expand_rows(sweep, "fake.py")
+  for m in sweep["members"]:
+    result = _fake_result(m["_row"], 0, base + offsets[m["_row"]])
+    (tmp_path / f"{run.member_name(m)}.json").write_text(json.dumps(result))
+  table = {t["label"]: t for t in run.aggregate(sweep, tmp_path, tmp_path)}
+  assert table["side of b"]["difference"]["mean"] == pytest.approx(0.05)
+  assert table["c"]["difference"]["mean"] == pytest.approx(0.1)
+  bad = {"name": "fake", "rows": [{"name": "s", "label": "s", "overrides": {}, "compare_to": "later"}], "folds": (0,)}
+  with pytest.raises(ValueError, match="compared to 'later'"):
+    run._expand_rows(bad, "fake.py")

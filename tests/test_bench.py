@@ -1,9 +1,13 @@
-"""The prepared GPU check runs end to end as its CPU dry run."""
+"""The prepared GPU check runs end to end as its CPU dry run; the brain-box measurement counts right."""
 
 import json
 import os
 import pathlib
 import subprocess
+
+import numpy as np
+
+from benchmarks import brain_box
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -25,3 +29,12 @@ def test_gpu_check_dry_run_measures_in_priority_order_and_writes_json_and_markdo
   assert all(r["images_per_s"] > 0 and r["workers"] <= 2 for r in inputs.values())
   assert not any("compile" in n for n in names + report["pending"])  # no torch.compile on the CPU
   assert (tmp_path / "check.md").read_text().count("\n|") >= len(names)
+
+
+def test_brain_box_side_is_the_larger_extent_of_the_voxels_above_the_threshold():
+  volume = np.zeros((4, 256, 256, 3), np.uint8)
+  volume[1, 10:50, 20:100, 1] = 200   # 40 rows x 80 columns, on one slice and one channel
+  volume[2, 30:40, 120:121, 0] = 5    # faint: below 10% of the maximum
+  assert brain_box.square_side(volume, 20) == 80
+  assert brain_box.square_side(volume, 0) == 101
+  assert brain_box.square_side(volume, 255) == 0

@@ -21,10 +21,6 @@ from absl import flags
 from lgg_jax import cli
 from lgg_jax.data import kaggle
 
-_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "kaggle_3m/, a folder holding it, or its zip archive.")
-_FRACTION = flags.DEFINE_float("fraction", 0.1, "Voxels above this fraction of the volume's maximum count.")
-
-
 def square_side(volume: np.ndarray, threshold: float) -> int:
   """Side of the square covering the voxels of (S, H, W, C) above `threshold`."""
   rows, cols = np.nonzero((volume > threshold).any(axis=(0, 3)))
@@ -54,5 +50,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "kaggle_3m/, a folder holding it, or its zip archive.")
+  _FRACTION = flags.DEFINE_float("fraction", 0.1, "Voxels above this fraction of the volume's maximum count.")
   flags.mark_flags_as_required(["manual_dir"])
   cli.run(main)

@@ -4,11 +4,11 @@ cross-validation, in one sweep.
 Command: python -m experiments.run --sweep=experiments/recipe.py
   (set MANUAL_DIR below if the dev patients are elsewhere than ../shared/data/lgg_dev)
 Runtime on 2 CPU cores: rows r0-r6 and the side row s1 train 16 epochs
-(about 22 min a run, 18 runs), r7 trains the recipe's 40 epochs on all 5 folds
+(about 17-20 min a run, 18 runs), r7 trains the recipe's 40 epochs on all 5 folds
 (about 45 min a run); r8-r10 only re-score r7's checkpoints (minutes). About
-10 hours in all.
+9 hours in all.
 Should show: each element's measured gain (the paired per-patient difference to
-the row above, with its interval; an element that does not help says so), two
+the chain row before it, with its interval; an element that does not help says so), two
 seeds of the baseline as the noise floor, the side row s1 choosing the
 percentile clip by measurement (compared with r6), and in r9 the recipe's 5-fold
 development cross-validation (the recipe was tuned on these folds), target mean
@@ -27,7 +27,8 @@ NO_INFERENCE_EXTRAS = {"inference.tta": "none", "inference.choose_threshold": Fa
 
 
 def rows(tiny: bool = False) -> list[dict]:
-  """Each training row adds one element to the row above (all from configs/unet_cpu.py)."""
+  """Each chain row adds one element to the chain row before it (all from
+  configs/unet_cpu.py); a side row (compare_to) changes one setting of the row it names."""
   epochs = 1 if tiny else ABLATION_EPOCHS
   base = {"config": "configs/unet_cpu.py", "num_epochs": epochs, "split.num_folds": 5, **NO_INFERENCE_EXTRAS}
   norm = {**base, "data.normalization": "patient"}
@@ -47,7 +48,7 @@ def rows(tiny: bool = False) -> list[dict]:
       {"name": "r4-augmentation", "label": "+ nnU-Net augmentation", "overrides": augmentation},
       {"name": "r5-missing-sequences", "label": "+ missing-sequence simulation (25%)", "overrides": missing},
       {"name": "r6-batchnorm", "label": "+ BatchNorm in the U-Net", "overrides": batchnorm},
-      {"name": "s1-clip-p10-p99", "label": "side: row above, clipped at p10-p99 (Buda) not p0.5-p99.5",
+      {"name": "s1-clip-p10-p99", "label": "side: + BatchNorm, brain clipped at p10-p99 (Buda's numbers)",
        "overrides": {**batchnorm, "data.normalization_percentiles": (10.0, 99.0)},
        "compare_to": "+ BatchNorm in the U-Net"},
       {"name": "r7-epochs", "label": "+ 40 epochs (the recipe's training)",

@@ -5,11 +5,12 @@ A sweep file defines `get_sweep(tiny: bool) -> dict` with
            its own with a "config" key (each model starts from its config)
   members: a list of {dotted.config.key: value} overrides, one run each; or
   rows:    an ordered list of {"name", "label", "overrides", "folds", "seeds"} (an
-           ablation: each row adds to the one before), where a row with
-           "evaluate" instead of training re-scores the runs of the row it
-           names (by label) under other inference settings, and a row with
-           "compare_to" (a label) is a side branch: compared with the row it
-           names, not part of the chain (the next row compares to the one before)
+           ablation: a chain where each row adds to the chain row before it),
+           where a row with "evaluate" instead of training re-scores the runs
+           of the row it names (by label) under other inference settings, and
+           a row with "compare_to" (a label) is a side row: compared with the
+           row it names and left out of the chain (the next row still compares
+           to the last chain row); a row re-scoring a side row is a side row too
   folds, seeds (with rows): the defaults for every row
   common (optional): overrides applied to every member (not in member names)
   group_by (optional, with members): the keys that name a table row
@@ -26,8 +27,8 @@ i, i+n, ... Afterwards the result files are aggregated into RESULTS/results.md
 and results.csv (and DIR/results.png): per row the mean and median
 per-patient Dice with a per-patient bootstrap 95% interval, the 3-D HD95,
 tumour-free slices with false positives and missed patients; for rows, the
-paired per-patient difference to the row before (a side row: to the row it
-names) with its interval.
+paired per-patient difference to the row it is compared with (the chain row
+before it, or a side row's named row), named in the table, with its interval.
 """
 
 from __future__ import annotations
@@ -98,6 +99,15 @@ def _expand_rows(sweep: dict, path) -> list[dict]:
     members += row_members
     by_label[label] = row_members
   return members
+
+
+def references(rows: list[dict]) -> dict[str, str | None]:
+  """Per row label, the label of the row it is compared with by name (a side
+  row), or None for a chain row (compared with the chain row before it)."""
+  named = {}
+  for row in rows:
+    named[row["label"]] = row.get("compare_to") or (row["evaluate"] if named.get(row.get("evaluate")) else None)
+  return named
 
 
 def overrides_of(member: dict) -> dict:
@@ -284,18 +294,18 @@ def aggregate(sweep: dict, workdir: pathlib.Path, results: pathlib.Path) -> list
   if not found:
     return []
   table, previous, by_label = [], None, {}
-  compare_to = {row["label"]: row.get("compare_to") for row in sweep.get("rows", ())}
+  named = references(sweep.get("rows", []))
   for label, group in _group_results(sweep, found):
     if not group:
       continue
     entry = {"label": label, **summarise_group(group)}
-    reference = by_label.get(compare_to[label]) if compare_to.get(label) else previous
-    if sweep.get("rows") and reference is not None:
-      entry["difference"] = paired_difference(group, reference)
+    reference = named[label] if named.get(label) else previous
+    if sweep.get("rows") and reference in by_label:
+      entry["difference"] = {**paired_difference(group, by_label[reference]), "versus": reference}
     table.append(entry)
     by_label[label] = group
-    if not compare_to.get(label):
-      previous = group
+    if not named.get(label):
+      previous = label
   with open(results / "results.csv", "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(["member", "row", "fold", "seed", "epochs", "test_patient_dice", "test_hd95_px",
@@ -310,16 +320,19 @@ def aggregate(sweep: dict, workdir: pathlib.Path, results: pathlib.Path) -> list
            "patient appears once per seed). 95% intervals: BCa bootstrap over patients (scipy.stats.bootstrap, "
            f"{_BOOTSTRAP_ROUNDS} resamples). HD95: 3-D, pixels, mean over patients where both masks are "
            "non-empty (undefined ones counted; 'penalised' charges them the image diagonal). FP: tumour-free "
-           "slices with any predicted pixel. Missed: Dice below 0.1.", "",
+           "slices with any predicted pixel. Missed: Dice below 0.1."
+           + (" Difference: paired per-patient Dice difference (seeds averaged per patient) on the patients "
+              "both rows scored, to the row named in 'compared with': the chain row before (the last one with "
+              "results), or for a side row the row it changes one setting of." if sweep.get("rows") else ""),
+           "",
            "| row | runs (folds x seeds) | epochs | patients | Dice mean [95% CI] | median | "
-           + ("difference to the row above (a side row: to the row it names) [95% CI] | "
-              if sweep.get("rows") else "")
+           + ("difference [95% CI] | compared with | " if sweep.get("rows") else "")
            + "HD95 px (undefined; penalised) | FP | missed |",
-           "|---|---|---|---|---|---|" + ("---|" if sweep.get("rows") else "") + "---|---|---|"]
+           "|---|---|---|---|---|---|" + ("---|---|" if sweep.get("rows") else "") + "---|---|---|"]
   for t in table:
     diff = t.get("difference")
     diff_cell = (f"{diff['mean']:+.4f} [{diff['low']:+.4f}, {diff['high']:+.4f}] (n={diff['patients']}) | "
-                 if diff else ("- | " if sweep.get("rows") else ""))
+                 f"{diff['versus']} | " if diff else ("- | - | " if sweep.get("rows") else ""))
     lines.append(f"| {t['label']} | {t['runs']} ({len(t['folds'])} x {len(t['seeds'])}) | "
                  f"{'/'.join(map(str, t['epochs']))} | {t['patients']} | {t['mean']:.4f} [{t['low']:.4f}, "
                  f"{t['high']:.4f}] | {t['median']:.4f} | {diff_cell}{t['hd95']:.1f} ({t['hd95_undefined']}; "
@@ -369,6 +382,6 @@ if __name__ == "__main__":
   _TINY = flags.DEFINE_bool("tiny", False, "The sweep's CI-sized variant on synthetic data.")
   _HOST_INDEX = flags.DEFINE_integer("host_index", 0, "This host's index among host_count.")
   _HOST_COUNT = flags.DEFINE_integer("host_count", 1, "Hosts sharing the sweep.")
-  _ROWS = flags.DEFINE_list("rows", [], "Run only these rows (by name, e.g. r8-recipe); default all.")
+  _ROWS = flags.DEFINE_list("rows", [], "Run only these rows (by name, e.g. r9-recipe); default all.")
   flags.mark_flags_as_required(["sweep"])
   cli.run(main)

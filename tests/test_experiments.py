@@ -125,10 +125,17 @@ def test_side_rows_change_one_setting_of_the_row_they_name():
   side = [r for r in rows.values() if "compare_to" in r]
   assert side
   for r in side:
-    mine = run.build_config("configs/unet_cpu.py", r["overrides"]).to_dict()
-    theirs = run.build_config("configs/unet_cpu.py", rows[r["compare_to"]]["overrides"]).to_dict()
-    changed = [(s, k) for s in mine if isinstance(mine[s], dict) for k in mine[s] if mine[s][k] != theirs[s][k]]
+    mine = _leaves(run.build_config("configs/unet_cpu.py", r["overrides"]).to_dict())
+    theirs = _leaves(run.build_config("configs/unet_cpu.py", rows[r["compare_to"]]["overrides"]).to_dict())
+    changed = [k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)]
     assert len(changed) == 1, changed
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    out.update(_leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+  return out
 
 
 def _fake_result(row, fold, dice):
@@ -142,18 +149,24 @@ def _fake_result(row, fold, dice):
 def test_a_side_row_is_compared_with_the_row_it_names_and_the_chain_skips_it(tmp_path):
   rng = np.random.default_rng(0)
   base = rng.uniform(0.4, 0.6, 30)
-  offsets = {"a": 0.0, "b": 0.1, "side of b": 0.15, "c": 0.2}
+  offsets = {"a": 0.0, "b": 0.1, "side of a": 0.15, "c": 0.2, "c rescored": 0.25}
   rows = [{"name": "a", "label": "a", "overrides": {}}, {"name": "b", "label": "b", "overrides": {}},
-          {"name": "s", "label": "side of b", "overrides": {}, "compare_to": "b"},
-          {"name": "c", "label": "c", "overrides": {}}]
+          {"name": "s", "label": "side of a", "overrides": {}, "compare_to": "a"},
+          {"name": "c", "label": "c", "overrides": {}},
+          {"name": "cr", "label": "c rescored", "evaluate": "c", "inference": {}}]
   sweep = {"name": "fake", "rows": rows, "folds": (0,)}
   sweep["members"] = run._expand_rows(sweep, "fake.py")
   for m in sweep["members"]:
     result = _fake_result(m["_row"], 0, base + offsets[m["_row"]])
     (tmp_path / f"{run.member_name(m)}.json").write_text(json.dumps(result))
   table = {t["label"]: t for t in run.aggregate(sweep, tmp_path, tmp_path)}
-  assert table["side of b"]["difference"]["mean"] == pytest.approx(0.05)
+  assert table["side of a"]["difference"]["mean"] == pytest.approx(0.15)
+  assert table["side of a"]["difference"]["versus"] == "a"
   assert table["c"]["difference"]["mean"] == pytest.approx(0.1)
+  assert table["c"]["difference"]["versus"] == "b"
+  assert table["c rescored"]["difference"]["mean"] == pytest.approx(0.05)
+  assert "| side of a |" in (tmp_path / "results.md").read_text()
+  assert run.references(rows + [{"label": "side rescored", "evaluate": "side of a"}])["side rescored"] == "side of a"
   bad = {"name": "fake", "rows": [{"name": "s", "label": "s", "overrides": {}, "compare_to": "later"}], "folds": (0,)}
   with pytest.raises(ValueError, match="compared to 'later'"):
     run._expand_rows(bad, "fake.py")

@@ -28,7 +28,9 @@ and results.csv (and DIR/results.png): per row the mean and median
 per-patient Dice with a per-patient bootstrap 95% interval, the 3-D HD95,
 tumour-free slices with false positives and missed patients; for rows, the
 paired per-patient difference to the row it is compared with (the chain row
-before it, or a side row's named row), named in the table, with its interval.
+before it, or a side row's named row), named in the table, with its interval;
+for a row trained with several seeds, each seed's paired difference to the
+first (the noise floor).
 """
 
 from __future__ import annotations
@@ -273,6 +275,15 @@ def paired_difference(results: list[dict], previous: list[dict]) -> dict:
   return {"patients": len(shared), "mean": float(diff.mean()), "low": low, "high": high}
 
 
+def seed_differences(results: list[dict]) -> list[dict]:
+  """The noise floor of a row trained with several seeds: each later seed's
+  paired per-patient difference to the first seed, on the same folds."""
+  seeds = sorted({r["overrides"].get("seed", 0) for r in results})
+  of_seed = {s: [r for r in results if r["overrides"].get("seed", 0) == s] for s in seeds}
+  return [{"seed": s, "versus_seed": seeds[0], **paired_difference(of_seed[s], of_seed[seeds[0]])}
+          for s in seeds[1:]]
+
+
 def _group_results(sweep: dict, results: dict[str, dict]) -> list[tuple[str, list[dict]]]:
   if sweep.get("rows"):
     return [(row["label"], [r for r in results.values() if r.get("row") == row["label"]]) for row in sweep["rows"]]
@@ -298,7 +309,7 @@ def aggregate(sweep: dict, workdir: pathlib.Path, results: pathlib.Path) -> list
   for label, group in _group_results(sweep, found):
     if not group:
       continue
-    entry = {"label": label, **summarise_group(group)}
+    entry = {"label": label, **summarise_group(group), "seed_differences": seed_differences(group)}
     reference = named[label] if named.get(label) else previous
     if sweep.get("rows") and reference in by_label:
       entry["difference"] = {**paired_difference(group, by_label[reference]), "versus": reference}
@@ -337,6 +348,13 @@ def aggregate(sweep: dict, workdir: pathlib.Path, results: pathlib.Path) -> list
                  f"{'/'.join(map(str, t['epochs']))} | {t['patients']} | {t['mean']:.4f} [{t['low']:.4f}, "
                  f"{t['high']:.4f}] | {t['median']:.4f} | {diff_cell}{t['hd95']:.1f} ({t['hd95_undefined']}; "
                  f"{t['hd95_penalised']:.1f}) | {t['fp_rate']:.1%} | {t['missed']} |")
+  noise = [(t["label"], d) for t in table for d in t["seed_differences"]]
+  if noise:
+    lines += ["", "Noise floor: the same row, folds and split trained with another seed (paired per-patient "
+              "difference [95% CI]). The intervals resample patients, not training runs, so a seed alone can "
+              "give one that excludes 0: a difference between rows no larger than this is not evidence."]
+    lines += [f"- {label}: seed {d['seed']} - seed {d['versus_seed']}: {d['mean']:+.4f} [{d['low']:+.4f}, "
+              f"{d['high']:+.4f}] (n={d['patients']})" for label, d in noise]
   runs = collections.Counter()
   for r in found.values():
     prov = r.get("provenance") or {}

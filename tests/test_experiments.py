@@ -146,6 +146,21 @@ def _fake_result(row, fold, dice):
           "best_val_dice": 0.5, "wall_seconds": 1.0, "test_per_patient": patients}
 
 
+def test_a_row_with_two_seeds_reports_their_paired_difference_as_the_noise_floor(tmp_path):
+  rng = np.random.default_rng(1)
+  base = rng.uniform(0.4, 0.6, 20)
+  results = []
+  for seed, offset in ((0, 0.0), (1, -0.03 + rng.normal(0, 0.01, 20))):
+    for fold in (0, 1):
+      r = _fake_result("a", fold, base + offset + 0.01 * fold)
+      r["overrides"]["seed"] = seed
+      results.append(r)
+  (noise,) = run.seed_differences(results)
+  assert noise["seed"] == 1 and noise["versus_seed"] == 0 and noise["patients"] == 40
+  assert noise["low"] < -0.03 < noise["high"] < 0
+  assert run.seed_differences(results[:2]) == []
+
+
 def test_a_side_row_is_compared_with_the_row_it_names_and_the_chain_skips_it(tmp_path):
   rng = np.random.default_rng(0)
   base = rng.uniform(0.4, 0.6, 30)

@@ -13,13 +13,14 @@ for normalisation). Prints markdown.
 
 from __future__ import annotations
 
-import collections
+import itertools
 
 import numpy as np
 from absl import flags
 
 from lgg_jax import cli
 from lgg_jax.data import kaggle
+
 
 def square_side(volume: np.ndarray, threshold: float) -> int:
   """Side of the square covering the voxels of (S, H, W, C) above `threshold`."""
@@ -32,12 +33,10 @@ def square_side(volume: np.ndarray, threshold: float) -> int:
 def main(argv):
   del argv
   source = kaggle.open_source(_MANUAL_DIR.value)
-  by_patient = collections.defaultdict(list)
-  for s in kaggle.list_slices(source):
-    by_patient[s.patient_id].append(s)
   above, nonzero = [], []
-  for patient, slices in sorted(by_patient.items()):
-    volume = np.stack([kaggle.read_image(source, s.image_path) for s in sorted(slices, key=lambda s: s.index)])
+  # list_slices gives every patient's slices together, in slice order.
+  for _, slices in itertools.groupby(kaggle.list_slices(source), key=lambda s: s.patient_id):
+    volume = np.stack([kaggle.read_image(source, s.image_path) for s in slices])
     above.append(square_side(volume, _FRACTION.value * float(volume.max())))
     nonzero.append(square_side(volume, 0))
   print(f"{len(above)} patients; square box side in pixels of 256 (min / 10th pct / median / max):\n")

@@ -310,7 +310,7 @@ def aggregate(sweep: dict, workdir: pathlib.Path, results: pathlib.Path) -> list
     if not group:
       continue
     entry = {"label": label, **summarise_group(group), "seed_differences": seed_differences(group)}
-    reference = named[label] if named.get(label) else previous
+    reference = named.get(label) or previous
     if sweep.get("rows") and reference in by_label:
       entry["difference"] = {**paired_difference(group, by_label[reference]), "versus": reference}
     table.append(entry)

@@ -3,6 +3,7 @@ import pathlib
 
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from configs import recipe_cpu
 from experiments import recipe, run
@@ -125,17 +126,11 @@ def test_side_rows_change_one_setting_of_the_row_they_name():
   side = [r for r in rows.values() if "compare_to" in r]
   assert side
   for r in side:
-    mine = _leaves(run.build_config("configs/unet_cpu.py", r["overrides"]).to_dict())
-    theirs = _leaves(run.build_config("configs/unet_cpu.py", rows[r["compare_to"]]["overrides"]).to_dict())
+    mine = traverse_util.flatten_dict(run.build_config("configs/unet_cpu.py", r["overrides"]).to_dict())
+    theirs = traverse_util.flatten_dict(
+        run.build_config("configs/unet_cpu.py", rows[r["compare_to"]]["overrides"]).to_dict())
     changed = [k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)]
     assert len(changed) == 1, changed
-
-
-def _leaves(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for key, value in tree.items():
-    out.update(_leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
-  return out
 
 
 def _fake_result(row, fold, dice):

@@ -52,12 +52,14 @@ def main(argv):
   member = inference.member_from_run(_WORKDIR.value)
   config = member.config
   data = pipeline.load(config)
-  predictor = inference.Predictor(member)
+  plain_settings = member.settings.replace(largest_component=False)
+  predictor = inference.Predictor(member, settings=plain_settings)
   threshold = member.threshold
   rows = []
   for patient, probs, truth in predictor.predict_patients(data, data.patients(getattr(data.split, _SPLIT.value))):
-    plain, _ = evaluate.score_patient(probs, truth, threshold, False, config.evaluation)
-    lcc, _ = evaluate.score_patient(probs, truth, threshold, True)
+    plain, _ = evaluate.score_patient(inference.postprocess(probs, plain_settings), truth, config.evaluation)
+    lcc, _ = evaluate.score_patient(inference.postprocess(probs, plain_settings.replace(largest_component=True)),
+                                    truth)
     rows.append({"patient": patient, "dice": plain["dice"], "dice_lcc": lcc["dice"],
                  "components": plain["true_components"], "hd95_3d": plain["hd95_px"],
                  "hd95_per_slice": per_slice_hd95(probs >= threshold, truth)})

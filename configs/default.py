@@ -135,6 +135,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.inference = ml_collections.ConfigDict()
   config.inference.tta = "none"     # "none" | "flips" (h, v) | "dihedral" (8 flips x rot90)
   config.inference.largest_component = False  # keep each patient's largest 3-D component
+  # With largest_component: also keep every component of at least this
+  # fraction of the largest (multi-focal tumours); 0: the largest alone.
+  config.inference.component_fraction = 0.0
   # After training, pick the threshold (grid 0.1..0.9) with the best mean
   # per-patient Dice on the validation patients; else `config.threshold`.
   config.inference.choose_threshold = False

@@ -2,8 +2,15 @@
 
 python -m lgg_jax.evaluate --workdir=runs/unet_cpu [--split=test] [--checkpoint=best]
     [--manual_dir=/other/kaggle_3m]   # every patient of an external dataset instead
-    [--tta=none|flips|dihedral] [--largest_component] [--threshold=0.5 | --threshold=val]
+    [--tta=none|flips|dihedral] [--largest_component] [--component_fraction=0.2]
+    [--threshold=0.5 | --threshold=val]
     [--workdir=RUN1,RUN2,...]         # an ensemble (mean probability); needs --manual_dir
+python -m lgg_jax.evaluate --model=EXPORT[,EXPORT...]|pretrained --manual_dir=/other/kaggle_3m
+
+Masks come from `inference.postprocess` with the models' own settings
+(threshold, TTA, component step: a run's summary.json, an export's
+inference.json), so the scores are those of the masks `predict` and the
+Segmenter give; a flag overrides one setting.
 
 Every score is taken per patient on the volume at the dataset's 256x256, its
 slices in order; probabilities of a smaller model are upsampled
@@ -30,53 +37,17 @@ import pathlib
 from collections.abc import Iterable
 
 import numpy as np
-import scipy.ndimage as ndi
 
-from lgg_jax import cli, inference, metrics, parallel
+from lgg_jax import cli, inference, metrics, parallel, segmenter
 from lgg_jax.data import pipeline
 
 MISSED_DICE = 0.1
 THRESHOLD_GRID = np.round(np.linspace(0.1, 0.9, 17), 4)
 
 
-def hd95(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> float:
-  """medpy.metric.binary.hd95: surfaces by erosion with connectivity 1, the
-  distances of each surface to the other pooled, their 95th percentile."""
+def score_patient(pred: np.ndarray, truth: np.ndarray, evaluation_config=None) -> tuple[dict, dict]:
+  """(row, per-slice counts) of one patient's post-processed masks against its truth."""
   pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
-  if not pred.any() and not truth.any():
-    return 0.0
-  if not pred.any() or not truth.any():
-    return float("nan")
-  # Every surface voxel lies in the union's bounding box, so distances taken
-  # inside it are exact.
-  box = ndi.find_objects((pred | truth).astype(np.uint8))[0]
-  pred, truth = pred[box], truth[box]
-  structure = ndi.generate_binary_structure(pred.ndim, 1)
-
-  def surface(v):
-    return v ^ ndi.binary_erosion(v, structure=structure, iterations=1)
-
-  sp, st = surface(pred), surface(truth)
-  distances = np.hstack([ndi.distance_transform_edt(~st, sampling=spacing)[sp],
-                         ndi.distance_transform_edt(~sp, sampling=spacing)[st]])
-  return float(np.percentile(distances, 95))
-
-
-def largest_component(volume: np.ndarray) -> np.ndarray:
-  """The largest 3-D connected component (faces touching) of an ordered volume."""
-  labels, n = ndi.label(volume)
-  if n <= 1:
-    return volume
-  sizes = np.bincount(labels.ravel())[1:]
-  return labels == (1 + int(np.argmax(sizes)))
-
-
-def score_patient(probs: np.ndarray, truth: np.ndarray, threshold: float, keep_largest: bool,
-                  evaluation_config=None) -> tuple[dict, dict]:
-  """(row, per-slice counts) of one patient's ordered volume at 256x256."""
-  pred = probs >= threshold
-  if keep_largest:
-    pred = largest_component(pred)
   counts = {"intersection": (pred & truth).sum(axis=(1, 2)), "predicted": pred.sum(axis=(1, 2)),
             "true": truth.sum(axis=(1, 2))}
   empty = ~truth.any(axis=(1, 2))
@@ -84,9 +55,9 @@ def score_patient(probs: np.ndarray, truth: np.ndarray, threshold: float, keep_l
          "false_positive_slices": int((counts["predicted"][empty] > 0).sum()),
          "dice": float(metrics.dice_from_counts(*(counts[k].sum() for k in ("intersection", "predicted", "true")))),
          "true_pixels": int(truth.sum()), "predicted_pixels": int(pred.sum()),
-         "true_components": int(ndi.label(truth)[1])}
+         "true_components": metrics.component_count(truth)}
   if evaluation_config is not None:
-    row["hd95_px"] = hd95(pred, truth, (evaluation_config.slice_spacing, 1.0, 1.0))
+    row["hd95_px"] = metrics.hd95(pred, truth, (evaluation_config.slice_spacing, 1.0, 1.0))
   return row, counts
 
 
@@ -110,26 +81,39 @@ def summarise(rows: list[dict], counts: list[dict], evaluation_config=None) -> d
   return summary
 
 
-def score(volumes: Iterable[tuple[str, np.ndarray, np.ndarray]], threshold: float, keep_largest: bool,
-          evaluation_config=None) -> tuple[dict, list[dict]]:
-  """(summary, per-patient rows) of (patient, probabilities, truth) volumes;
-  with `evaluation_config`, HD95 too."""
+def score(volumes: Iterable[tuple[str, np.ndarray, np.ndarray]], settings: inference.Settings,
+          evaluation_config=None, held_out: dict | None = None) -> tuple[dict, list[dict]]:
+  """(summary, per-patient rows) of (patient, probabilities, truth) volumes,
+  made masks by `inference.postprocess` on the whole ordered volume. With
+  `held_out` (patient -> bool per slice), only those slices are scored (the
+  slice protocol's test slices; a patient's training slices are never
+  scored). With `evaluation_config`, HD95 too."""
   rows, counts = [], []
   for patient, probs, truth in volumes:
-    row, c = score_patient(probs, truth, threshold, keep_largest, evaluation_config)
+    pred = inference.postprocess(probs, settings)
+    if held_out is not None:
+      pred, truth = pred[held_out[patient]], truth[held_out[patient]]
+    row, c = score_patient(pred, truth, evaluation_config)
     rows.append({"patient": str(patient), **row})
     counts.append(c)
   summary = summarise(rows, counts, evaluation_config)
-  summary.update(threshold=float(threshold), largest_component=bool(keep_largest))
+  summary.update(threshold=float(settings.threshold), largest_component=bool(settings.largest_component),
+                 component_fraction=float(settings.component_fraction))
   return summary, rows
 
 
-def choose_threshold(volumes: list[tuple[str, np.ndarray, np.ndarray]], keep_largest: bool,
-                     grid=THRESHOLD_GRID) -> float:
-  """The grid threshold with the best mean per-patient Dice (ties: the lowest)."""
-  scores = [np.mean([score_patient(p, t, threshold, keep_largest)[0]["dice"] for _, p, t in volumes])
-            for threshold in grid]
+def choose_threshold(volumes: list[tuple[str, np.ndarray, np.ndarray]], settings: inference.Settings,
+                     grid=THRESHOLD_GRID, held_out: dict | None = None) -> float:
+  """The grid threshold with the best mean per-patient Dice (ties: the
+  lowest), the rest of `settings` as they are."""
+  scores = [score(volumes, settings.replace(threshold=t), held_out=held_out)[0]["patient_dice"] for t in grid]
   return float(grid[int(np.argmax(scores))])
+
+
+def held_out_slices(data, indices: np.ndarray) -> dict[str, np.ndarray]:
+  """patient -> which of its ordered slices are among `indices`: all of them
+  under the patient protocol, only the split's own under the slice protocol."""
+  return {p: np.isin(data.records(p), indices) for p in data.patients(indices)}
 
 
 TABLE_KEYS = ("patient_dice", "patient_dice_median", "tumour_slice_dice", "slice_dice", "pooled_dice",
@@ -153,50 +137,59 @@ def write_outputs(out: pathlib.Path, summary: dict, rows: list[dict]) -> None:
   (out / "table.md").write_text("\n".join(table) + "\n")
 
 
-def evaluate_run(workdirs, *, checkpoint="best", split="test", manual_dir="", tta="", keep_largest=None,
-                 threshold="config", name="", out="") -> dict:
-  """Scores one run (or an ensemble of runs on an external dataset); writes
-  the outputs and returns the summary. Empty `tta` / None `keep_largest`:
-  the run's config.inference."""
-  workdirs = [workdirs] if isinstance(workdirs, (str, pathlib.Path)) else list(workdirs)
-  if len(workdirs) > 1 and not manual_dir:
-    raise ValueError("an ensemble of runs is scored on other patients only: give --manual_dir "
-                     "(the fold models have seen every dev patient between them)")
+def evaluate_run(models, *, checkpoint="best", split="test", manual_dir="", tta=None, largest_component=None,
+                 component_fraction=None, threshold="model", name="", out="") -> dict:
+  """Scores a model (a run folder, an export, a pretrained name, or a list of
+  them: their mean) with the one inference path; writes the outputs and
+  returns the summary. Inference settings default to the models' own (see
+  `inference.ensemble_settings`); a given value overrides them. `threshold`:
+  'model' (the models'), 'val' (chosen on the run's validation patients) or a
+  number. Without `manual_dir`, one run's `split` is scored; with it, every
+  patient of that dataset (no training data needed)."""
   mesh = parallel.make_mesh()
-  members = [inference.member_from_run(w, checkpoint, mesh) for w in workdirs]
+  members = segmenter.load_members(models, checkpoint, mesh)
+  runs = [m for m in members if (pathlib.Path(m.source) / "checkpoints").is_dir()]
+  if not manual_dir and (len(members) > 1 or len(runs) != 1):
+    raise ValueError("--manual_dir is needed: only a single run folder is scored on its own split (an "
+                     "export carries no data, and fold models have seen every dev patient between them)")
+  if threshold == "val" and (len(members) > 1 or len(runs) != 1):
+    raise ValueError("--threshold=val needs one run folder (it chooses on that run's validation patients)")
+  fixed = None if threshold in ("model", "config", "val") else float(threshold)
+  settings = inference.ensemble_settings(members, threshold=fixed, tta=tta or None,
+                                         largest_component=largest_component,
+                                         component_fraction=component_fraction)
+  predictor = inference.Predictor(members, mesh, settings)
   config = members[0].config
-  tta = tta or config.inference.tta
-  keep_largest = config.inference.largest_component if keep_largest is None else bool(keep_largest)
-  predictor = inference.Predictor(members, mesh, tta)
-  data = pipeline.load(config)
+  if not manual_dir or threshold == "val":
+    data = pipeline.load(config)
   if threshold == "val":
-    if len(members) > 1:
-      raise ValueError("--threshold=val needs one run (an ensemble has no validation patients of its own)")
-    val = list(predictor.predict_patients(data, data.patients(data.split.val)))
-    chosen = choose_threshold(val, keep_largest)
-  elif threshold == "config":
-    chosen = float(np.mean([m.threshold for m in members]))
-  else:
-    chosen = float(threshold)
+    val = data.split.val
+    volumes = list(predictor.predict_patients(data, data.patients(val)))
+    settings = settings.replace(threshold=choose_threshold(volumes, settings, held_out=held_out_slices(data, val)))
   if manual_dir:
     external = config.copy_and_resolve_references()
     external.data.manual_dir = str(manual_dir)
+    external.split.file = ""
     data = pipeline.load(external)
-    patients = data.patients(np.arange(len(data.patient_ids)))
+    indices = np.arange(len(data.patient_ids))
   else:
-    patients = data.patients(getattr(data.split, split))
+    indices = getattr(data.split, split)
+  patients = data.patients(indices)
   summary, rows = score(cli.progress(predictor.predict_patients(data, patients), total=len(patients),
                                      desc="evaluate", unit="patient"),
-                        chosen, keep_largest, config.evaluation)
-  summary.update(checkpoint_steps=[int(m.step) for m in members], split="external" if manual_dir else split,
-                 tta=tta, runs=[str(m.source) for m in members], dataset=data.manual_dir)
+                        settings, config.evaluation, held_out_slices(data, indices))
+  summary.update(checkpoint_steps=[m.step for m in members], split="external" if manual_dir else split,
+                 inference=settings.as_dict(), tta=settings.tta, runs=[str(m.source) for m in members],
+                 dataset=data.manual_dir)
   name = name or "_".join(["external" if manual_dir else split, f"step{members[0].step}"]
                           + ([f"ensemble{len(members)}"] if len(members) > 1 else [])
-                          + ([f"tta-{tta}"] if tta != "none" else []) + (["lcc"] if keep_largest else [])
-                          + ([f"thr-{threshold}"] if threshold != "config" else []))
+                          + ([f"tta-{settings.tta}"] if settings.tta != "none" else [])
+                          + (["lcc"] if settings.largest_component else [])
+                          + ([f"frac-{settings.component_fraction:g}"] if settings.component_fraction else [])
+                          + ([f"thr-{threshold}"] if threshold not in ("model", "config") else []))
   if cli.is_main_process():
-    write_outputs(pathlib.Path(out) if out else pathlib.Path(members[0].source) / "evaluation" / name,
-                  summary, rows)
+    default_out = (pathlib.Path(runs[0].source) if runs else pathlib.Path("evaluation")) / "evaluation" / name
+    write_outputs(pathlib.Path(out) if out else default_out, summary, rows)
   return summary
 
 
@@ -206,27 +199,31 @@ def best_checkpoint_on_test(workdir, config, data, mesh=None) -> dict:
   training under several inference options), the threshold chosen on the
   validation patients if asked."""
   member = inference.member_from_run(workdir, "best", mesh)
-  inf = config.inference
-  predictor = inference.Predictor(member, mesh, inf.tta)
-  threshold = config.threshold
-  if inf.choose_threshold:
-    val = list(predictor.predict_patients(data, data.patients(data.split.val)))
-    threshold = choose_threshold(val, inf.largest_component)
-  test_patients = data.patients(data.split.test)
-  test, rows = score(predictor.predict_patients(data, test_patients), threshold, inf.largest_component,
-                     config.evaluation)
-  return {"best_step": int(member.step), "test_dice": test["patient_dice"], "test": test,
+  settings = inference.Settings.from_config(config)
+  predictor = inference.Predictor(member, mesh, settings)
+  if config.inference.choose_threshold:
+    val = data.split.val
+    volumes = list(predictor.predict_patients(data, data.patients(val)))
+    settings = settings.replace(threshold=choose_threshold(volumes, settings, held_out=held_out_slices(data, val)))
+  test = data.split.test
+  summary, rows = score(predictor.predict_patients(data, data.patients(test)), settings, config.evaluation,
+                        held_out_slices(data, test))
+  return {"best_step": int(member.step), "test_dice": summary["patient_dice"], "test": summary,
           "test_per_patient": rows, "test_per_patient_dice": {r["patient"]: r["dice"] for r in rows},
-          "inference": {"threshold": float(threshold), "tta": inf.tta,
-                        "largest_component": bool(inf.largest_component),
-                        "threshold_chosen_on": "validation patients" if inf.choose_threshold else "config"}}
+          "inference": {**settings.as_dict(),
+                        "threshold_chosen_on": "validation patients" if config.inference.choose_threshold
+                        else "config"}}
 
 
 def main(argv):
   del argv
-  summary = evaluate_run(_WORKDIR.value, checkpoint=_CHECKPOINT.value, split=_SPLIT.value,
-                         manual_dir=_MANUAL_DIR.value, tta=_TTA.value, keep_largest=_LCC.value,
-                         threshold=_THRESHOLD.value, name=_NAME.value, out=_OUT.value)
+  models = _MODEL.value or _WORKDIR.value
+  if not models:
+    raise ValueError("give --workdir=RUN[,RUN...] or --model=EXPORT|pretrained[,...]")
+  summary = evaluate_run(models, checkpoint=_CHECKPOINT.value, split=_SPLIT.value,
+                         manual_dir=_MANUAL_DIR.value, tta=_TTA.value or None, largest_component=_LCC.value,
+                         component_fraction=_FRACTION.value, threshold=_THRESHOLD.value, name=_NAME.value,
+                         out=_OUT.value)
   print(f"per-patient Dice {summary['patient_dice']:.4f} (median {summary['patient_dice_median']:.4f}), "
         f"tumour-slice Dice {summary['tumour_slice_dice']:.4f}, HD95 {summary['hd95_px']:.1f} px "
         f"({summary['hd95_undefined']} undefined; {summary['hd95_px_penalised']:.1f} px with them at "
@@ -238,16 +235,20 @@ def main(argv):
 if __name__ == "__main__":
   from absl import flags
   _WORKDIR = flags.DEFINE_list("workdir", None, "Run folder(s) written by lgg_jax.main; several: an ensemble.")
+  _MODEL = flags.DEFINE_list("model", None, "Instead of --workdir: export folder(s), run folder(s), or "
+                             "'pretrained' (the shipped ensemble); several: an ensemble. Needs --manual_dir "
+                             "unless it is one run folder.")
   _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
   _SPLIT = flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split of the run's own data.")
   _MANUAL_DIR = flags.DEFINE_string("manual_dir", "", "External dataset: evaluate every patient in it.")
   _TTA = flags.DEFINE_enum("tta", "", ["", "none", "flips", "dihedral"], "Test-time augmentation; "
                            "empty: the run's config.inference.tta.")
   _LCC = flags.DEFINE_bool("largest_component", None, "Keep each patient's largest 3-D component "
-                           "(--nolargest_component: do not); unset: the run's config.inference.")
-  _THRESHOLD = flags.DEFINE_string("threshold", "config", "'config' (the run's), 'val' (chosen on "
-                                   "its validation patients) or a number.")
+                           "(--nolargest_component: do not); unset: the model's own setting.")
+  _FRACTION = flags.DEFINE_float("component_fraction", None, "With the component step, also keep every "
+                                 "component of at least this fraction of the largest; unset: the model's.")
+  _THRESHOLD = flags.DEFINE_string("threshold", "model", "'model' (the model's own), 'val' (chosen on "
+                                   "the run's validation patients) or a number.")
   _NAME = flags.DEFINE_string("name", "", "Output subfolder name (default from the options).")
   _OUT = flags.DEFINE_string("out", "", "Output folder (default: <first workdir>/evaluation/<name>).")
-  flags.mark_flags_as_required(["workdir"])
   cli.run(main)

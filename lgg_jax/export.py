@@ -6,7 +6,8 @@ python -m lgg_jax.export --workdir=RUN [--checkpoint=best] --out=DIR
 DIR gets
   config.json          the run's config (what `Segmenter.load(DIR)` rebuilds the model from)
   weights.safetensors  parameters and BatchNorm statistics only ("params/...", "model_state/...")
-  inference.json       the threshold (chosen on validation, or the config's), TTA, checkpoint step
+  inference.json       how probabilities become masks, as the run was scored (threshold, TTA,
+                       component step; `--tta` etc. override them), and the checkpoint step
   forward.jax          a serialized `jax.export` (StableHLO) of the forward pass, for the cpu
                        and cuda platforms, batch size symbolic, weights inside, plain XLA
                        convolutions: float32 model inputs (b, size, size, channels), prepared
@@ -18,13 +19,18 @@ Running the forward pass needs only jax and numpy:
     import jax, numpy as np
     forward = jax.export.deserialize(open("DIR/forward.jax", "rb").read())
     probabilities = forward.call(inputs)   # inputs: float32 (b, size, size, channels)
-The folder is written under a temporary name and renamed when complete.
+The folder is written under a temporary name and renamed when complete,
+with ordinary file modes. It is made to be shared, so it names no path of
+the machine that trained it: config.json keeps the dataset's folder name
+only, and settings that point at local files (cache, split file, encoder
+weights) are reset to their defaults.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import os
 import pathlib
 import shutil
 
@@ -53,13 +59,29 @@ def export_forward(member: inference.Member) -> jax.export.Exported:
       jax.ShapeDtypeStruct((batch, size, size, channels), jnp.float32))
 
 
+# Settings that name files on the training machine, and what an export keeps of them.
+_LOCAL_PATHS = {"data.manual_dir": lambda v: pathlib.Path(v).name if v else "",
+                "data.data_dir": lambda v: "~/.cache/lgg_jax", "split.file": lambda v: "",
+                "model.pretrained_path": lambda v: ""}
+
+
+def shareable_config(config):
+  """The config without the trainer's local paths (see _LOCAL_PATHS)."""
+  config = config.copy_and_resolve_references()
+  for dotted, keep in _LOCAL_PATHS.items():
+    section, key = dotted.split(".")
+    config[section][key] = keep(config[section][key])
+  return config
+
+
 def _metric(block: dict, key: str, fmt: str = "{:.4f}") -> str:
   value = block.get(key)
   return "n/a" if value is None else fmt.format(value)
 
 
 def model_card(member: inference.Member, summary: dict) -> str:
-  config, test, inf = member.config, summary.get("test", {}), summary.get("inference", {})
+  config, test, settings = member.config, summary.get("test", {}), member.settings
+  inf = summary.get("inference", {})
   prov = summary.get("provenance", {})
   patients = summary.get("split_patients", {})
   dataset = prov.get("dataset", {})
@@ -80,11 +102,14 @@ def model_card(member: inference.Member, summary: dict) -> str:
          if config.data.normalization == "patient" else ""),
       f"- checkpoint: step {member.step} of {summary.get('step')} (best validation per-patient Dice "
       f"{_metric(summary, 'best_val_dice')})",
-      f"- threshold {member.threshold:.2f} ({inf.get('threshold_chosen_on', 'config')}); TTA "
-      f"{inf.get('tta', config.inference.tta)}; largest 3-D component "
-      f"{inf.get('largest_component', config.inference.largest_component)}", "",
+      f"- masks (inference.json, what `Segmenter` and `predict` apply): threshold {settings.threshold:.2f} "
+      f"({inf.get('threshold_chosen_on', 'config')}); TTA {settings.tta}; largest 3-D component "
+      f"{settings.largest_component}"
+      + (f", also components >= {settings.component_fraction:g} of it" if settings.component_fraction else ""),
+      "- the test figures below were scored with: " + ", ".join(
+          f"{k} {inf[k]}" for k in inference.Settings.FIELDS if k in inf), "",
       "## Data and split", "",
-      f"- dataset: {dataset.get('manual_dir', config.data.manual_dir or 'synthetic')} "
+      f"- dataset: {pathlib.Path(dataset.get('manual_dir') or config.data.manual_dir).name or 'synthetic'} "
       f"({dataset.get('slices', '?')} slices, fingerprint {dataset.get('fingerprint', '?')}, "
       f"version {dataset.get('version', '?')})",
       f"- split by patient ({config.split.protocol}), {config.split.num_folds} folds, test fold "
@@ -106,7 +131,7 @@ def model_card(member: inference.Member, summary: dict) -> str:
             f"- git commit {prov.get('git_commit', '?')}; packages: "
             + ", ".join(f"{k} {v}" for k, v in prov.get("versions", {}).items() if v),
             f"- trained on {prov.get('devices', {}).get('count', '?')} {prov.get('devices', {}).get('backend', '?')} "
-            f"device(s); run folder {member.source}", "",
+            f"device(s); run {pathlib.Path(member.source).name}", "",
             "## Intended use and limits", "",
             "- Research on LGG FLAIR segmentation, on data prepared like the LGG Segmentation Dataset "
             "(skull-stripped is not required; intensities as uint8 slices).",
@@ -117,11 +142,23 @@ def model_card(member: inference.Member, summary: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def export_run(workdir, out, checkpoint: str = "best") -> pathlib.Path:
+def _ordinary_modes(folder: pathlib.Path) -> None:
+  """Files as open() makes them (0666 less the umask): safetensors writes 0600."""
+  umask = os.umask(0)
+  os.umask(umask)
+  for path in folder.iterdir():
+    path.chmod(0o666 & ~umask)
+
+
+def export_run(workdir, out, checkpoint: str = "best", **overrides) -> pathlib.Path:
+  """The run's checkpoint as an export; `overrides` (threshold, tta,
+  largest_component, component_fraction) replace the settings the run was
+  scored with in inference.json."""
   workdir, out = pathlib.Path(workdir).expanduser().resolve(), pathlib.Path(out).expanduser().resolve()
   if out.exists() and any(out.iterdir()):
     raise FileExistsError(f"--out={out} exists and is not empty")
   member = inference.member_from_run(workdir, checkpoint)
+  member.settings = member.settings.replace(**overrides)
   summary_path = workdir / "summary.json"
   summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
   forward = export_forward(member)
@@ -129,15 +166,16 @@ def export_run(workdir, out, checkpoint: str = "best") -> pathlib.Path:
   shutil.rmtree(partial, ignore_errors=True)
   partial.mkdir(parents=True)
   try:
-    (partial / segmenter.CONFIG_FILE).write_text(member.config.to_json_best_effort(indent=2))
+    (partial / segmenter.CONFIG_FILE).write_text(shareable_config(member.config).to_json_best_effort(indent=2))
     save_file(segmenter.flatten_variables(member.variables), str(partial / segmenter.WEIGHTS_FILE),
               metadata={"format": "lgg_jax", "checkpoint_step": str(member.step)})
     (partial / segmenter.INFERENCE_FILE).write_text(json.dumps(
-        {"threshold": member.threshold, "tta": member.config.inference.tta, "step": member.step,
+        {**member.settings.as_dict(), "step": member.step,
          "input_size": member.config.data.image_size, "input_channels": state.in_channels(member.config)},
         indent=2))
     (partial / FORWARD_FILE).write_bytes(forward.serialize())
     (partial / "model_card.md").write_text(model_card(member, summary))
+    _ordinary_modes(partial)
     if out.exists():
       out.rmdir()
     partial.rename(out)
@@ -149,7 +187,9 @@ def export_run(workdir, out, checkpoint: str = "best") -> pathlib.Path:
 
 def main(argv):
   del argv
-  out = export_run(_WORKDIR.value, _OUT.value, _CHECKPOINT.value)
+  out = export_run(_WORKDIR.value, _OUT.value, _CHECKPOINT.value, tta=_TTA.value or None,
+                   threshold=None if _THRESHOLD.value < 0 else _THRESHOLD.value, largest_component=_LCC.value,
+                   component_fraction=_FRACTION.value)
   print(f"exported to {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
 
 
@@ -157,5 +197,9 @@ if __name__ == "__main__":
   _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder written by lgg_jax.main.")
   _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
   _OUT = flags.DEFINE_string("out", None, "Folder to write (must not exist, or be empty).")
+  _TTA = flags.DEFINE_enum("tta", "", ["", "none", "flips", "dihedral"], "Override the run's TTA.")
+  _THRESHOLD = flags.DEFINE_float("threshold", -1.0, "Override the run's threshold; negative: keep it.")
+  _LCC = flags.DEFINE_bool("largest_component", None, "Override the run's component step.")
+  _FRACTION = flags.DEFINE_float("component_fraction", None, "Override the run's component fraction.")
   flags.mark_flags_as_required(["workdir", "out"])
   cli.run(main)

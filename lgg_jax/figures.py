@@ -103,11 +103,12 @@ def overlay_grid(images: list[np.ndarray], columns: int = 2) -> np.ndarray:
   return grid
 
 
-def prediction_panel(image, truth, probability, threshold: float, path: pathlib.Path, title: str = "") -> None:
-  """Image / truth / probability / thresholded mask (the seed's figure 19)."""
+def prediction_panel(image, truth, probability, mask, path: pathlib.Path, title: str = "",
+                     mask_title: str = "prediction") -> None:
+  """Image / truth / probability / the post-processed mask (the seed's figure 19)."""
   p = plt()
   panels = [("image", image, None), ("ground truth", truth, "gray"), ("probability", probability, "viridis"),
-            (f"prediction (p >= {threshold:.2f})", probability >= threshold, "gray")]
+            (mask_title, mask, "gray")]
   if truth is None:
     panels.pop(1)
   fig, axes = p.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))

@@ -1,14 +1,17 @@
-"""The one loop from weights to probabilities.
+"""The one path from weights to probabilities to masks.
 
 A `Member` is one trained model ready for inference (its config, eval
-graphdef and variables). A `Predictor` turns a patient's uint8 slices (S,
-256, 256, 3), in slice order, into float32 probabilities (S, 256, 256): each
-member preprocesses the volume as it was trained (`preprocess.model_inputs`:
-size, normalisation, 2.5-D neighbours), runs it in global batches over every
-device (each process feeding its rows), maps each TTA view back, and
-upsamples to 256x256; an ensemble averages its members' probabilities.
-Evaluation, prediction, the Segmenter, reports and the trainer's validation
-all go through here.
+graphdef, variables and the `Settings` it was scored with). A `Predictor`
+turns a patient's uint8 slices (S, 256, 256, 3), in slice order, into
+float32 probabilities (S, 256, 256): each member preprocesses the volume as
+it was trained (`preprocess.model_inputs`: size, normalisation, 2.5-D
+neighbours), runs it in global batches over every device (each process
+feeding its rows), maps each TTA view back, and upsamples to 256x256; an
+ensemble averages its members' probabilities. `postprocess` is the one
+function from probabilities to masks (threshold, then the component step).
+Evaluation, prediction, the Segmenter, exports, reports and the trainer's
+validation all go through here, so the masks a user gets are the masks that
+were scored.
 """
 
 from __future__ import annotations
@@ -20,8 +23,100 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from lgg_jax import parallel, state, steps
+from lgg_jax import metrics, parallel, state, steps
 from lgg_jax.data import preprocess
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """How probabilities become masks, and the TTA that makes them.
+
+  largest_component keeps each patient's largest 3-D component (faces
+  touching, slices in order); with component_fraction > 0 it also keeps every
+  component of at least that fraction of the largest's voxels (multi-focal
+  tumours), so 0 means the largest alone.
+  """
+  threshold: float = 0.5
+  tta: str = "none"
+  largest_component: bool = False
+  component_fraction: float = 0.0
+
+  FIELDS = ("threshold", "tta", "largest_component", "component_fraction")
+
+  def __post_init__(self):
+    if self.tta not in steps.TTA_MODES:
+      raise ValueError(f"inference tta: want one of {steps.TTA_MODES}, got {self.tta!r}")
+    if not 0.0 <= self.component_fraction <= 1.0:
+      raise ValueError(f"inference component_fraction: want a fraction in [0, 1], got {self.component_fraction}")
+    if not 0.0 < self.threshold < 1.0:
+      raise ValueError(f"inference threshold: want a probability in (0, 1), got {self.threshold}")
+
+  @classmethod
+  def from_config(cls, config, threshold: float | None = None) -> Settings:
+    """A config's `inference` block (its threshold unless one is given)."""
+    inf = config.inference
+    return cls(float(config.threshold if threshold is None else threshold), str(inf.tta),
+               bool(inf.largest_component), float(inf.get("component_fraction", 0.0)))
+
+  @classmethod
+  def from_dict(cls, saved: dict, fallback: Settings) -> Settings:
+    """Settings saved as JSON (summary.json's or inference.json's block); keys it lacks take `fallback`'s."""
+    return fallback.replace(**{k: saved[k] for k in cls.FIELDS if saved.get(k) is not None})
+
+  def replace(self, **overrides) -> Settings:
+    """These settings with every override that is not None."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    unknown = set(overrides) - set(self.FIELDS)
+    if unknown:
+      raise ValueError(f"unknown inference settings {sorted(unknown)}; known: {list(self.FIELDS)}")
+    types = {"threshold": float, "tta": str, "largest_component": bool, "component_fraction": float}
+    return dataclasses.replace(self, **{k: types[k](v) for k, v in overrides.items()})
+
+  def as_dict(self) -> dict:
+    return {k: getattr(self, k) for k in self.FIELDS}
+
+
+def validation_settings(config) -> Settings:
+  """The trainer's per-epoch validation: the config's threshold, no TTA, no
+  component step, so checkpoint selection and training time do not depend on
+  the inference options being measured."""
+  return Settings(float(config.threshold))
+
+
+def keep_components(mask: np.ndarray, fraction: float = 0.0) -> np.ndarray:
+  """The largest 3-D component of an ordered volume, and with `fraction` > 0
+  every component of at least `fraction` times its size."""
+  labels, sizes = metrics.components(mask)
+  if sizes.size <= 1:
+    return np.asarray(mask, bool)
+  keep = sizes >= fraction * sizes.max() if fraction > 0 else np.arange(sizes.size) == int(np.argmax(sizes))
+  return np.concatenate([[False], keep])[labels]
+
+
+def postprocess(probabilities: np.ndarray, settings: Settings) -> np.ndarray:
+  """Probabilities (S, 256, 256) of one patient, slices in order -> bool masks."""
+  mask = np.asarray(probabilities) >= settings.threshold
+  if settings.largest_component:
+    mask = keep_components(mask, settings.component_fraction)
+  return mask
+
+
+def ensemble_settings(members: list, **overrides) -> Settings:
+  """One setting for the whole ensemble: each field is the override when one
+  is given, else the members' shared value; members that disagree on a field
+  nobody overrode are an error naming them (an average threshold or a
+  majority TTA would be a model that nobody scored)."""
+  chosen = {}
+  for field in Settings.FIELDS:
+    if overrides.get(field) is not None:
+      continue
+    values = {m.source or f"member {i}": getattr(m.settings, field) for i, m in enumerate(members)}
+    if len(set(values.values())) > 1:
+      raise ValueError(f"the ensemble's members disagree on inference {field} ("
+                       + ", ".join(f"{k}: {v}" for k, v in values.items())
+                       + f"); give one {field} for the ensemble")
+    chosen[field] = next(iter(values.values()))
+  return Settings(**chosen).replace(**overrides)
 
 
 @dataclasses.dataclass
@@ -31,34 +126,42 @@ class Member:
   variables: dict     # {"params": ..., "model_state": ...}, replicated over the mesh
   step: int | None = None
   source: str = ""    # where it came from (a run folder, an export)
-  threshold: float | None = None  # the probability threshold it was validated with
+  settings: Settings | None = None  # what it was scored with; None: its config's
 
   def __post_init__(self):
-    if self.threshold is None:
-      self.threshold = float(self.config.threshold)
+    if self.settings is None:
+      self.settings = Settings.from_config(self.config)
+
+  @property
+  def threshold(self) -> float:
+    return self.settings.threshold
 
 
 def member_from_run(workdir, checkpoint: str = "best", mesh=None) -> Member:
-  """A run's checkpoint, with the threshold the run chose on its validation
-  patients (summary.json) or else its config's."""
+  """A run's checkpoint with the settings its test figures were scored with
+  (summary.json's `inference`: a threshold chosen on validation included),
+  else its config's."""
   config, graphdef, variables, step = state.restore_variables(workdir, checkpoint, mesh)
   summary = pathlib.Path(workdir) / "summary.json"
-  threshold = None
+  settings = Settings.from_config(config)
   if summary.is_file():
-    threshold = json.loads(summary.read_text()).get("inference", {}).get("threshold")
-  return Member(config, graphdef, variables, step, str(workdir), threshold)
+    settings = Settings.from_dict(json.loads(summary.read_text()).get("inference", {}), settings)
+  return Member(config, graphdef, variables, step, str(workdir), settings)
 
 
 class Predictor:
-  """Probabilities at 256x256 from one or several members (their mean)."""
+  """Probabilities at 256x256 from one or several members (their mean), and
+  masks from them with one `Settings` (default: the members' own, see
+  `ensemble_settings`)."""
 
-  def __init__(self, members: Member | list[Member], mesh=None, tta: str = "none"):
+  def __init__(self, members: Member | list[Member], mesh=None, settings: Settings | None = None):
     self.members = [members] if isinstance(members, Member) else list(members)
     if not self.members:
       raise ValueError("a Predictor needs at least one trained model")
     self.mesh = mesh or parallel.make_mesh()
-    self.tta = tta
-    self._steps = [steps.make_probability_step(m.graphdef, tta, preprocess.SOURCE_SIZE) for m in self.members]
+    self.settings = settings or ensemble_settings(self.members)
+    self._steps = [steps.make_probability_step(m.graphdef, self.settings.tta, preprocess.SOURCE_SIZE)
+                   for m in self.members]
 
   def _batch_size(self, member: Member) -> int:
     devices = self.mesh.devices.size
@@ -87,6 +190,14 @@ class Predictor:
       inputs = preprocess.model_inputs(volume, member.config.data)
       total += self._member_probabilities(member, step, inputs)
     return total / len(self.members)
+
+  def masks(self, probabilities: np.ndarray) -> np.ndarray:
+    return postprocess(probabilities, self.settings)
+
+  def segment(self, volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, post-processed masks) of one patient's ordered slices."""
+    probabilities = self.predict_volume(volume)
+    return probabilities, self.masks(probabilities)
 
   def predict_patients(self, data, patients: Iterable[str], cache: bool = False
                        ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:

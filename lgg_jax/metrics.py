@@ -13,6 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.ndimage as ndi
 
 
 def slice_counts(logits: jax.Array, masks: jax.Array, threshold: float = 0.5) -> dict:
@@ -67,3 +68,38 @@ def summarise(patient_ids: np.ndarray, counts: dict) -> dict:
       "patients": len(per_patient),
       "slices": int(len(slice_dice)),
   }
+
+
+def hd95(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> float:
+  """medpy.metric.binary.hd95: surfaces by erosion with connectivity 1, the
+  distances of each surface to the other pooled, their 95th percentile.
+  Both empty -> 0; exactly one empty -> nan (undefined)."""
+  pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+  if not pred.any() and not truth.any():
+    return 0.0
+  if not pred.any() or not truth.any():
+    return float("nan")
+  # Every surface voxel lies in the union's bounding box, so distances taken
+  # inside it are exact.
+  box = ndi.find_objects((pred | truth).astype(np.uint8))[0]
+  pred, truth = pred[box], truth[box]
+  structure = ndi.generate_binary_structure(pred.ndim, 1)
+
+  def surface(v):
+    return v ^ ndi.binary_erosion(v, structure=structure, iterations=1)
+
+  sp, st = surface(pred), surface(truth)
+  distances = np.hstack([ndi.distance_transform_edt(~st, sampling=spacing)[sp],
+                         ndi.distance_transform_edt(~sp, sampling=spacing)[st]])
+  return float(np.percentile(distances, 95))
+
+
+def components(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(labels, voxel count of each label 1..n) of a volume's 3-D connected
+  components, faces touching (what the post-processing keeps or drops)."""
+  labels, n = ndi.label(np.asarray(volume, bool))
+  return labels, np.bincount(labels.ravel(), minlength=n + 1)[1:]
+
+
+def component_count(volume: np.ndarray) -> int:
+  return int(components(volume)[1].size)

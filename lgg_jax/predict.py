@@ -1,7 +1,11 @@
-"""Segment new scans with a trained run (through `Segmenter`).
+"""Segment new scans with a trained model (through `Segmenter`).
 
 python -m lgg_jax.predict --workdir=runs/unet_cpu --input=PATH --out=predictions/ [--tta=dihedral]
     [--workdir=RUN_OR_EXPORT,...]   # several: an ensemble (their mean probability)
+    [--model=pretrained]            # the shipped ensemble, no training needed
+
+The masks are the models' post-processed masks (threshold, TTA, component
+step as the model was scored: `inference.postprocess`); flags override them.
 
 PATH may be
   * a folder of slices: <name>.tif / .png, 256x256, 3 channels (pre-contrast,
@@ -198,10 +202,20 @@ def find_cases(path: str | os.PathLike) -> list[Case]:
   return cases
 
 
-def write_case(case: Case, probs: np.ndarray, threshold: float, out: pathlib.Path) -> dict:
+def describe(settings) -> str:
+  """The post-processing in a few words, for figure titles."""
+  words = f"p >= {settings.threshold:.2f}"
+  if settings.largest_component:
+    words += ", largest component"
+    if settings.component_fraction:
+      words += f" and those >= {settings.component_fraction:g} of it"
+  return words
+
+
+def write_case(case: Case, probs: np.ndarray, pred: np.ndarray, settings, out: pathlib.Path) -> dict:
+  """Masks (the post-processed `pred`), overlays, GIF and panel of one case."""
   folder = out / case.name
   (folder / "overlays").mkdir(parents=True, exist_ok=True)
-  pred = probs >= threshold
   if case.nifti is not None:
     write_nifti_mask(case, pred, folder / f"{case.name}_mask.nii.gz")
   else:
@@ -216,8 +230,9 @@ def write_case(case: Case, probs: np.ndarray, threshold: float, out: pathlib.Pat
   figures.gif(frames, folder / f"{case.name}.gif")
   area = (case.truth if case.truth is not None else pred).sum(axis=(1, 2))
   k = int(np.argmax(area))
-  figures.prediction_panel(case.images[k], None if case.truth is None else case.truth[k], probs[k], threshold,
-                           folder / f"{case.name}_panel.png", title=f"{case.name}, {case.slice_names[k]}")
+  figures.prediction_panel(case.images[k], None if case.truth is None else case.truth[k], probs[k], pred[k],
+                           folder / f"{case.name}_panel.png", title=f"{case.name}, {case.slice_names[k]}",
+                           mask_title=f"prediction ({describe(settings)})")
   result = {"case": case.name, "slices": len(case.slice_names), "predicted_pixels": int(pred.sum()),
             "slices_with_tumour_predicted": int(pred.any(axis=(1, 2)).sum())}
   if case.truth is not None:
@@ -225,36 +240,51 @@ def write_case(case: Case, probs: np.ndarray, threshold: float, out: pathlib.Pat
   return result
 
 
-def predict(workdir, input_path, out, *, checkpoint="best", tta="", threshold=None) -> list[dict]:
+def predict(models, input_path, out, *, checkpoint="best", tta=None, threshold=None, largest_component=None,
+            component_fraction=None) -> list[dict]:
   """Masks, overlays, GIFs and panels for every case under `input_path`.
-  `workdir`: a run folder or an export, or a list of them (their mean
-  probability); empty `tta` / None `threshold`: the models' own."""
+  `models`: a run folder, an export or a pretrained name, or a list of them
+  (their mean probability). Masks come from the one inference path with the
+  models' own settings; a given setting overrides theirs."""
   cases = find_cases(input_path)  # validate input before loading the model
-  seg = segmenter.Segmenter.load(workdir, checkpoint)
-  threshold = seg.threshold if threshold is None else threshold
+  seg = segmenter.Segmenter.load(models, checkpoint)
+  settings = seg.settings.replace(tta=tta or None, threshold=threshold, largest_component=largest_component,
+                                  component_fraction=component_fraction)
   out = pathlib.Path(out)
-  results = [write_case(case, seg.predict(case.images, tta=tta or None), threshold, out)
-             for case in cli.progress(cases, desc="predict", unit="case")]
+  results = []
+  for case in cli.progress(cases, desc="predict", unit="case"):
+    probs, pred = seg.segment(case.images, **settings.as_dict())
+    results.append(write_case(case, probs, pred, settings, out))
   if cli.is_main_process():
-    (out / "predictions.json").write_text(json.dumps(results, indent=2))
+    (out / "predictions.json").write_text(json.dumps(
+        {"models": [m.source for m in seg.members], "inference": settings.as_dict(), "cases": results}, indent=2))
   return results
 
 
 def main(argv):
   del argv
-  results = predict(_WORKDIR.value, _INPUT.value, _OUT.value, checkpoint=_CHECKPOINT.value, tta=_TTA.value,
-                    threshold=None if _THRESHOLD.value < 0 else _THRESHOLD.value)
+  models = _MODEL.value or _WORKDIR.value
+  if not models:
+    raise ValueError("give --model=EXPORT|pretrained[,...] or --workdir=RUN[,...]")
+  results = predict(models, _INPUT.value, _OUT.value, checkpoint=_CHECKPOINT.value, tta=_TTA.value or None,
+                    threshold=None if _THRESHOLD.value < 0 else _THRESHOLD.value, largest_component=_LCC.value,
+                    component_fraction=_FRACTION.value)
   for r in results:
     print(json.dumps(r))
 
 
 if __name__ == "__main__":
   _WORKDIR = flags.DEFINE_list("workdir", None, "Run folder(s) or export(s); several: an ensemble (mean probability).")
+  _MODEL = flags.DEFINE_list("model", None, "The same as --workdir, or 'pretrained' (the shipped ensemble).")
   _INPUT = flags.DEFINE_string("input", None, "Slices, patient folders or NIfTI volumes (see module doc).")
   _OUT = flags.DEFINE_string("out", "predictions", "Output folder.")
   _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
   _TTA = flags.DEFINE_enum("tta", "", ["", "none", "flips", "dihedral"], "Test-time augmentation; "
                            "empty: the run's config.inference.tta.")
-  _THRESHOLD = flags.DEFINE_float("threshold", -1.0, "Probability threshold; negative: the run's config.")
-  flags.mark_flags_as_required(["workdir", "input"])
+  _THRESHOLD = flags.DEFINE_float("threshold", -1.0, "Probability threshold; negative: the model's own.")
+  _LCC = flags.DEFINE_bool("largest_component", None, "Keep each case's largest 3-D component "
+                           "(--nolargest_component: do not); unset: the model's own setting.")
+  _FRACTION = flags.DEFINE_float("component_fraction", None, "With the component step, also keep every "
+                                 "component of at least this fraction of the largest; unset: the model's.")
+  flags.mark_flags_as_required(["input"])
   cli.run(main)

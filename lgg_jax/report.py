@@ -32,9 +32,9 @@ def _get(config, dotted):
   return config
 
 
-def _patient_figure(volume, probs, truth, threshold, path: pathlib.Path) -> None:
+def _patient_figure(volume, masks, truth, path: pathlib.Path) -> None:
   k = int(np.argmax(truth.sum(axis=(1, 2))))
-  picture = figures.overlay(volume[k], probs[k] >= threshold, truth=truth[k])
+  picture = figures.overlay(volume[k], masks[k], truth=truth[k])
   cv2.imwrite(str(path), picture[..., ::-1])
 
 
@@ -47,17 +47,17 @@ def write(workdir) -> pathlib.Path | None:
   member = inference.member_from_run(workdir, "best")
   config = member.config
   data = pipeline.load(config)
-  predictor = inference.Predictor(member, parallel.make_mesh(), summary["inference"]["tta"])
-  threshold = summary["inference"]["threshold"]
+  # The settings the test figures were scored with (member_from_run reads them from summary.json).
+  predictor = inference.Predictor(member, parallel.make_mesh())
   rows = sorted(summary["test_per_patient"], key=lambda r: r["dice"])
   out = workdir / "report"
   pictures = []
   for label, row in (("worst", rows[0]), ("best", rows[-1])):
     volume, truth = data.volume(row["patient"])
-    probs = predictor.predict_volume(volume)
+    _, masks = predictor.segment(volume)
     if cli.is_main_process():
       out.mkdir(parents=True, exist_ok=True)
-      _patient_figure(volume, probs, truth, threshold, out / f"{label}_patient.png")
+      _patient_figure(volume, masks, truth, out / f"{label}_patient.png")
     pictures.append((label, row, out / f"{label}_patient.png"))
   if not cli.is_main_process():
     return None
@@ -74,7 +74,8 @@ def write(workdir) -> pathlib.Path | None:
   lines += ["", "## Training curves", ""] + [f"![{p.stem}]({p.name})" for p in curves]
   inf = summary["inference"]
   lines += ["", "## Evaluation of the best checkpoint on the test patients", "",
-            f"At 256x256, slices in order; TTA {inf['tta']}, largest component {inf['largest_component']}, "
+            f"At 256x256, slices in order; TTA {inf['tta']}, largest component {inf['largest_component']}"
+            f"{' (and components >= %g of it)' % inf['component_fraction'] if inf.get('component_fraction') else ''}, "
             f"threshold {inf['threshold']:.2f} ({inf['threshold_chosen_on']}). Per-patient Dice is volumetric "
             "(empty-mask rule in `lgg_jax/metrics.py`); HD95 is 3-D, in pixels.", "",
             "| metric | test |", "|---|---|"]

@@ -3,12 +3,14 @@
     from lgg_jax import Segmenter
     seg = Segmenter.load("runs/recipe_cpu")           # a run folder, an export, or a list (ensemble)
     probabilities = seg.predict(volume)                # uint8 (S, 256, 256, 3), slices in order
-    masks = seg.predict(volume, masks=True)            # bool, at the model's validated threshold
+    masks = seg.predict(volume, masks=True)            # bool, post-processed exactly as the model was scored
 
 A thin wrapper over the inference layer: normalisation, input size and 2.5-D
-neighbours come from each model's own config, so a model trained with newer
-settings loads without change here. Only parameters and BatchNorm
-statistics are restored.
+neighbours come from each model's own config, and masks from
+`inference.postprocess` with the settings the model was scored with (a
+run's summary.json, an export's inference.json: threshold, TTA, component
+step), so a user gets the masks that were measured. Only parameters and
+BatchNorm statistics are restored.
 """
 
 from __future__ import annotations
@@ -60,8 +62,9 @@ def member_from_export(folder, mesh=None) -> inference.Member:
                        f"the model needs {shape.shape}")
     flat[path] = tensors[key].astype(shape.dtype)
   variables = parallel.replicate(traverse_util.unflatten_dict(flat), mesh or parallel.make_mesh())
-  settings = json.loads((folder / INFERENCE_FILE).read_text()) if (folder / INFERENCE_FILE).is_file() else {}
-  return inference.Member(config, graphdef, variables, settings.get("step"), str(folder), settings.get("threshold"))
+  saved = json.loads((folder / INFERENCE_FILE).read_text()) if (folder / INFERENCE_FILE).is_file() else {}
+  settings = inference.Settings.from_dict(saved, inference.Settings.from_config(config))
+  return inference.Member(config, graphdef, variables, saved.get("step"), str(folder), settings)
 
 
 def load_member(path, checkpoint: str = "best", mesh=None) -> inference.Member:
@@ -73,36 +76,52 @@ def load_member(path, checkpoint: str = "best", mesh=None) -> inference.Member:
   raise FileNotFoundError(f"{path} is neither a run folder nor an exported model (no {CONFIG_FILE})")
 
 
+def load_members(models, checkpoint: str = "best", mesh=None) -> list[inference.Member]:
+  """Run folders and exports (a path or a list of them)."""
+  paths = [models] if isinstance(models, (str, os.PathLike)) else list(models)
+  if not paths:
+    raise ValueError("no model given")
+  mesh = mesh or parallel.make_mesh()
+  return [load_member(p, checkpoint, mesh) for p in paths]
+
+
 class Segmenter:
-  """Probabilities (and masks) for a patient's slices; several models: their mean."""
+  """Probabilities and masks for a patient's slices; several models: their
+  mean, with one setting for the ensemble (`inference.ensemble_settings`)."""
 
   def __init__(self, members: list[inference.Member], mesh=None):
     self.members = list(members)
     self.mesh = mesh or parallel.make_mesh()
+    self.settings = inference.ensemble_settings(self.members)
     self._predictors = {}
 
   @classmethod
   def load(cls, path: str | os.PathLike | list, checkpoint: str = "best") -> Segmenter:
-    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     mesh = parallel.make_mesh()
-    return cls([load_member(p, checkpoint, mesh) for p in paths], mesh)
+    return cls(load_members(path, checkpoint, mesh), mesh)
 
   @property
   def threshold(self) -> float:
-    return float(np.mean([m.threshold for m in self.members]))
+    return self.settings.threshold
 
   @property
   def tta(self) -> str:
-    return self.members[0].config.inference.tta
+    return self.settings.tta
 
-  def predict(self, volume: np.ndarray, *, tta: str | None = None, masks: bool = False,
-              threshold: float | None = None) -> np.ndarray:
-    """uint8 (S, 256, 256, 3) slices in slice order -> float32 probabilities
-    (S, 256, 256), or bool masks at `threshold` (default: the models')."""
-    tta = self.tta if tta is None else tta
-    if tta not in self._predictors:
-      self._predictors[tta] = inference.Predictor(self.members, self.mesh, tta)
-    probabilities = self._predictors[tta].predict_volume(volume)
-    if masks:
-      return probabilities >= (self.threshold if threshold is None else threshold)
-    return probabilities
+  def segment(self, volume: np.ndarray, **overrides) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 probabilities, bool masks), each (S, 256, 256), of uint8 (S,
+    256, 256, 3) slices in slice order; keyword overrides (threshold, tta,
+    largest_component, component_fraction) replace the models' settings."""
+    settings = self.settings.replace(**overrides)
+    if settings.tta not in self._predictors:  # one compiled step per TTA mode
+      self._predictors[settings.tta] = inference.Predictor(self.members, self.mesh, settings)
+    probabilities = self._predictors[settings.tta].predict_volume(volume)
+    return probabilities, inference.postprocess(probabilities, settings)
+
+  def predict(self, volume: np.ndarray, *, masks: bool = False, tta: str | None = None,
+              threshold: float | None = None, largest_component: bool | None = None,
+              component_fraction: float | None = None) -> np.ndarray:
+    """Probabilities, or with `masks=True` the post-processed masks."""
+    probabilities, post = self.segment(volume, tta=tta, threshold=threshold, largest_component=largest_component,
+                                       component_fraction=component_fraction)
+    return post if masks else probabilities

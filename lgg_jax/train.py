@@ -239,17 +239,19 @@ def _restore(latest, train_state, train_iter, order: str):
 OVERLAY_PATIENTS = 4
 
 
-def validate(predictor: inference.Predictor, data, patients: list[str], config) -> tuple[dict, np.ndarray]:
-  """Per-patient Dice at 256x256 (no HD95: it picks checkpoints, fast), the
-  loss there, and overlays of the first patients' largest tumour slices."""
+def validate(predictor: inference.Predictor, data, indices: np.ndarray, config) -> tuple[dict, np.ndarray]:
+  """Per-patient Dice at 256x256 of the records `indices` (no HD95: it picks
+  checkpoints, fast), the loss there, and overlays of the first patients'
+  largest tumour slices."""
+  patients = data.patients(indices)
   volumes = list(predictor.predict_patients(data, patients, cache=True))
-  summary, _ = evaluate.score(volumes, config.threshold, False)
+  summary, _ = evaluate.score(volumes, predictor.settings, held_out=evaluate.held_out_slices(data, indices))
   summary["loss"] = float(np.mean(np.concatenate(
       [np.asarray(losses.probability_loss(p, t, config.loss)) for _, p, t in volumes])))
   pictures = []
   for patient, probs, truth in volumes[:OVERLAY_PATIENTS]:
     k = int(np.argmax(truth.sum(axis=(1, 2))))
-    pictures.append(figures.overlay(data.volume(patient, cache=True)[0][k], probs[k] >= config.threshold,
+    pictures.append(figures.overlay(data.volume(patient, cache=True)[0][k], predictor.masks(probs)[k],
                                     truth=truth[k]))
   return summary, figures.overlay_grid(pictures)
 
@@ -378,7 +380,6 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     bar = stack.enter_context(cli.progress(total=run.total_steps, initial=start_step, unit="step"))
     preemption = _Preemption(config.preemption_check_every_steps)
     stack.callback(preemption.close)
-    val_patients = run.data.patients(run.data.split.val)
 
     def save_latest(step_done: int):
       host = jax.device_get(epoch_stats)
@@ -415,7 +416,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
               f"checkpoint is step {latest.latest_step()} in {workdir / 'checkpoints'}.")
         member = inference.Member(config, run.graphdefs["eval"], {"params": train_state["params"],
                                                                   "model_state": train_state["model_state"]})
-        val, overlays = validate(inference.Predictor(member, mesh), run.data, val_patients, config)
+        val, overlays = validate(inference.Predictor(member, mesh, inference.validation_settings(config)),
+                                 run.data, run.data.split.val, config)
         record = _epoch_record(epoch, step + 1, float(run.schedule(step)), host, val)
         log.write(record, overlays)
         if is_main:

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import tifffile
 
-from lgg_jax import baselines, evaluate, inference, predict, report, train
+from lgg_jax import baselines, evaluate, inference, metrics, predict, report, train
 from lgg_jax.data import pipeline
 from conftest import tiny_config
 
 medpy_binary = pytest.importorskip("medpy.metric.binary")
+PLAIN = inference.Settings()  # threshold 0.5, no TTA, no component step
 
 
 def _square(shape, top, left, size, slices=None):
@@ -30,7 +31,7 @@ def test_hd95_equals_medpy_on_random_and_hand_made_volumes(spacing):
     b = rng.random((7, 32, 32)) < rng.uniform(0.02, 0.3)
     cases.append((a, b))
   for pred, truth in cases:
-    ours = evaluate.hd95(pred, truth, spacing)
+    ours = metrics.hd95(pred, truth, spacing)
     assert ours == pytest.approx(medpy_binary.hd95(pred, truth, voxelspacing=spacing), abs=1e-6)
 
 
@@ -39,19 +40,19 @@ def test_hd95_charges_false_positives_on_tumour_free_slices():
   compare there and drops it; the 3-D one does not."""
   truth = _square((12, 128, 128), 50, 50, 30, slice(2, 6))
   pred = truth | _square((12, 128, 128), 90, 90, 20, slice(8, 11))
-  ours = evaluate.hd95(pred, truth)
+  ours = metrics.hd95(pred, truth)
   assert ours == pytest.approx(medpy_binary.hd95(pred, truth), abs=1e-6) and ours > 10
-  assert evaluate.hd95(truth, truth) == 0.0
+  assert metrics.hd95(truth, truth) == 0.0
   empty = np.zeros_like(truth)
-  assert evaluate.hd95(empty, empty) == 0.0
-  assert np.isnan(evaluate.hd95(truth, empty)) and np.isnan(evaluate.hd95(empty, truth))
+  assert metrics.hd95(empty, empty) == 0.0
+  assert np.isnan(metrics.hd95(truth, empty)) and np.isnan(metrics.hd95(empty, truth))
 
 
 def test_undefined_hd95_is_counted_and_charged_the_penalty():
   config = tiny_config_evaluation()
   truth = _square((4, 32, 32), 8, 8, 8, slice(1, 3))
   volumes = [("found", truth.astype(np.float32), truth), ("missed", np.zeros((4, 32, 32)), truth)]
-  summary, rows = evaluate.score(volumes, 0.5, False, config)
+  summary, rows = evaluate.score(volumes, PLAIN, config)
   assert summary["hd95_undefined"] == 1 and summary["hd95_px"] == 0.0
   assert summary["hd95_px_penalised"] == pytest.approx(config.hd95_penalty / 2)
   assert summary["missed_patients"] == 1
@@ -68,16 +69,16 @@ def test_largest_component_keeps_the_tumour_of_an_ordered_volume(tiny_dataset, t
   data = pipeline.load(config)
   patient = data.patients(np.arange(len(data.patient_ids)))[0]
   _, truth = data.volume(patient)
-  truth = evaluate.largest_component(truth)  # the tumour's main body, over several slices
+  truth = inference.keep_components(truth)  # the tumour's main body, over several slices
   assert truth.any(axis=(1, 2)).sum() >= 3
   pred = truth.copy()
   far = np.flatnonzero(~truth.any(axis=(1, 2)))[-1]
   pred[far, :6, :6] = True  # a small false positive on a tumour-free slice
-  np.testing.assert_array_equal(evaluate.largest_component(pred), truth)
+  np.testing.assert_array_equal(inference.keep_components(pred), truth)
   # The same slices out of order cut the tumour into pieces, and the largest
   # one is no longer the tumour.
   shuffled = pred[np.random.default_rng(0).permutation(len(pred))]
-  kept = evaluate.largest_component(shuffled)
+  kept = inference.keep_components(shuffled)
   assert kept.sum() < truth.sum()
 
 
@@ -87,7 +88,7 @@ def test_score_counts_sensitivity_precision_and_false_positives():
   probs = np.zeros((3, 4, 4))
   probs[0, :2, :1] = 0.9       # 2 of 4 true pixels
   probs[1, 3, 3] = 0.8         # false positive on a tumour-free slice
-  summary, rows = evaluate.score([("a", probs, truth)], 0.5, False)
+  summary, rows = evaluate.score([("a", probs, truth)], PLAIN)
   assert summary["sensitivity"] == pytest.approx(0.5)
   assert summary["precision"] == pytest.approx(2 / 3)
   assert summary["empty_false_positive_rate"] == pytest.approx(0.5)
@@ -98,8 +99,8 @@ def test_threshold_choice_is_the_best_grid_point():
   truth = _square((3, 16, 16), 4, 4, 6)
   probs = np.where(truth, 0.35, 0.0) + np.where(_square((3, 16, 16), 10, 10, 3), 0.3, 0.0)
   volumes = [("a", probs, truth)]
-  best = evaluate.choose_threshold(volumes, False)
-  scores = {t: evaluate.score(volumes, t, False)[0]["patient_dice"] for t in evaluate.THRESHOLD_GRID}
+  best = evaluate.choose_threshold(volumes, PLAIN)
+  scores = {t: evaluate.score(volumes, PLAIN.replace(threshold=t))[0]["patient_dice"] for t in evaluate.THRESHOLD_GRID}
   assert scores[best] == max(scores.values()) == 1.0 and best > 0.3
   assert scores[0.1] < 1.0  # the grid's low end takes the false blob too
 
@@ -145,18 +146,18 @@ def test_threshold_from_validation_and_tta_are_what_they_say(trained_run):
   member = inference.member_from_run(workdir)
   val = list(inference.Predictor(member).predict_patients(data, data.patients(data.split.val)))
   chosen = evaluate.evaluate_run(workdir, threshold="val", name="val_threshold")["threshold"]
-  assert chosen == evaluate.choose_threshold(val, False)
+  assert chosen == evaluate.choose_threshold(val, member.settings)
   # Flip TTA is the mean of the three views' probabilities, each flipped back.
   volume, _ = data.volume(data.patients(data.split.test)[0])
-  plain = inference.Predictor(member)
+  plain = inference.Predictor(member, settings=PLAIN)
   views = [plain.predict_volume(volume), plain.predict_volume(volume[:, :, ::-1])[:, :, ::-1],
            plain.predict_volume(volume[:, ::-1])[:, ::-1]]
-  np.testing.assert_allclose(inference.Predictor(member, tta="flips").predict_volume(volume),
+  np.testing.assert_allclose(inference.Predictor(member, settings=PLAIN.replace(tta="flips")).predict_volume(volume),
                              np.mean(views, axis=0), atol=2e-5)
   rotations = [np.rot90(plain.predict_volume(np.rot90(v, k, axes=(1, 2)).copy()), -k, axes=(1, 2))
                for v in (volume, volume.transpose(0, 2, 1, 3)) for k in range(4)]
   rotations[4:] = [r.transpose(0, 2, 1) for r in rotations[4:]]
-  np.testing.assert_allclose(inference.Predictor(member, tta="dihedral").predict_volume(volume),
+  np.testing.assert_allclose(inference.Predictor(member, settings=PLAIN.replace(tta="dihedral")).predict_volume(volume),
                              np.mean(rotations, axis=0), atol=2e-5)
 
 

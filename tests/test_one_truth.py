@@ -1,0 +1,132 @@
+"""What a user gets is what was scored: one path from probabilities to masks.
+
+A tiny run with `inference.largest_component=True` is scored by evaluate,
+segmented by predict (PNG masks), by `Segmenter` on the run and on its
+export; a second blob planted in the probabilities (the tiny model need not
+make one) must be removed by the component step, and every path must give
+the same masks and the same per-patient Dice.
+"""
+
+import csv
+import dataclasses
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from lgg_jax import Segmenter, evaluate, export, inference, predict, train
+from lgg_jax.data import pipeline
+from conftest import tiny_config
+
+BLOB = (0, slice(4, 10), slice(4, 10))  # a small second component: first slice, top-left corner
+
+
+def _plant(probabilities: np.ndarray) -> np.ndarray:
+  """The model's probabilities with a large 3-D blob in the middle and a
+  small one in a corner: two components whatever the model predicts."""
+  planted = probabilities.copy()
+  middle = len(planted) // 2
+  planted[max(middle - 1, 0):middle + 2, 96:160, 96:160] = 0.9
+  planted[BLOB] = 0.9
+  return planted
+
+
+@pytest.fixture(scope="module")
+def planted_run(tmp_path_factory, tiny_dataset):
+  root = tmp_path_factory.mktemp("one_truth")
+  config = tiny_config(root, manual_dir=tiny_dataset.parent)
+  config.inference.largest_component = True
+  config.write_report = False
+  train.train_and_evaluate(config, root / "run")
+  return root, config
+
+
+@pytest.fixture
+def planted(monkeypatch):
+  original = inference.Predictor.predict_volume
+  monkeypatch.setattr(inference.Predictor, "predict_volume", lambda self, volume: _plant(original(self, volume)))
+
+
+def _png_masks(folder, patient, slices):
+  files = sorted((folder / patient / "masks").glob("*_pred.png"), key=lambda f: int(f.stem.split("_")[-2]))
+  assert len(files) == slices
+  return np.stack([cv2.imread(str(f), cv2.IMREAD_UNCHANGED) > 0 for f in files])
+
+
+def test_every_path_gives_the_scored_masks(planted_run, planted, tiny_dataset, monkeypatch):
+  root, config = planted_run
+  workdir = root / "run"
+  data = pipeline.load(config)
+  patients = data.patients(data.split.test)
+
+  scored = {}
+  original_score_patient = evaluate.score_patient
+
+  def spy(pred, truth, evaluation_config=None):
+    scored[len(scored)] = pred
+    return original_score_patient(pred, truth, evaluation_config)
+
+  monkeypatch.setattr(evaluate, "score_patient", spy)
+  result = evaluate.evaluate_run(workdir, split="test", out=str(root / "evaluation"))
+  monkeypatch.setattr(evaluate, "score_patient", original_score_patient)
+  assert result["largest_component"] and result["inference"]["largest_component"]
+  evaluated = dict(zip(patients, scored.values()))
+  with open(root / "evaluation" / "per_patient.csv") as f:
+    rows = {r["patient"]: r for r in csv.DictReader(f)}
+  assert set(rows) == set(patients)
+
+  exported = export.export_run(workdir, root / "export")
+  assert json.loads((exported / "inference.json").read_text())["largest_component"] is True
+  from_run, from_export = Segmenter.load(workdir), Segmenter.load(exported)
+  predicted = predict.predict(workdir, tiny_dataset, root / "predictions")
+  dice_of = {r["case"]: r["dice"] for r in predicted}
+
+  for patient in patients:
+    volume, truth = data.volume(patient)
+    masks = from_run.predict(volume, masks=True)
+    # The component step changes the mask: the planted blob is thresholded in and removed.
+    unprocessed = from_run.predict(volume, masks=True, largest_component=False)
+    assert unprocessed[BLOB].all() and not masks[BLOB].any()
+    assert (unprocessed != masks).any()
+    np.testing.assert_array_equal(evaluated[patient], masks)
+    np.testing.assert_array_equal(from_export.predict(volume, masks=True), masks)
+    np.testing.assert_array_equal(_png_masks(root / "predictions", patient, len(volume)), masks)
+    assert dice_of[patient] == pytest.approx(float(rows[patient]["dice"]), abs=1e-6)
+
+
+def test_component_fraction_keeps_the_parts_of_a_multifocal_tumour():
+  volume = np.zeros((6, 32, 32), bool)
+  volume[1:4, 2:12, 2:12] = True     # 300 voxels
+  volume[2:4, 20:28, 20:28] = True   # 128 voxels: 0.43 of the largest
+  volume[5, 30:32, 0:2] = True       # 4 voxels
+  largest = inference.keep_components(volume)
+  assert largest.sum() == 300
+  both = inference.keep_components(volume, 0.4)
+  assert both.sum() == 428 and not both[5].any()
+  assert inference.keep_components(volume, 0.5).sum() == 300
+  settings = inference.Settings(largest_component=True, component_fraction=0.4)
+  np.testing.assert_array_equal(inference.postprocess(volume.astype(np.float32), settings), both)
+  np.testing.assert_array_equal(inference.postprocess(volume.astype(np.float32), inference.Settings()), volume)
+
+
+def test_an_ensemble_has_one_setting_or_an_error_naming_its_members():
+  @dataclasses.dataclass
+  class Stub:
+    source: str
+    settings: inference.Settings
+
+  a = Stub("runs/fold0", inference.Settings(largest_component=True))
+  b = Stub("runs/fold1", inference.Settings(largest_component=False))
+  with pytest.raises(ValueError, match="largest_component.*runs/fold0: True, runs/fold1: False"):
+    inference.ensemble_settings([a, b])
+  assert inference.ensemble_settings([a, b], largest_component=False).largest_component is False
+  assert inference.ensemble_settings([a, a]) == a.settings
+
+
+def test_validation_keeps_its_cheap_settings():
+  import tiny_config as tiny
+  config = tiny.get_config()
+  config.inference.update(tta="dihedral", largest_component=True, component_fraction=0.3)
+  assert inference.validation_settings(config) == inference.Settings(threshold=config.threshold)
+  assert inference.Settings.from_config(config) == inference.Settings(config.threshold, "dihedral", True, 0.3)

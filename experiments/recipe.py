@@ -26,6 +26,7 @@ from experiments.common import TINY
 MANUAL_DIR = str(pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "lgg_dev")
 ABLATION_EPOCHS = 16
 FOLDS = (0, 1)
+COMPONENT_FRACTIONS = (0.1, 0.2, 0.3)
 NO_INFERENCE_EXTRAS = {"inference.tta": "none", "inference.choose_threshold": False,
                        "inference.largest_component": False}
 
@@ -64,7 +65,15 @@ def rows(tiny: bool = False) -> list[dict]:
        "inference": {"inference.largest_component": True}},
       {"name": "r10-threshold", "label": "+ threshold chosen on the validation patients (not in the recipe)",
        "evaluate": "+ largest 3-D component (the recipe)", "inference": {"inference.choose_threshold": True}},
-  ]
+  ] + [
+      # Multi-focal tumours: keep every component of at least this fraction of
+      # the largest, each against the recipe's largest-only (re-scoring r7's runs).
+      {"name": f"s{2 + i}-fraction-{fraction:g}",
+       "label": f"side: + components >= {fraction:g} of the largest kept",
+       "evaluate": "+ largest 3-D component (the recipe)",
+       "inference": {"inference.component_fraction": fraction},
+       "compare_to": "+ largest 3-D component (the recipe)"}
+      for i, fraction in enumerate(COMPONENT_FRACTIONS)]
 
 
 def get_sweep(tiny: bool):

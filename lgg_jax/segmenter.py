@@ -73,7 +73,7 @@ def load_member(path, checkpoint: str = "best", mesh=None) -> inference.Member:
     return member_from_export(path, mesh)
   if (path / CONFIG_FILE).is_file():
     return inference.member_from_run(path, checkpoint, mesh)
-  raise FileNotFoundError(f"{path} is neither a run folder nor an exported model (no {CONFIG_FILE})")
+  raise FileNotFoundError(f"{path} is not a run folder or an exported model (no {CONFIG_FILE})")
 
 
 def load_members(models, checkpoint: str = "best", mesh=None) -> list[inference.Member]:

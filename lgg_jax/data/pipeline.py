@@ -219,8 +219,7 @@ class _Element:
     self.res = res
 
   def __call__(self, row: int) -> dict:
-    stack = self.res.images[self.res.neighbours[row]]  # (2k+1, s, s, 3)
-    image = np.concatenate(list(stack), axis=-1) if len(stack) > 1 else stack[0]
+    image = preprocess.stack_rows(self.res.images, self.res.neighbours[row])
     return {"image": image, "mask": self.res.masks[row], "index": np.int32(self.res.records[row]),
             "row": np.int32(row)}
 
@@ -248,8 +247,8 @@ class _MissingSequences:
   def __call__(self, example: dict, rng: np.random.Generator) -> dict:
     if rng.random() >= self.probability:
       return example
-    pattern = preprocess.MISSING_PATTERNS[int(rng.integers(len(preprocess.MISSING_PATTERNS)))]
-    return {**example, "image": preprocess.copy_flair(example["image"], pattern)}
+    missing = preprocess.missing_channels(int(rng.integers(len(preprocess.MISSING_PATTERNS))))
+    return {**example, "image": preprocess.copy_flair(example["image"], missing)}
 
 
 class _ProcessRows(grain.MapDataset):

@@ -137,6 +137,28 @@ def test_broken_input_names_the_file_and_writes_nothing(tiny_dataset, tmp_path, 
   assert written == []
 
 
+def test_a_mask_edited_in_place_at_the_same_size_is_prepared_again(tiny_dataset, tmp_path):
+  """The cache was keyed on file names and sizes: an edited mask of the same
+  size (an uncompressed one always is) silently reused the stale copy."""
+  root = _copy(tiny_dataset, tmp_path / "src")
+  patient = sorted(p for p in root.iterdir() if p.is_dir())[0]  # written uncompressed
+  mask_path = patient / f"{patient.name}_1_mask.tif"
+  before = builder.build(root, tmp_path / "tfds")
+  old_mask = tifffile.imread(mask_path)
+  new_mask = np.zeros_like(old_mask)
+  new_mask[100:140, 90:150] = 255
+  assert not np.array_equal(new_mask, old_mask)
+  size = mask_path.stat().st_size
+  tifffile.imwrite(mask_path, new_mask)
+  assert mask_path.stat().st_size == size
+  after = builder.build(root, tmp_path / "tfds")
+  assert after.data_dir != before.data_dir
+  record = after.as_data_source("slices")[0]
+  assert (record["patient_id"].decode(), int(record["slice_index"])) == (patient.name, 1)
+  np.testing.assert_array_equal(record["mask"][..., 0], new_mask)
+  assert bool(record["has_tumor"])
+
+
 def _zip_folder(folder, archive, top="lgg-mri-segmentation"):
   with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
     for f in sorted(folder.rglob("*")):

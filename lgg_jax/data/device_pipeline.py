@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lgg_jax import choices, parallel
+from lgg_jax import parallel
 from lgg_jax.data import device_augment, pipeline, preprocess
 
 
@@ -49,22 +49,10 @@ class HostBatches:
     self.step = int(saved["step"])
 
 
-def normalise(images: jax.Array, mode: str, stats: jax.Array) -> jax.Array:
-  """`preprocess.normalise` in JAX; `stats` (B, 3, 4) per sample."""
-  choices.check("config.data.normalization", mode, preprocess.NORMALIZATIONS)
-  if mode == "unit":
-    return images / 255.0
-  if mode == "slice":
-    mean = images.mean(axis=(1, 2), keepdims=True)
-    std = images.std(axis=(1, 2), keepdims=True)
-    return (images - mean) / (std + 1.0)
-  stats = jnp.tile(stats, (1, images.shape[-1] // 3, 1))[:, None, None]  # (B, 1, 1, C, 4)
-  return (jnp.clip(images, stats[..., 0], stats[..., 1]) - stats[..., 2]) / stats[..., 3]
-
-
 def missing_sequences(key, images: jax.Array, position: jax.Array, probability: float) -> jax.Array:
-  """`pipeline._MissingSequences` in JAX: per sample, with `probability`, the
-  pre-contrast, post-contrast or both channels become FLAIR."""
+  """`pipeline._MissingSequences`'s draw in JAX: per sample, with `probability`,
+  the pre-contrast, post-contrast or both channels become FLAIR
+  (`preprocess.copy_flair`)."""
   if probability <= 0:
     return images
   keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, position)
@@ -72,13 +60,8 @@ def missing_sequences(key, images: jax.Array, position: jax.Array, probability: 
   apply = draws[:, 0] < probability
   pattern = jnp.minimum((draws[:, 1] * len(preprocess.MISSING_PATTERNS)).astype(jnp.int32),
                         len(preprocess.MISSING_PATTERNS) - 1)
-  copy_pre = apply & (pattern != 1)    # patterns: 0 pre, 1 post, 2 both
-  copy_post = apply & (pattern != 0)
-  channels = images.shape[-1]
-  role = jnp.arange(channels) % 3
-  flair = jnp.repeat(images[..., 1::3], 3, axis=-1)  # each slice's FLAIR in all three of its channels
-  replace = ((role == 0)[None] & copy_pre[:, None]) | ((role == 2)[None] & copy_post[:, None])  # (B, C)
-  return jnp.where(replace[:, None, None, :], flair, images)
+  missing = preprocess.missing_channels(pattern, xp=jnp) & apply[:, None]  # (B, 3)
+  return preprocess.copy_flair(images, missing, xp=jnp)
 
 
 def make_prepare(config):
@@ -89,12 +72,10 @@ def make_prepare(config):
   mode, probability = config.data.normalization, config.augment.missing_sequence_probability
 
   def prepare(data: dict, batch: dict) -> dict:
-    stack = data["images"][data["neighbours"][batch["row"]]]  # (b, 2k+1, s, s, 3)
-    b, depth, size = stack.shape[0], stack.shape[1], stack.shape[2]
-    images = jnp.moveaxis(stack, 1, 3).reshape(b, size, size, depth * 3).astype(jnp.float32)
+    images = preprocess.stack_rows(data["images"], data["neighbours"][batch["row"]], xp=jnp).astype(jnp.float32)
     masks = (data["masks"][batch["row"]] > 0).astype(jnp.float32)
     images, masks = augment(augment_key, images, masks, batch["position"])
-    images = normalise(images, mode, data["stats"][data["patient"][batch["row"]]])
+    images = preprocess.normalise(images, mode, data["stats"][data["patient"][batch["row"]]], xp=jnp)
     images = missing_sequences(missing_key, images, batch["position"], probability)
     return {"image": images, "mask": masks[..., None]}
 

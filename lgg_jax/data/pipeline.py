@@ -13,7 +13,6 @@ training records are held in memory at the model's size (uint8), decoded once.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import logging
@@ -167,11 +166,17 @@ class TrainOrder:
       raise ValueError(f"config.data.tumour_fraction={tumour_fraction} must be in [0, 1]")
     self.num_rows, self.tumour_rows, self.batch, self.seed = num_rows, np.asarray(tumour_rows), batch, seed
     self.per_batch = int(round(tumour_fraction * batch)) if len(tumour_rows) else 0
+    self._permutations: dict[tuple[int, int], np.ndarray] = {}  # the last few drawn
 
-  @functools.lru_cache(maxsize=8)
   def _permutation(self, stream: int, cycle: int) -> np.ndarray:
-    size = len(self.tumour_rows) if stream else self.num_rows
-    return np.random.default_rng([self.seed, stream, cycle]).permutation(size)
+    """Cached on the instance (an lru_cache on the method kept every order alive)."""
+    key = (stream, cycle)
+    if key not in self._permutations:
+      if len(self._permutations) >= 8:
+        del self._permutations[next(iter(self._permutations))]  # the oldest
+      size = len(self.tumour_rows) if stream else self.num_rows
+      self._permutations[key] = np.random.default_rng([self.seed, stream, cycle]).permutation(size)
+    return self._permutations[key]
 
   def row(self, position: int) -> int:
     step, r = divmod(int(position), self.batch)
@@ -214,8 +219,7 @@ class _Element:
     self.res = res
 
   def __call__(self, row: int) -> dict:
-    stack = self.res.images[self.res.neighbours[row]]  # (2k+1, s, s, 3)
-    image = np.concatenate(list(stack), axis=-1) if len(stack) > 1 else stack[0]
+    image = preprocess.stack_rows(self.res.images, self.res.neighbours[row])
     return {"image": image, "mask": self.res.masks[row], "index": np.int32(self.res.records[row]),
             "row": np.int32(row)}
 
@@ -243,8 +247,8 @@ class _MissingSequences:
   def __call__(self, example: dict, rng: np.random.Generator) -> dict:
     if rng.random() >= self.probability:
       return example
-    pattern = preprocess.MISSING_PATTERNS[int(rng.integers(len(preprocess.MISSING_PATTERNS)))]
-    return {**example, "image": preprocess.copy_flair(example["image"], pattern)}
+    missing = preprocess.missing_channels(int(rng.integers(len(preprocess.MISSING_PATTERNS))))
+    return {**example, "image": preprocess.copy_flair(example["image"], missing)}
 
 
 class _ProcessRows(grain.MapDataset):

@@ -3,8 +3,13 @@ evaluation, prediction and the Segmenter, so they cannot drift apart.
 
 Order, everywhere: resize each 256x256 slice to the model's size (area
 interpolation), stack each slice with its neighbours as channels (2.5-D),
-[augment, training only], normalise. "patient" normalisation takes its
-statistics from the patient's resized volume.
+[augment, training only], normalise, [simulate missing sequences, training
+only]. "patient" normalisation takes its statistics from the patient's
+resized volume.
+
+Stacking, normalisation and the missing-sequence copy are written once for
+both input paths: `xp` is numpy on the host (the grain pipeline, evaluation,
+prediction) and jax.numpy inside the jitted step (`device_pipeline`).
 """
 
 from __future__ import annotations
@@ -40,12 +45,18 @@ def neighbour_rows(num_slices: int, k: int) -> np.ndarray:
   return np.clip(np.arange(num_slices)[:, None] + np.arange(-k, k + 1)[None], 0, num_slices - 1)
 
 
+def stack_rows(slices, rows, xp=np):
+  """Slices (N, H, W, C) gathered by `rows` (..., 2k+1) of positions into
+  (..., H, W, C * (2k+1)): the first row's channels first, the last's last."""
+  stack = xp.moveaxis(slices[rows], -4, -2)  # (..., H, W, 2k+1, C)
+  return stack.reshape(stack.shape[:-2] + (stack.shape[-2] * stack.shape[-1],))
+
+
 def stack_neighbours(volume: np.ndarray, k: int) -> np.ndarray:
   """(S, H, W, C) -> (S, H, W, C * (2k+1)): slice s-k's channels first, s+k's last."""
   if k == 0:
     return volume
-  rows = neighbour_rows(len(volume), k)
-  return np.concatenate([volume[rows[:, j]] for j in range(2 * k + 1)], axis=-1)
+  return stack_rows(volume, neighbour_rows(len(volume), k))
 
 
 def patient_statistics(volume: np.ndarray, percentiles=(0.5, 99.5)) -> np.ndarray:
@@ -62,11 +73,12 @@ def patient_statistics(volume: np.ndarray, percentiles=(0.5, 99.5)) -> np.ndarra
   return np.stack([low, high, mean, np.maximum(std, 1e-3)], axis=1).astype(np.float32)
 
 
-def normalise(images: np.ndarray, mode: str, stats: np.ndarray | None = None) -> np.ndarray:
-  """float32 of the same shape; `stats` (3, 4) from `patient_statistics`, tiled
-  over the neighbour slices of a 2.5-D stack."""
+def normalise(images, mode: str, stats=None, xp=np):
+  """float32 (..., H, W, C) of the same shape. `stats` from `patient_statistics`,
+  tiled over the neighbour slices of a 2.5-D stack: (3, 4) for all the
+  images, or (B, 3, 4), one per image of a (B, H, W, C) batch."""
   choices.check("config.data.normalization", mode, NORMALIZATIONS)
-  images = images.astype(np.float32)
+  images = images.astype(xp.float32)
   if mode == "unit":
     return images / 255.0
   if mode == "slice":  # per-channel z-score of each slice: removes per-slice gain
@@ -75,8 +87,8 @@ def normalise(images: np.ndarray, mode: str, stats: np.ndarray | None = None) ->
     return (images - mean) / (std + 1.0)
   if stats is None:
     raise ValueError("config.data.normalization='patient' needs the patient's statistics")
-  stats = np.tile(stats, (images.shape[-1] // len(stats), 1))
-  return (np.clip(images, stats[:, 0], stats[:, 1]) - stats[:, 2]) / stats[:, 3]
+  stats = xp.tile(stats, (images.shape[-1] // stats.shape[-2], 1))[..., None, None, :, :]  # (..., 1, 1, C, 4)
+  return (xp.clip(images, stats[..., 0], stats[..., 1]) - stats[..., 2]) / stats[..., 3]
 
 
 def volume_statistics(small_volume: np.ndarray, data_config) -> np.ndarray | None:
@@ -97,12 +109,21 @@ MISSING_PATTERNS = ((0,), (2,), (0, 2))  # pre-contrast, post-contrast, both
 FLAIR = 1
 
 
-def copy_flair(image: np.ndarray, channels: tuple[int, ...]) -> np.ndarray:
+def missing_channels(pattern, xp=np):
+  """bool (..., 3): which of a slice's 3 channels pattern number(s) `pattern`
+  (an index into MISSING_PATTERNS, any shape) makes missing."""
+  table = xp.asarray([[c in missing for c in range(3)] for missing in MISSING_PATTERNS])
+  return table[pattern]
+
+
+def copy_flair(images, missing, xp=np):
   """What the dataset does for a missing sequence: FLAIR copied into its
   channel, in every slice of a 2.5-D stack. On normalised images, so the copy
-  equals what a patient with that sequence missing gives at inference."""
-  image = np.array(image, copy=True)
-  for start in range(0, image.shape[-1], 3):
-    for c in channels:
-      image[..., start + c] = image[..., start + FLAIR]
-  return image
+  equals what a patient with that sequence missing gives at inference.
+
+  images (..., H, W, C); missing: bool (3,) for all of them, or (B, 3), one
+  per image of a (B, H, W, C) batch (`missing_channels`).
+  """
+  role = np.arange(images.shape[-1]) % 3  # 0 pre-contrast, 1 FLAIR, 2 post-contrast
+  flair = xp.repeat(images[..., FLAIR::3], 3, axis=-1)  # each slice's FLAIR in its 3 channels
+  return xp.where(missing[..., None, None, role], flair, images)

@@ -12,6 +12,10 @@ setup(
     license_files=["LICENSE"],
     python_requires=">=3.11",
     packages=find_packages(include=["lgg_jax", "lgg_jax.*", "configs", "experiments"]),
+    # The shipped models: lgg_jax/pretrained/<model>/SHA256SUMS and model card,
+    # <model>/<member>/ exports (patterns one level each: any setuptools reads them).
+    package_data={"lgg_jax.pretrained": ["*/SHA256SUMS", "*/*.md", "*/*.json", "*/*/*.json", "*/*/*.md",
+                                         "*/*/*.safetensors", "*/*/*.jax"]},
     install_requires=[
         # jax 0.10.x on Python 3.11 CPU machines; 0.11.x on the GPU image.
         "jax>=0.10,<0.12",

@@ -12,13 +12,22 @@ PATH may be
     FLAIR, post-contrast) as in the published dataset; a `<name>_mask.*`
     beside a slice is taken as its ground truth;
   * a folder of such patient folders (the kaggle_3m layout);
-  * NIfTI: a folder holding three volumes whose names contain "pre", "flair"
-    and "post" (and optionally one with "mask"), or a folder of such folders.
+  * NIfTI: a folder holding volumes whose names contain "pre", "flair" and
+    "post" (and optionally one with "mask"), or BraTS names (`*_t1` pre-contrast,
+    `*_t1ce` / `*_t1gd` post-contrast, `*_flair`, `*_seg` the mask, labels > 0;
+    BraTS 2023 `-t1n`, `-t1c`, `-t2f`, `-seg`; T2 is ignored, with a warning);
+    or one 4-D volume (x, y, z, 3) holding pre-contrast, FLAIR and
+    post-contrast in that order; or a folder of such folders; or one NIfTI file
+    (a 4-D stack, or a 3-D volume read as FLAIR). FLAIR is required; a missing
+    pre- or post-contrast volume gets FLAIR in its channel, as the dataset does
+    for its patients without them, with a warning naming the substitution;
+    a volume whose name gives no role is ignored, with a warning.
     Each volume is brought to RAS+ orientation from its affine, cut into
     axial slices shown as radiologists view them (anterior at the top, the
     patient's right on the left, as the published slices are) and resized
     to 256x256. uint8 volumes are taken as they are; others are scaled to
-    0..255 by the volume's 99.5th percentile, as the published slices were.
+    0..255 by the volume's (a 4-D stack: each channel's) 99.5th percentile, as
+    the published slices were.
 
 Per case it writes: the predicted masks (PNG per slice, or `<case>_mask.nii.gz`
 in the input's grid and orientation, with its affine and qform/sform codes),
@@ -41,7 +50,7 @@ import cv2
 import nibabel as nib
 import numpy as np
 import tifffile
-from absl import flags
+from absl import flags, logging
 
 from lgg_jax import cli, figures, metrics, segmenter
 from lgg_jax.data import preprocess
@@ -122,44 +131,134 @@ def from_display_slices(slices: np.ndarray) -> np.ndarray:
   return np.moveaxis(np.flip(slices, axis=(1, 2)), (2, 1, 0), (0, 1, 2))
 
 
-def _nifti_case(folder: pathlib.Path) -> Case | None:
-  files = [f for f in folder.iterdir() if f.name.endswith((".nii", ".nii.gz"))]
-  if not files:
-    return None
+_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_CHANNEL_ROLES = ("pre", "flair", "post")  # the model's input channels, in order
+_ROLE_NAMES = {"pre": "pre-contrast", "flair": "FLAIR", "post": "post-contrast", "mask": "mask", "t2": "T2"}
+# BraTS names end in the sequence after the last '_' (2018-2021) or '-' (2023). Matching
+# that token whole keeps `t1` from catching `t1ce`.
+_BRATS_ROLES = {"t1": "pre", "t1n": "pre", "t1ce": "post", "t1gd": "post", "t1c": "post", "flair": "flair",
+                "t2f": "flair", "seg": "mask", "t2": "t2", "t2w": "t2"}
+_NAMED_ROLES = ("mask", "flair", "post", "pre")  # substrings of other names, the first match wins
+_STACK = "stack"  # a 4-D (x, y, z, 3) volume: all three channels
+_EXPECTED_SHAPES = ("expected a 3-D volume (x, y, z) or a 4-D one (x, y, z, 3) holding pre-contrast, FLAIR and "
+                    "post-contrast in that order")
+
+
+def _is_nifti(path: pathlib.Path) -> bool:
+  return path.name.lower().endswith(_NIFTI_SUFFIXES)
+
+
+def _nifti_stem(path: pathlib.Path) -> str:
+  name = path.name
+  return next(name[:-len(s)] for s in _NIFTI_SUFFIXES if name.lower().endswith(s))
+
+
+def volume_role(path: pathlib.Path) -> str | None:
+  """'pre', 'flair', 'post', 'mask' or 't2' (unused) from a NIfTI file's name; None: no role in it."""
+  stem = _nifti_stem(path).lower()
+  token = re.split(r"[_-]", stem)[-1]
+  if token in _BRATS_ROLES:
+    return _BRATS_ROLES[token]
+  return next((role for role in _NAMED_ROLES if role in stem), None)
+
+
+def _open_nifti(path: pathlib.Path):
+  try:
+    return nib.load(str(path))
+  except Exception as e:
+    raise DataError(f"{path}: unreadable NIfTI ({type(e).__name__}: {e})") from e
+
+
+def _is_stack(image) -> bool:
+  return len(image.shape) == 4 and image.shape[3] == 3
+
+
+def _nifti_roles(files: list[pathlib.Path], alone: bool) -> dict[str, tuple[pathlib.Path, object]]:
+  """Each file's role in the case: {role or _STACK: (path, image)}. `alone`: the
+  case's only file, taken as FLAIR when 3-D and its name says nothing else."""
   found = {}
-  for role in ("mask", "flair", "post", "pre"):
-    match = [f for f in files if role in f.name.lower() and f not in found.values()]
-    if match:
-      found[role] = match[0]
-  missing = [r for r in ("pre", "flair", "post") if r not in found]
-  if missing:
-    raise DataError(f"{folder}: NIfTI case needs volumes named *pre*, *flair*, *post*; missing {missing}")
-  volumes, reference = {}, None
-  for role, path in found.items():
-    try:
-      img = nib.load(str(path))
-      data = np.asarray(img.dataobj, np.float32)
-    except Exception as e:
-      raise DataError(f"{path}: unreadable NIfTI ({type(e).__name__}: {e})") from e
-    if data.ndim != 3:
-      raise DataError(f"{path}: expected a 3-D volume, got shape {data.shape}")
-    if role != "mask" and img.get_data_dtype() != np.uint8:
-      data = _scale(data)
-    to_ras = nib.orientations.ornt_transform(nib.io_orientation(img.affine), _RAS)
-    volumes[role] = to_display_slices(nib.orientations.apply_orientation(data, to_ras))
-    reference = img if role == "flair" else reference
-  shape = volumes["flair"].shape
-  for role, data in volumes.items():
-    if data.shape != shape:
-      raise DataError(f"{found[role]}: shape {data.shape} in RAS+ differs from the FLAIR volume's {shape}")
+  for path in files:
+    image, role = _open_nifti(path), volume_role(path)
+    if role == "t2":
+      logging.warning("%s: T2 volume ignored (the model reads pre-contrast, FLAIR and post-contrast)", path)
+      continue
+    if _is_stack(image) and role != "mask":
+      role = _STACK
+    elif len(image.shape) != 3:
+      raise DataError(f"{path}: NIfTI of shape {image.shape}; {_EXPECTED_SHAPES}")
+    elif alone and role in ("pre", "post", "mask"):
+      raise DataError(f"{path}: one NIfTI volume is read as FLAIR, but its name says {_ROLE_NAMES[role]}; put "
+                      "the case's volumes (named pre, flair, post, or BraTS *_t1, *_flair, *_t1ce) in one folder")
+    elif alone and role is None:
+      role = "flair"
+    elif role is None:
+      logging.warning("%s: ignored (its name holds none of pre, flair, post, mask, nor a BraTS sequence)", path)
+      continue
+    if role in found:
+      raise DataError(f"{path.parent}: both {found[role][0].name} and {path.name} look like the "
+                      f"{_ROLE_NAMES.get(role, '4-D channel')} volume; keep one")
+    found[role] = (path, image)
+  return found
+
+
+def _display_volume(path: pathlib.Path, image, role: str) -> np.ndarray:
+  """(Z, Y, X[, 3]) axial display slices; intensity volumes as uint8."""
+  try:
+    data = np.asarray(image.dataobj, np.float32)
+  except Exception as e:
+    raise DataError(f"{path}: unreadable NIfTI ({type(e).__name__}: {e})") from e
+  if role != "mask" and image.get_data_dtype() != np.uint8:
+    data = np.stack([_scale(c) for c in np.moveaxis(data, -1, 0)], -1) if role == _STACK else _scale(data)
+  to_ras = nib.orientations.ornt_transform(nib.io_orientation(image.affine), _RAS)
+  return to_display_slices(nib.orientations.apply_orientation(data, to_ras))
+
+
+def _nifti_volumes(name: str, where: pathlib.Path, found: dict) -> Case:
+  separate = [r for r in _CHANNEL_ROLES if r in found]
+  if _STACK in found and separate:
+    raise DataError(f"{where}: holds both a 4-D (x, y, z, 3) volume ({found[_STACK][0].name}) and "
+                    f"{', '.join(found[r][0].name for r in separate)}; keep one or the other")
+  if _STACK not in found and "flair" not in found:
+    seen = ", ".join(f"{path.name} ({_ROLE_NAMES[role]})" for role, (path, _) in found.items()) or "none"
+    raise DataError(f"{where}: no FLAIR volume (a name holding 'flair', or BraTS *_flair / *-t2f); the model needs "
+                    f"FLAIR, and takes pre-contrast and post-contrast when given; found: {seen}")
+  reference_role = _STACK if _STACK in found else "flair"
+  volumes = {role: _display_volume(path, image, role) for role, (path, image) in found.items()}
+  shape = volumes[reference_role].shape[:3]
+  for role, volume in volumes.items():
+    if volume.shape[:3] != shape:
+      raise DataError(f"{found[role][0]}: shape {volume.shape[:3]} in RAS+ differs from "
+                      f"{found[reference_role][0].name}'s {shape}")
+  if _STACK in found:
+    channels = [volumes[_STACK][..., c] for c in range(3)]
+  else:
+    missing = [r for r in _CHANNEL_ROLES if r not in volumes]
+    if missing:
+      logging.warning("%s: no %s volume; FLAIR (%s) copied into the %s channel%s, as the dataset does for its "
+                      "patients without them", where, " or ".join(_ROLE_NAMES[r] for r in missing),
+                      found["flair"][0].name, " and ".join(_ROLE_NAMES[r] for r in missing),
+                      "s" if len(missing) > 1 else "")
+    channels = [volumes.get(r, volumes["flair"]) for r in _CHANNEL_ROLES]
 
   def resized(volume, interpolation):
     return np.stack([cv2.resize(s, (SIZE, SIZE), interpolation=interpolation) for s in volume])
 
-  channels = [resized(volumes[r].astype(np.uint8), cv2.INTER_AREA) for r in ("pre", "flair", "post")]
+  images = np.stack([resized(c.astype(np.uint8), cv2.INTER_AREA) for c in channels], -1)
   truth = resized((volumes["mask"] > 0).astype(np.uint8), cv2.INTER_NEAREST) > 0 if "mask" in volumes else None
-  return Case(folder.name, [f"slice_{k + 1:03d}" for k in range(shape[0])], np.stack(channels, -1), truth,
-              nifti=reference)
+  return Case(name, [f"slice_{k + 1:03d}" for k in range(shape[0])], images, truth,
+              nifti=found[reference_role][1])
+
+
+def _nifti_file(path: pathlib.Path) -> Case:
+  """One NIfTI file: a 4-D (x, y, z, 3) stack, or a 3-D volume taken as FLAIR."""
+  return _nifti_volumes(_nifti_stem(path), path, _nifti_roles([path], alone=True))
+
+
+def _nifti_case(folder: pathlib.Path) -> Case | None:
+  files = sorted(f for f in folder.iterdir() if f.is_file() and _is_nifti(f))
+  if not files:
+    return None
+  return _nifti_volumes(folder.name, folder, _nifti_roles(files, alone=len(files) == 1))
 
 
 def write_nifti_mask(case: Case, pred: np.ndarray, path: pathlib.Path) -> None:
@@ -185,6 +284,8 @@ def find_cases(path: str | os.PathLike) -> list[Case]:
   path = pathlib.Path(path).expanduser()
   if not path.exists():
     raise DataError(f"input {path} does not exist")
+  if path.is_file() and _is_nifti(path):
+    return [_nifti_file(path)]
   if path.is_file():
     image = read_slice(path)
     return [Case(path.stem, [path.stem], image[None], None)]

@@ -1,0 +1,220 @@
+"""Users' own NIfTI scans in predict's readers, as a new user brings them: one
+FLAIR file, a folder missing a sequence, BraTS names, a 4-D channel stack, and
+shapes that cannot be read. No model is needed: only `find_cases`."""
+
+import logging
+
+import numpy as np
+import pytest
+
+nib = pytest.importorskip("nibabel")
+
+from lgg_jax import predict  # noqa: E402
+from lgg_jax.data.kaggle import DataError  # noqa: E402
+
+SHAPE = (16, 16, 4)  # (x, y, z): 4 axial slices, each resized to 256x256
+
+
+def _save(path, data, affine=None):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  nib.save(nib.Nifti1Image(np.asarray(data), np.eye(4) if affine is None else affine), str(path))
+  return path
+
+
+def _constant(value):
+  """uint8 volumes are taken as they are: a constant one gives a constant channel."""
+  return np.full(SHAPE, value, np.uint8)
+
+
+def _channel_values(case):
+  assert case.images.shape == (SHAPE[2], 256, 256, 3) and case.images.dtype == np.uint8
+  values = []
+  for c in range(3):
+    channel = case.images[..., c]
+    assert channel.min() == channel.max(), f"channel {c} is not constant"
+    values.append(int(channel[0, 0, 0]))
+  return values
+
+
+def _warnings(caplog):
+  return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_one_flair_file_fills_every_channel_and_says_so(tmp_path, caplog):
+  path = _save(tmp_path / "flair.nii.gz", _constant(90))
+  with caplog.at_level(logging.WARNING):
+    [case] = predict.find_cases(path)
+  assert case.name == "flair" and case.truth is None
+  assert _channel_values(case) == [90, 90, 90]
+  assert case.nifti is not None and case.nifti.shape == SHAPE
+  [message] = _warnings(caplog)
+  assert str(path) in message and "pre-contrast" in message and "post-contrast" in message and "FLAIR" in message
+
+
+def test_one_float_volume_is_scaled_and_taken_as_flair(tmp_path, caplog):
+  volume = np.random.default_rng(0).uniform(0, 1000, SHAPE).astype(np.float32)
+  with caplog.at_level(logging.WARNING):
+    [case] = predict.find_cases(_save(tmp_path / "brain.nii", volume))
+  assert case.name == "brain"
+  np.testing.assert_array_equal(case.images[..., 0], case.images[..., 1])
+  np.testing.assert_array_equal(case.images[..., 2], case.images[..., 1])
+  assert case.images.max() == 255
+  assert len(_warnings(caplog)) == 1
+
+
+def test_a_folder_with_only_flair_fills_every_channel_and_says_so(tmp_path, caplog):
+  _save(tmp_path / "patient" / "patient_flair.nii.gz", _constant(70))
+  with caplog.at_level(logging.WARNING):
+    [case] = predict.find_cases(tmp_path / "patient")
+  assert case.name == "patient" and _channel_values(case) == [70, 70, 70]
+  [message] = _warnings(caplog)
+  assert "patient_flair.nii.gz" in message and "pre-contrast" in message and "post-contrast" in message
+
+
+@pytest.mark.parametrize("missing,expected", [("pre", [60, 60, 30]), ("post", [10, 60, 60])])
+def test_a_folder_missing_one_sequence_gets_flair_there_and_says_which(tmp_path, caplog, missing, expected):
+  values = {"pre": 10, "flair": 60, "post": 30}
+  for role in ("pre", "flair", "post"):
+    if role != missing:
+      _save(tmp_path / "case" / f"case_{role}.nii.gz", _constant(values[role]))
+  with caplog.at_level(logging.WARNING):
+    [case] = predict.find_cases(tmp_path / "case")
+  assert _channel_values(case) == expected
+  [message] = _warnings(caplog)
+  assert f"{missing}-contrast" in message and "case_flair.nii.gz" in message
+  assert {"pre": "post-contrast", "post": "pre-contrast"}[missing] not in message
+
+
+def test_named_volumes_and_a_mask_are_read_without_warnings(tmp_path, caplog):
+  for role, value in (("pre", 10), ("flair", 60), ("post", 30)):
+    _save(tmp_path / "p" / f"p_{role}.nii.gz", _constant(value))
+  mask = np.zeros(SHAPE, np.uint8)
+  mask[4:8, 4:8, 1] = 1
+  _save(tmp_path / "p" / "p_mask.nii.gz", mask)
+  with caplog.at_level(logging.WARNING):
+    [case] = predict.find_cases(tmp_path / "p")
+  assert _channel_values(case) == [10, 60, 30]
+  assert case.truth is not None and case.truth.any(axis=(1, 2)).sum() == 1
+  assert _warnings(caplog) == []
+
+
+@pytest.mark.parametrize("post_name", ["t1ce", "t1gd", "T1CE"])
+def test_brats_names_take_their_roles_and_t2_is_ignored_aloud(tmp_path, caplog, post_name):
+  folder = tmp_path / "BraTS20_Training_001"
+  _save(folder / f"BraTS20_Training_001_t1.nii.gz", _constant(10))
+  _save(folder / f"BraTS20_Training_001_{post_name}.nii.gz", _constant(30))
+  _save(folder / "BraTS20_Training_001_flair.nii.gz", _constant(60))
+  t2 = _save(folder / "BraTS20_Training_001_t2.nii.gz", _constant(200))
+  seg = np.zeros(SHAPE, np.float32)
+  seg[2:6, 2:6, 1], seg[8:10, 8:10, 2], seg[12:14, 2:4, 3] = 1, 2, 4  # BraTS labels: any > 0 is tumour
+  _save(folder / "BraTS20_Training_001_seg.nii.gz", seg)
+  with caplog.at_level(logging.WARNING):
+    [case] = predict.find_cases(folder)
+  assert _channel_values(case) == [10, 60, 30]  # t1 -> pre-contrast, t1ce -> post-contrast, not the other way
+  assert case.truth is not None
+  assert [bool(s.any()) for s in case.truth] == [False, True, True, True]
+  [message] = _warnings(caplog)
+  assert str(t2) in message and "ignored" in message
+
+
+def test_brats_2023_names_take_their_roles(tmp_path, caplog):
+  folder = tmp_path / "BraTS-GLI-00000-000"
+  for suffix, value in (("t1n", 10), ("t2f", 60), ("t1c", 30), ("t2w", 200)):
+    _save(folder / f"BraTS-GLI-00000-000-{suffix}.nii.gz", _constant(value))
+  with caplog.at_level(logging.WARNING):
+    [case] = predict.find_cases(folder)
+  assert _channel_values(case) == [10, 60, 30]
+  [message] = _warnings(caplog)
+  assert "t2w.nii.gz" in message and "ignored" in message
+
+
+def test_a_4d_volume_holds_pre_flair_post_in_that_order(tmp_path, caplog):
+  stack = np.stack([_constant(10), _constant(60), _constant(30)], axis=-1)
+  with caplog.at_level(logging.WARNING):
+    [single] = predict.find_cases(_save(tmp_path / "stack.nii.gz", stack))
+    _save(tmp_path / "case" / "image.nii.gz", stack)
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[1:3, 1:3, 0] = 1
+    _save(tmp_path / "case" / "case_mask.nii.gz", mask)
+    [in_folder] = predict.find_cases(tmp_path / "case")
+  assert _channel_values(single) == _channel_values(in_folder) == [10, 60, 30]
+  assert single.truth is None and [bool(s.any()) for s in in_folder.truth] == [True, False, False, False]
+  assert _warnings(caplog) == []
+
+
+def test_a_4d_float_volume_scales_each_channel_on_its_own(tmp_path):
+  rng = np.random.default_rng(1)
+  stack = np.stack([rng.uniform(0, top, SHAPE) for top in (10, 1000, 100000)], axis=-1).astype(np.float32)
+  [case] = predict.find_cases(_save(tmp_path / "stack.nii.gz", stack))
+  assert [int(case.images[..., c].max()) for c in range(3)] == [255, 255, 255]
+
+
+def test_a_mask_written_for_a_4d_input_has_its_grid_and_affine(tmp_path):
+  affine = np.diag([0.5, 0.5, 3.0, 1.0])
+  stack = np.stack([_constant(10), _constant(60), _constant(30)], axis=-1)
+  [case] = predict.find_cases(_save(tmp_path / "stack.nii.gz", stack, affine))
+  pred = np.zeros((SHAPE[2], 256, 256), bool)
+  pred[2, :128] = True
+  predict.write_nifti_mask(case, pred, tmp_path / "mask.nii.gz")
+  mask = nib.load(str(tmp_path / "mask.nii.gz"))
+  assert mask.shape == SHAPE
+  np.testing.assert_allclose(mask.affine, affine)
+  assert np.asarray(mask.dataobj)[..., 2].any() and not np.asarray(mask.dataobj)[..., 1].any()
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (16, 16, 4, 2), (16, 16, 4, 4), (16, 16, 4, 3, 1)])
+@pytest.mark.parametrize("where", ["file", "folder"])
+def test_other_shapes_are_one_line_errors_naming_shape_and_file(tmp_path, shape, where):
+  if where == "file":
+    path = _save(tmp_path / "scan.nii.gz", np.zeros(shape, np.uint8))
+    target = path
+  else:
+    _save(tmp_path / "case" / "case_flair.nii.gz", _constant(60))
+    path = _save(tmp_path / "case" / "case_post.nii.gz", np.zeros(shape, np.uint8))
+    target = tmp_path / "case"
+  with pytest.raises(DataError) as error:
+    predict.find_cases(target)
+  message = str(error.value)
+  assert "\n" not in message and str(path) in message and str(shape) in message
+  assert "(x, y, z)" in message and "(x, y, z, 3)" in message
+
+
+def test_one_file_named_for_another_sequence_is_not_taken_as_flair(tmp_path):
+  path = _save(tmp_path / "BraTS20_Training_001_t1ce.nii.gz", _constant(30))
+  with pytest.raises(DataError, match="FLAIR") as error:
+    predict.find_cases(path)
+  assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_folder_without_flair_is_an_error_naming_what_it_found(tmp_path):
+  _save(tmp_path / "case" / "case_pre.nii.gz", _constant(10))
+  _save(tmp_path / "case" / "case_post.nii.gz", _constant(30))
+  with pytest.raises(DataError, match="FLAIR") as error:
+    predict.find_cases(tmp_path / "case")
+  assert "case_pre.nii.gz" in str(error.value) and "case_post.nii.gz" in str(error.value)
+
+
+def test_two_volumes_for_one_role_are_an_error_naming_both(tmp_path):
+  _save(tmp_path / "case" / "a_flair.nii.gz", _constant(60))
+  _save(tmp_path / "case" / "b_flair.nii.gz", _constant(61))
+  with pytest.raises(DataError) as error:
+    predict.find_cases(tmp_path / "case")
+  assert "a_flair.nii.gz" in str(error.value) and "b_flair.nii.gz" in str(error.value)
+
+
+def test_a_4d_stack_beside_separate_sequences_is_an_error(tmp_path):
+  _save(tmp_path / "case" / "stack.nii.gz", np.stack([_constant(10)] * 3, axis=-1))
+  _save(tmp_path / "case" / "case_flair.nii.gz", _constant(60))
+  with pytest.raises(DataError) as error:
+    predict.find_cases(tmp_path / "case")
+  assert "stack.nii.gz" in str(error.value) and "case_flair.nii.gz" in str(error.value)
+
+
+def test_a_folder_of_nifti_case_folders_gives_one_case_each(tmp_path):
+  _save(tmp_path / "scans" / "a" / "a_flair.nii.gz", _constant(60))
+  _save(tmp_path / "scans" / "b" / "b_t1.nii.gz", _constant(10))
+  _save(tmp_path / "scans" / "b" / "b_t1ce.nii.gz", _constant(30))
+  _save(tmp_path / "scans" / "b" / "b_flair.nii.gz", _constant(50))
+  cases = predict.find_cases(tmp_path / "scans")
+  assert [c.name for c in cases] == ["a", "b"]
+  assert _channel_values(cases[0]) == [60, 60, 60] and _channel_values(cases[1]) == [10, 50, 30]

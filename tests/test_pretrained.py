@@ -1,0 +1,162 @@
+"""The pretrained-model package: named models resolve to checked member exports;
+a changed, missing or unlisted file is an error naming it; setup.py ships the
+files and git does not ignore them."""
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lgg_jax import Segmenter, export, pretrained, train
+from lgg_jax.data import pipeline
+from conftest import tiny_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+MEMBERS = ("fold0", "fold1", "fold2", "fold10")  # fold10 sorts after fold2
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+  root = tmp_path_factory.mktemp("pretrained_run")
+  config = tiny_config(root)
+  config.num_epochs = 1
+  train.train_and_evaluate(config, root / "run")
+  return export.export_run(root / "run", root / "export"), config
+
+
+@pytest.fixture
+def models_root(tiny_export, tmp_path):
+  """A pretrained root holding recipe_cpu as shipped: member exports, a model card, SHA256SUMS."""
+  exported, _ = tiny_export
+  model = tmp_path / "pretrained" / "recipe_cpu"
+  for member in MEMBERS:
+    shutil.copytree(exported, model / member)
+  (model / "model_card.md").write_text("# the ensemble\n")
+  pretrained.write_checksums(model)
+  return tmp_path / "pretrained"
+
+
+def test_names_cannot_be_mistaken_for_paths():
+  assert pretrained.RECIPE_CPU == "pretrained:recipe_cpu" and pretrained.is_pretrained_name(pretrained.RECIPE_CPU)
+  assert pretrained.DEFAULT in pretrained.known_names()
+  for other in ("recipe_cpu", "runs/pretrained", pathlib.Path("pretrained:recipe_cpu"), None, ["pretrained:x"]):
+    assert not pretrained.is_pretrained_name(other)
+
+
+def test_resolve_checks_every_file_and_gives_the_members_in_order(models_root, tiny_export):
+  exported, config = tiny_export
+  members = pretrained.resolve(pretrained.RECIPE_CPU, models_root)
+  assert members == [models_root / "recipe_cpu" / m for m in ("fold0", "fold1", "fold2", "fold10")]
+  listed = (models_root / "recipe_cpu" / "SHA256SUMS").read_text().splitlines()
+  assert len(listed) == 1 + len(MEMBERS) * len(list(exported.iterdir()))
+  assert "model_card.md" in {line.split("  ", 1)[1] for line in listed}
+  # The list is sha256sum's own format.
+  check = subprocess.run(["sha256sum", "--check", "--quiet", "SHA256SUMS"], cwd=models_root / "recipe_cpu",
+                         capture_output=True, text=True)
+  assert check.returncode == 0, check.stdout + check.stderr
+  # The members load as an ensemble equal to the export they copy.
+  data = pipeline.load(config)
+  volume, _ = data.volume(data.patients(data.split.test)[0])
+  np.testing.assert_allclose(Segmenter.load(members[:2]).predict(volume), Segmenter.load(exported).predict(volume),
+                             atol=1e-6)
+
+
+def test_the_root_can_be_set_from_the_environment(models_root, monkeypatch):
+  monkeypatch.setenv(pretrained.ROOT_ENV, str(models_root))
+  assert pretrained.root() == models_root
+  assert pretrained.resolve(pretrained.RECIPE_CPU)[0] == models_root / "recipe_cpu" / "fold0"
+  monkeypatch.delenv(pretrained.ROOT_ENV)
+  assert pretrained.root() == pathlib.Path(pretrained.__file__).resolve().parent
+
+
+def _one_line(error):
+  message = str(error.value)
+  assert "\n" not in message
+  return message
+
+
+def test_a_changed_byte_in_the_weights_is_an_error_naming_the_file(models_root):
+  weights = models_root / "recipe_cpu" / "fold2" / "weights.safetensors"
+  data = bytearray(weights.read_bytes())
+  data[len(data) // 2] ^= 0x01
+  weights.write_bytes(bytes(data))
+  with pytest.raises(ValueError, match="sha256") as error:
+    pretrained.resolve(pretrained.RECIPE_CPU, models_root)
+  assert str(weights) in _one_line(error)
+
+
+def test_a_missing_file_is_an_error_naming_it(models_root):
+  missing = models_root / "recipe_cpu" / "fold1" / "inference.json"
+  missing.unlink()
+  with pytest.raises(FileNotFoundError, match="missing") as error:
+    pretrained.resolve(pretrained.RECIPE_CPU, models_root)
+  assert str(missing) in _one_line(error)
+
+
+def test_an_unlisted_file_is_an_error_naming_it(models_root):
+  extra = models_root / "recipe_cpu" / "fold0" / "old_weights.safetensors"
+  extra.write_bytes(b"stale")
+  with pytest.raises(ValueError, match="not listed") as error:
+    pretrained.resolve(pretrained.RECIPE_CPU, models_root)
+  assert str(extra) in _one_line(error)
+
+
+def test_a_malformed_checksum_line_is_an_error_naming_the_line(models_root):
+  sums = models_root / "recipe_cpu" / "SHA256SUMS"
+  sums.write_text(sums.read_text() + f"{'0' * 64}  ../outside.json\n")
+  with pytest.raises(ValueError, match="SHA256SUMS:") as error:
+    pretrained.resolve(pretrained.RECIPE_CPU, models_root)
+  assert "outside.json" in _one_line(error)
+
+
+def test_unknown_and_uninstalled_names_are_clear_errors(tmp_path):
+  with pytest.raises(ValueError, match="unknown pretrained model") as error:
+    pretrained.resolve("pretrained:recipe_gpu", tmp_path)
+  assert "pretrained:recipe_cpu" in _one_line(error)
+  with pytest.raises(ValueError, match="unknown"):
+    pretrained.resolve("recipe_cpu", tmp_path)
+  (tmp_path / "recipe_cpu" / "fold0").mkdir(parents=True)
+  with pytest.raises(FileNotFoundError, match="not installed") as error:
+    pretrained.resolve(pretrained.RECIPE_CPU, tmp_path)
+  assert str(tmp_path / "recipe_cpu") in _one_line(error)
+
+
+SHIPPED = ("recipe_cpu/SHA256SUMS", "recipe_cpu/model_card.md", "recipe_cpu/fold0/config.json",
+           "recipe_cpu/fold0/weights.safetensors", "recipe_cpu/fold0/inference.json",
+           "recipe_cpu/fold0/model_card.md", "recipe_cpu/fold0/forward.jax")
+
+
+def test_setup_py_ships_the_model_files_as_package_data(tmp_path):
+  """setup.py's build step (what a wheel holds) copies every file of a model
+  placed in lgg_jax/pretrained/."""
+  tree = tmp_path / "tree"
+  tree.mkdir()
+  for name in ("setup.py", "README.md", "LICENSE"):
+    shutil.copy(REPO / name, tree / name)
+  for package in ("lgg_jax", "configs", "experiments"):
+    shutil.copytree(REPO / package, tree / package, ignore=shutil.ignore_patterns("__pycache__", "recipe_cpu"))
+  for relative in SHIPPED:
+    (tree / "lgg_jax" / "pretrained" / relative).parent.mkdir(parents=True, exist_ok=True)
+    (tree / "lgg_jax" / "pretrained" / relative).write_text("x")
+  build = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path / "lib")],
+                         cwd=tree, capture_output=True, text=True, timeout=300)
+  assert build.returncode == 0, build.stderr[-2000:]
+  built = tmp_path / "lib" / "lgg_jax" / "pretrained"
+  assert (built / "__init__.py").is_file()
+  assert sorted(p.relative_to(built).as_posix() for p in built.rglob("*") if p.is_file() and p.suffix != ".py") \
+      == sorted(SHIPPED)
+
+
+def test_git_does_not_ignore_the_shipped_weights():
+  if not (REPO / ".git").exists():
+    pytest.skip("not a git checkout")
+  for relative in SHIPPED:
+    path = f"lgg_jax/pretrained/{relative}"
+    result = subprocess.run(["git", "check-ignore", "--no-index", "-q", path], cwd=REPO)
+    assert result.returncode == 1, f"git ignores {path}"
+  assert subprocess.run(["git", "check-ignore", "--no-index", "-q", "runs/x/weights.safetensors"],
+                        cwd=REPO).returncode == 0

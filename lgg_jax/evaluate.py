@@ -217,7 +217,7 @@ def best_checkpoint_on_test(workdir, config, data, mesh=None) -> dict:
 
 def main(argv):
   del argv
-  models = _MODEL.value or _WORKDIR.value
+  models = segmenter.cli_models(_MODEL.value) if _MODEL.value else _WORKDIR.value
   if not models:
     raise ValueError("give --workdir=RUN[,RUN...] or --model=EXPORT|pretrained[,...]")
   summary = evaluate_run(models, checkpoint=_CHECKPOINT.value, split=_SPLIT.value,

@@ -150,10 +150,11 @@ def _ordinary_modes(folder: pathlib.Path) -> None:
     path.chmod(0o666 & ~umask)
 
 
-def export_run(workdir, out, checkpoint: str = "best", **overrides) -> pathlib.Path:
+def export_run(workdir, out, checkpoint: str = "best", forward: bool = True, **overrides) -> pathlib.Path:
   """The run's checkpoint as an export; `overrides` (threshold, tta,
   largest_component, component_fraction) replace the settings the run was
-  scored with in inference.json."""
+  scored with in inference.json. `forward=False` leaves out forward.jax
+  (it holds a second copy of the weights)."""
   workdir, out = pathlib.Path(workdir).expanduser().resolve(), pathlib.Path(out).expanduser().resolve()
   if out.exists() and any(out.iterdir()):
     raise FileExistsError(f"--out={out} exists and is not empty")
@@ -161,7 +162,7 @@ def export_run(workdir, out, checkpoint: str = "best", **overrides) -> pathlib.P
   member.settings = member.settings.replace(**overrides)
   summary_path = workdir / "summary.json"
   summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-  forward = export_forward(member)
+  lowered = export_forward(member) if forward else None
   partial = out.parent / f".{out.name}.partial"
   shutil.rmtree(partial, ignore_errors=True)
   partial.mkdir(parents=True)
@@ -173,7 +174,8 @@ def export_run(workdir, out, checkpoint: str = "best", **overrides) -> pathlib.P
         {**member.settings.as_dict(), "step": member.step,
          "input_size": member.config.data.image_size, "input_channels": state.in_channels(member.config)},
         indent=2))
-    (partial / FORWARD_FILE).write_bytes(forward.serialize())
+    if lowered is not None:
+      (partial / FORWARD_FILE).write_bytes(lowered.serialize())
     (partial / "model_card.md").write_text(model_card(member, summary))
     _ordinary_modes(partial)
     if out.exists():
@@ -187,7 +189,7 @@ def export_run(workdir, out, checkpoint: str = "best", **overrides) -> pathlib.P
 
 def main(argv):
   del argv
-  out = export_run(_WORKDIR.value, _OUT.value, _CHECKPOINT.value, tta=_TTA.value or None,
+  out = export_run(_WORKDIR.value, _OUT.value, _CHECKPOINT.value, forward=_FORWARD.value, tta=_TTA.value or None,
                    threshold=None if _THRESHOLD.value < 0 else _THRESHOLD.value, largest_component=_LCC.value,
                    component_fraction=_FRACTION.value)
   print(f"exported to {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
@@ -197,6 +199,7 @@ if __name__ == "__main__":
   _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder written by lgg_jax.main.")
   _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
   _OUT = flags.DEFINE_string("out", None, "Folder to write (must not exist, or be empty).")
+  _FORWARD = flags.DEFINE_bool("forward", True, "Write forward.jax (--noforward: leave it out).")
   _TTA = flags.DEFINE_enum("tta", "", ["", "none", "flips", "dihedral"], "Override the run's TTA.")
   _THRESHOLD = flags.DEFINE_float("threshold", -1.0, "Override the run's threshold; negative: keep it.")
   _LCC = flags.DEFINE_bool("largest_component", None, "Override the run's component step.")

@@ -364,7 +364,7 @@ def predict(models, input_path, out, *, checkpoint="best", tta=None, threshold=N
 
 def main(argv):
   del argv
-  models = _MODEL.value or _WORKDIR.value
+  models = segmenter.cli_models(_MODEL.value) if _MODEL.value else _WORKDIR.value
   if not models:
     raise ValueError("give --model=EXPORT|pretrained[,...] or --workdir=RUN[,...]")
   results = predict(models, _INPUT.value, _OUT.value, checkpoint=_CHECKPOINT.value, tta=_TTA.value or None,

@@ -2,6 +2,7 @@
 
     from lgg_jax import Segmenter
     seg = Segmenter.load("runs/recipe_cpu")           # a run folder, an export, or a list (ensemble)
+    seg = Segmenter.load("pretrained:recipe_cpu")     # the ensemble shipped with lgg_jax
     probabilities = seg.predict(volume)                # uint8 (S, 256, 256, 3), slices in order
     masks = seg.predict(volume, masks=True)            # bool, post-processed exactly as the model was scored
 
@@ -24,7 +25,7 @@ import numpy as np
 from flax import traverse_util
 from safetensors.numpy import load_file
 
-from lgg_jax import inference, parallel, state
+from lgg_jax import inference, parallel, pretrained, state
 
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "config.json"
@@ -76,11 +77,26 @@ def load_member(path, checkpoint: str = "best", mesh=None) -> inference.Member:
   raise FileNotFoundError(f"{path} is not a run folder or an exported model (no {CONFIG_FILE})")
 
 
-def load_members(models, checkpoint: str = "best", mesh=None) -> list[inference.Member]:
-  """Run folders and exports (a path or a list of them)."""
-  paths = [models] if isinstance(models, (str, os.PathLike)) else list(models)
+def model_paths(models) -> list:
+  """Run folders and exports, each named model ("pretrained:recipe_cpu")
+  replaced by its members' folders (checked against its SHA256SUMS)."""
+  items = [models] if isinstance(models, (str, os.PathLike)) else list(models)
+  paths = []
+  for item in items:
+    paths += pretrained.resolve(item) if pretrained.is_pretrained_name(item) else [item]
   if not paths:
     raise ValueError("no model given")
+  return paths
+
+
+def cli_models(values: list[str]) -> list[str]:
+  """--model values: 'pretrained' means the shipped ensemble (pretrained.DEFAULT)."""
+  return [pretrained.DEFAULT if v == "pretrained" else v for v in values]
+
+
+def load_members(models, checkpoint: str = "best", mesh=None) -> list[inference.Member]:
+  """Run folders, exports and named pretrained models (one or a list)."""
+  paths = model_paths(models)
   mesh = mesh or parallel.make_mesh()
   return [load_member(p, checkpoint, mesh) for p in paths]
 

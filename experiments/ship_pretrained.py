@@ -1,0 +1,170 @@
+"""Ship the recipe's 5-fold ensemble as package data (lgg_jax/pretrained/recipe_cpu/).
+
+Command (from the repository root, after the five r7 runs of
+experiments/recipe.py have trained; see its docstring):
+  python -m experiments.ship_pretrained --runs=runs/sweeps/recipe [--component_fraction=0]
+Each fold's best checkpoint is exported (lgg_jax.export, no forward.jax: it
+would double the size) with the recipe's inference settings (dihedral TTA,
+the largest 3-D component, and the component fraction chosen by the s2-s4
+rows), the ensemble's model card is written from the committed result files
+(experiments/results/recipe/), and SHA256SUMS last, so it covers every file.
+It stops if a fold's run does not reproduce its committed r7 result file, or
+if the model outgrows the 15 MB budget.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+
+import numpy as np
+from absl import flags
+
+from experiments import run
+from lgg_jax import cli, export, pretrained
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = REPO / "experiments" / "results" / "recipe"
+FOLDS = (0, 1, 2, 3, 4)
+BUDGET_BYTES = 15 * 10**6
+REPRODUCE_TOLERANCE = 1e-4
+
+
+def _result(row: str, fold: int) -> dict:
+  return json.loads((RESULTS / f"{row}-fold{fold}-seed0.json").read_text())
+
+
+def check_reproduces(run_dir: pathlib.Path, fold: int) -> float:
+  """The largest per-patient Dice difference between a run's own test scores
+  (plain inference, as r7 was scored) and the committed r7 file."""
+  summary = json.loads((run_dir / "summary.json").read_text())
+  committed = {r["patient"]: r["dice"] for r in _result("r7-epochs", fold)["test_per_patient"]}
+  ours = summary["test_per_patient_dice"]
+  if set(ours) != set(committed):
+    raise ValueError(f"{run_dir}: test patients differ from the committed r7 fold {fold}")
+  return max(abs(ours[p] - committed[p]) for p in committed)
+
+
+def _figures(row: str) -> dict:
+  rows = [r for fold in FOLDS for r in _result(row, fold)["test_per_patient"]]
+  dice = np.array([r["dice"] for r in rows])
+  hd = np.array([r["hd95_px"] for r in rows], float)
+  free = sum(r["slices"] - r["tumour_slices"] for r in rows)
+  low, high = run.bootstrap_interval(dice)
+  return {"patients": sorted(r["patient"] for r in rows), "mean": dice.mean(), "median": float(np.median(dice)),
+          "low": low, "high": high, "hd95": float(np.nanmean(hd)), "hd95_undefined": int(np.isnan(hd).sum()),
+          "fp": sum(r["false_positive_slices"] for r in rows) / free, "missed": int((dice < 0.1).sum()),
+          "rows": rows}
+
+
+def model_card(row: str, fraction: float, commit: str) -> str:
+  f = _figures(row)
+  worst = sorted(f["rows"], key=lambda r: r["dice"])[:5]
+  folds = ", ".join(f"{_result(row, k)['test']['patient_dice']:.3f}" for k in FOLDS)
+  return "\n".join([
+      "# lgg_jax pretrained model: recipe_cpu (5-fold ensemble)", "",
+      "**Research use only. Not a medical device:** not validated for clinical use; it must not guide "
+      "diagnosis or treatment.", "",
+      "```python", "from lgg_jax import Segmenter", 'seg = Segmenter.load("pretrained:recipe_cpu")',
+      "masks = seg.predict(volume, masks=True)   # uint8 (S, 256, 256, 3), slices in order", "```",
+      "or `python -m lgg_jax.predict --model=pretrained --input=scans/ --out=masks/`.", "",
+      "## What it is", "",
+      "Five U-Nets (`configs/recipe_cpu.py`: base width 16, BatchNorm, 128x128 input, 2.5-D input of "
+      "each slice and its two neighbours, per-patient intensity normalisation; 488,865 parameters "
+      "each), one per patient fold of the 62 development patients, each trained on the other folds "
+      "(`python -m experiments.run --sweep=experiments/recipe.py --rows=r7-epochs`, 40 epochs, 2 CPU "
+      f"cores). The ensemble averages their probabilities at 256x256. Shipped at commit {commit}; "
+      "each `foldK/` is an `lgg_jax.export` folder with its own model card (its split and test "
+      "figures); `SHA256SUMS` is checked at load.", "",
+      "Masks: mean probability >= 0.5 after 8-way dihedral test-time augmentation, then each "
+      "patient's largest 3-D connected component"
+      + (f" and every component of at least {fraction:g} of its size" if fraction else "")
+      + " (`inference.json`; override with `Segmenter.predict(..., largest_component=False)` etc.).", "",
+      "## Expected input", "",
+      "- A patient's axial slices in slice order, 256x256, uint8, three channels: pre-contrast T1, "
+      "FLAIR, post-contrast T1 (the LGG Segmentation Dataset's `kaggle_3m/` form). The component step "
+      "and the 2.5-D input need the slices in order.",
+      "- A missing sequence: put FLAIR in its channel, as the dataset does for 15 of its 110 patients "
+      "(`predict` does this for NIfTI input with a FLAIR volume only, and warns); training simulated it "
+      "for a quarter of the samples.",
+      "- NIfTI volumes (pre/flair/post, or BraTS names) through `python -m lgg_jax.predict`.", "",
+      "## Cross-validated figures (development patients)", "",
+      "Each of the 62 patients scored by the one fold model that held it out (not by this ensemble, "
+      "which has seen every one of them), per-patient volumetric Dice at 256x256 with slices in order, "
+      f"with these masks (`experiments/results/recipe/{row}-*`). The recipe was tuned on these folds, "
+      "so they are development figures; scores of the ensemble on patients outside the project come "
+      "from an independent evaluation.", "",
+      "| metric | value |", "|---|---|",
+      f"| mean per-patient Dice [95% BCa CI] | {f['mean']:.3f} [{f['low']:.3f}, {f['high']:.3f}] |",
+      f"| median per-patient Dice | {f['median']:.3f} |",
+      f"| folds | {folds} |",
+      f"| 3-D HD95 (px, mean over defined) | {f['hd95']:.1f} ({f['hd95_undefined']} undefined) |",
+      f"| tumour-free slices with a false positive | {f['fp']:.1%} |",
+      f"| missed patients (Dice < 0.1) | {f['missed']} of {len(f['rows'])} |", "",
+      "## Known failure modes (seen in the cross-validation)", "",
+      "- Small tumours: the lowest-scoring patients have few tumour pixels: "
+      + "; ".join(f"{r['patient']} Dice {r['dice']:.2f} ({r['true_pixels']} true pixels)" for r in worst) + ".",
+      "- Multi-focal tumours: the largest-component step drops every smaller part (one patient fell "
+      "from 0.57 to 0.39 with two components in its truth); `component_fraction` keeps parts above a "
+      "fraction of the largest, measured in `benchmarks/QUALITY.md`. Where the largest blob is a false "
+      "positive, the whole tumour is deleted: check masks, or pass `largest_component=False`.",
+      "- Other scanners, protocols, tumour types or preprocessing than TCGA-LGG's were never seen.", "",
+      "## Training data, terms and citation", "",
+      "62 of the 110 patients of the LGG Segmentation Dataset (FLAIR abnormality masks by Buda et al.) "
+      "from The Cancer Imaging Archive's TCGA-LGG collection; TCIA's data usage terms apply (cite the "
+      "collection and the papers below). Patients: " + ", ".join(f["patients"]) + ".", "",
+      "- M. Buda, A. Saha, M. A. Mazurowski. Association of genomic subtypes of lower-grade gliomas "
+      "with shape features automatically extracted by a deep learning algorithm. Computers in Biology "
+      "and Medicine 109 (2019) 218-225.",
+      "- M. A. Mazurowski, K. Clark, N. M. Czarnek, P. Shamsesfandabadi, K. B. Peters, A. Saha. "
+      "Radiogenomics of lower-grade glioma: algorithmically-assessed tumor shape is associated with "
+      "tumor genomic subtypes and patient outcomes in a multi-institutional study with The Cancer "
+      "Genome Atlas data. Journal of Neuro-Oncology 133 (2017) 27-35.",
+      "- The Cancer Imaging Archive, TCGA-LGG collection (Pedano et al. 2016); Clark et al., J Digit "
+      "Imaging 26 (2013) 1045-1057.", ""])
+
+
+def ship(runs: pathlib.Path, out: pathlib.Path, fraction: float, row: str, commit: str) -> list[str]:
+  lines = []
+  for fold in FOLDS:
+    run_dir = runs / f"r7-epochs-fold{fold}-seed0"
+    difference = check_reproduces(run_dir, fold)
+    lines.append(f"fold {fold}: {run_dir} reproduces r7 to {difference:.2e}")
+    if difference > REPRODUCE_TOLERANCE:
+      raise ValueError(lines[-1] + f": more than {REPRODUCE_TOLERANCE}")
+  partial = out.parent / f".{out.name}.partial"
+  shutil.rmtree(partial, ignore_errors=True)
+  partial.mkdir(parents=True)
+  try:
+    for fold in FOLDS:
+      export.export_run(runs / f"r7-epochs-fold{fold}-seed0", partial / f"fold{fold}", forward=False,
+                        tta="dihedral", largest_component=True, component_fraction=fraction)
+    (partial / "model_card.md").write_text(model_card(row, fraction, commit))
+    pretrained.write_checksums(partial)
+    size = sum(p.stat().st_size for p in partial.rglob("*") if p.is_file())
+    if size > BUDGET_BYTES:
+      raise ValueError(f"{out}: {size / 1e6:.1f} MB, over the {BUDGET_BYTES / 1e6:.0f} MB budget")
+    shutil.rmtree(out, ignore_errors=True)
+    partial.rename(out)
+  except BaseException:
+    shutil.rmtree(partial, ignore_errors=True)
+    raise
+  lines.append(f"shipped {out}: {size / 1e6:.2f} MB")
+  return lines
+
+
+def main(argv):
+  del argv
+  for line in ship(pathlib.Path(_RUNS.value), pathlib.Path(_OUT.value), _FRACTION.value, _ROW.value,
+                   _COMMIT.value):
+    print(line)
+
+
+if __name__ == "__main__":
+  _RUNS = flags.DEFINE_string("runs", "runs/sweeps/recipe", "Folder holding r7-epochs-fold{0..4}-seed0.")
+  _OUT = flags.DEFINE_string("out", str(REPO / "lgg_jax" / "pretrained" / "recipe_cpu"), "Model folder.")
+  _FRACTION = flags.DEFINE_float("component_fraction", 0.0, "The component fraction chosen (0: largest only).")
+  _ROW = flags.DEFINE_string("row", "r9-recipe", "The result rows whose figures the card gives.")
+  _COMMIT = flags.DEFINE_string("commit", "", "The commit the model is shipped at (for the card).")
+  cli.run(main)

@@ -106,9 +106,8 @@ def read_clusters(source: kaggle.Source, patients: list[str], columns, data_csv=
   return {p: {c: (rows[kaggle.clinical_key(p)][c].strip() or None) for c in columns} for p in patients}
 
 
-def read_predicted_masks(folder: pathlib.Path, patient: str, slices: list[kaggle.Slice]) -> np.ndarray:
-  """The masks `lgg_jax.predict` wrote for one patient: one PNG per slice, the
-  same slices as the images."""
+def check_predicted_layout(folder: pathlib.Path, patient: str, slices: list[kaggle.Slice]) -> pathlib.Path:
+  """`lgg_jax.predict`'s layout for one patient: one PNG per image slice."""
   masks_dir = folder / patient / "masks"
   if not masks_dir.is_dir():
     raise DataError(f"{masks_dir}: no predicted masks for patient {patient}")
@@ -118,6 +117,12 @@ def read_predicted_masks(folder: pathlib.Path, patient: str, slices: list[kaggle
     extra, lacking = sorted(present - expected), sorted(expected - present)
     what = f"lacks {lacking[:3]}" if lacking else f"has masks without images {extra[:3]}"
     raise DataError(f"{masks_dir}: does not match the {len(slices)} images of {patient}: {what}")
+  return masks_dir
+
+
+def read_predicted_masks(folder: pathlib.Path, patient: str, slices: list[kaggle.Slice]) -> np.ndarray:
+  """The masks `lgg_jax.predict` wrote for one patient, in slice order."""
+  masks_dir = check_predicted_layout(folder, patient, slices)
   masks = []
   for s in slices:
     path = masks_dir / f"{patient}_{s.index}_pred.png"
@@ -306,6 +311,8 @@ def run(manual_dir, out, *, predictions=None, models=None, checkpoint="best", da
     if extra:
       logging.warning("%s holds %d case(s) with no images in %s: %s", predictions, len(extra),
                       source.describe(""), ", ".join(extra[:5]))
+    for p in patients:  # the layout, before the long part
+      check_predicted_layout(predictions, p, by_patient[p])
   out = pathlib.Path(out).expanduser()
   out.mkdir(parents=True, exist_ok=True)
   sources = ("manual", "automatic") if (predictions or models) else ("manual",)

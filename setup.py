@@ -37,7 +37,7 @@ setup(
         "absl-py>=2.0",
         "tqdm>=4.60",
         "matplotlib>=3.7",
-        "scipy>=1.10",       # HD95 and connected components
+        "scipy>=1.10",       # HD95, connected components; radiogenomics (ConvexHull, ndimage, stats, special)
         "imageio>=2.28,<3",  # prediction GIFs (2.28+: frame durations in milliseconds)
         "nibabel>=5.0",      # NIfTI input and output in predict
         "safetensors>=0.4",  # exported weights; torchvision encoder weights without torch

@@ -176,6 +176,11 @@ def _read(source: Source, name: str, shape: tuple[int, ...]) -> np.ndarray:
   return array
 
 
+def clinical_key(patient_id: str) -> str:
+  """data.csv's id for a patient folder: TCGA_CS_4941_19960909 -> TCGA_CS_4941."""
+  return patient_id[:12]
+
+
 def read_clinical(source: Source, patient_ids: list[str]) -> dict[str, dict[str, str]]:
   """data.csv rows keyed by folder name (empty cells kept as ""); warns about
   patients with images but no row, and rows without images."""
@@ -186,7 +191,7 @@ def read_clinical(source: Source, patient_ids: list[str]) -> dict[str, dict[str,
   rows = {row["Patient"]: row for row in csv.DictReader(io.StringIO(text))}
   by_folder, seen = {}, set()
   for pid in patient_ids:
-    key = pid[:12]  # TCGA_CS_4941_19960909 -> TCGA_CS_4941
+    key = clinical_key(pid)
     if key in rows:
       by_folder[pid] = rows[key]
       seen.add(key)

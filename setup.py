@@ -11,7 +11,9 @@ setup(
     license="Apache-2.0",
     license_files=["LICENSE"],
     python_requires=">=3.11",
-    packages=find_packages(include=["lgg_jax", "lgg_jax.*", "configs", "experiments"]),
+    # configs/, experiments/ and benchmarks/ are used from the repository root
+    # (as flax's examples are), never installed as top-level packages.
+    packages=find_packages(include=["lgg_jax", "lgg_jax.*"]),
     install_requires=[
         # jax 0.10.x on Python 3.11 CPU machines; 0.11.x on the GPU image.
         "jax>=0.10,<0.12",

@@ -220,7 +220,8 @@ def test_the_library_works_from_any_directory_with_only_lgg_jax_importable(run, 
   report = json.loads(result.stdout.strip().splitlines()[-1])
   summary = json.loads((workdir / "summary.json").read_text())
   assert report == {"predicted": patient, "test_dice": pytest.approx(summary["test_dice"], abs=1e-6), "imported": []}
-  np.testing.assert_array_equal(np.load(elsewhere / "from_run.npy"), expected)
+  # One device there, eight here: the batches split differently, hence not bit for bit.
+  np.testing.assert_allclose(np.load(elsewhere / "from_run.npy"), expected, atol=1e-6)
   np.testing.assert_allclose(np.load(elsewhere / "from_export.npy"), expected, atol=1e-6)
   np.testing.assert_allclose(np.load(elsewhere / "from_new_export.npy"), expected, atol=1e-6)
   assert (elsewhere / "evaluation" / "per_patient.csv").is_file()

@@ -376,12 +376,13 @@ def run_check(out: pathlib.Path, dry_run: bool, deadline_s: float, workers: int,
         entry["result"] = {"rows": peer_rows(script, item.peer_args)}
       else:
         spec = dict(item.spec)
-        if spec["kind"] == "training":
+        kind = spec["kind"]
+        if kind == "training":
           spec.pop("kind")
           entry["result"] = training_row(**spec, step_s=step_s, timeout=left)
         else:
           entry["result"] = _in_own_process(spec, left)
-        if spec["kind"] == "train_step" and spec["model"] == "resnext_unet" and step_s is None:
+        if kind == "train_step" and spec["model"] == "resnext_unet" and step_s is None:
           step_s = entry["result"]["step_s"]
     except subprocess.TimeoutExpired:
       logging.warning("%s did not finish before the deadline; stopping", item.name)

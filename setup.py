@@ -11,7 +11,9 @@ setup(
     license="Apache-2.0",
     license_files=["LICENSE"],
     python_requires=">=3.11",
-    packages=find_packages(include=["lgg_jax", "lgg_jax.*", "configs", "experiments"]),
+    # configs/, experiments/ and benchmarks/ are used from the repository root
+    # (as flax's examples are), never installed as top-level packages.
+    packages=find_packages(include=["lgg_jax", "lgg_jax.*"]),
     # The shipped models: lgg_jax/pretrained/<model>/SHA256SUMS and model card,
     # <model>/<member>/ exports (patterns one level each: any setuptools reads them).
     package_data={"lgg_jax.pretrained": ["*/SHA256SUMS", "*/*.md", "*/*.json", "*/*/*.json", "*/*/*.md",

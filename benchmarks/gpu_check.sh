@@ -6,7 +6,7 @@
 #
 # On a GPU machine that has only jax, flax, optax, orbax and torch (no network),
 # --wheels=DIR installs the rest (Python 3.12 wheels that benchmarks/fetch_wheels.sh
-# downloads; never committed). Then `python -m lgg_jax.bench --check` measures, in
+# downloads; never committed). Then `python -m benchmarks.bench --check` measures, in
 # priority order, rewriting DIR/check.json and DIR/check.md after each measurement:
 # the ResNeXt50-UNet train step (bf16 at batch 64 and 128, fp32 at 32) and the
 # U-Net and FPN (bf16, 64) with compile times and peak device memory (preallocation
@@ -61,4 +61,4 @@ PY
     exit 1; }
   deadline="${deadline:-$(( 480 - 20 - ($(date +%s) - started) ))}"
 fi
-python -m lgg_jax.bench --check --out="$out" --deadline_s="$deadline" --workers="$workers" --peer="$peer" "${extra[@]}"
+python -m benchmarks.bench --check --out="$out" --deadline_s="$deadline" --workers="$workers" --peer="$peer" "${extra[@]}"

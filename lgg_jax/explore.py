@@ -18,8 +18,7 @@ import pathlib
 import numpy as np
 from absl import flags
 
-from configs import default
-from lgg_jax import cli, figures
+from lgg_jax import cli, config_defaults, figures
 from lgg_jax.data import augment, pipeline
 
 
@@ -161,7 +160,7 @@ def explore(config, out: pathlib.Path, seed: int = 0) -> list[pathlib.Path]:
 
 def main(argv):
   del argv
-  config = default.get_config()
+  config = config_defaults.get_config()
   config.data.manual_dir = _MANUAL_DIR.value
   config.data.data_dir = _DATA_DIR.value
   for path in explore(config, pathlib.Path(_OUT.value), _SEED.value):

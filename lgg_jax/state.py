@@ -18,8 +18,7 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from configs import default as default_config
-from lgg_jax import choices, models, parallel
+from lgg_jax import choices, config_defaults, models, parallel
 from lgg_jax.models import weights
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -114,7 +113,7 @@ def _merge_into(base: ml_collections.ConfigDict, saved: dict) -> None:
 def config_from_dict(saved: dict) -> ml_collections.ConfigDict:
   """A saved config over today's defaults: settings added since the run was
   written take their defaults, which keep the behaviour runs had before."""
-  config = default_config.get_config()
+  config = config_defaults.get_config()
   _merge_into(config, saved)
   return config
 

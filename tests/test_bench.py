@@ -7,7 +7,7 @@ import subprocess
 
 import numpy as np
 
-from benchmarks import brain_box
+from benchmarks import bench, brain_box
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -29,6 +29,23 @@ def test_gpu_check_dry_run_measures_in_priority_order_and_writes_json_and_markdo
   assert all(r["images_per_s"] > 0 and r["workers"] <= 2 for r in inputs.values())
   assert not any("compile" in n for n in names + report["pending"])  # no torch.compile on the CPU
   assert (tmp_path / "check.md").read_text().count("\n|") >= len(names)
+
+
+def test_check_mode_records_every_kind_of_measurement(tmp_path, monkeypatch):
+  """The whole list, with the measurements stubbed: the dry run above stops at
+  its deadline on a busy CPU before it reaches the later kinds (training)."""
+  measured = []
+  monkeypatch.setattr(bench, "_in_own_process",
+                      lambda spec, timeout: measured.append(spec["kind"]) or {"step_s": 0.25, "images_per_s": 16.0})
+  trainings = []
+  monkeypatch.setattr(bench, "training_row",
+                      lambda **kwargs: trainings.append(kwargs) or {"images_per_s_overall": 4.0, "epochs": 1})
+  report = bench.run_check(tmp_path, dry_run=True, deadline_s=600.0, workers=2, peer="")
+  assert [m for m in report["measurements"] if "error" in m] == [] and report["pending"] == []
+  assert [m["name"] for m in report["measurements"]] == [c.name for c in bench.check_list(True, 2, None)]
+  assert len(trainings) == 1 and trainings[0]["step_s"] == 0.25  # sized by the first ResNeXt step
+  assert sorted(set(measured)) == ["input_device", "input_host", "train_step"]
+  assert json.loads((tmp_path / "check.json").read_text())["measurements"] == report["measurements"]
 
 
 def test_brain_box_side_is_the_larger_extent_of_the_voxels_above_the_threshold():

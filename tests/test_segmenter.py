@@ -4,6 +4,7 @@ files, and one-line errors in every command."""
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -167,7 +168,6 @@ def test_commands_end_errors_in_one_line(args, message):
 
 
 def test_a_truncated_tiff_is_one_line_naming_it(tiny_dataset, tmp_path):
-  import shutil
   root = tmp_path / "src" / "kaggle_3m"
   shutil.copytree(tiny_dataset, root)
   patient = sorted(p for p in root.iterdir() if p.is_dir())[0]
@@ -179,3 +179,49 @@ def test_a_truncated_tiff_is_one_line_naming_it(tiny_dataset, tmp_path):
   assert result.stderr.strip().splitlines()[-1] == f"error: {image}: unreadable TIFF " + \
       result.stderr.strip().splitlines()[-1].split("unreadable TIFF ", 1)[1]
   assert "Traceback" not in result.stderr
+
+
+def test_the_library_works_from_any_directory_with_only_lgg_jax_importable(run, exported, tmp_path):
+  """What a user who installed only lgg_jax has: a copy of the package on the
+  path, no configs/, experiments/ or benchmarks/, and no checkout as cwd. The
+  child drops any editable-install finder (the development environment's may
+  map configs/ to a checkout) so that the copy is all there is."""
+  workdir, config = run
+  data, patient = _patient(config)
+  volume, _ = data.volume(patient)
+  np.save(tmp_path / "volume.npy", volume)
+  expected = Segmenter.load(workdir).predict(volume)
+  site = tmp_path / "site"
+  shutil.copytree(REPO / "lgg_jax", site / "lgg_jax", ignore=shutil.ignore_patterns("__pycache__"))
+  elsewhere = tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  patient_folder = pipeline.resolve_manual_dir(config.data) / "kaggle_3m" / patient
+  code = ("import importlib.util, json, sys\n"
+          "sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, '__module__', '').startswith('__editable__')]\n"
+          "assert [n for n in ('configs', 'experiments', 'benchmarks') if importlib.util.find_spec(n)] == []\n"
+          "import numpy as np\n"
+          "import lgg_jax\n"
+          "from lgg_jax import evaluate, export, predict, segmenter\n"
+          f"assert lgg_jax.__file__ == {str(site / 'lgg_jax' / '__init__.py')!r}, lgg_jax.__file__\n"
+          f"volume = np.load({str(tmp_path / 'volume.npy')!r})\n"
+          f"np.save('from_run.npy', segmenter.Segmenter.load({str(workdir)!r}).predict(volume))\n"
+          f"np.save('from_export.npy', segmenter.Segmenter.load({str(exported)!r}).predict(volume))\n"
+          f"again = export.export_run({str(workdir)!r}, 'export')\n"
+          "np.save('from_new_export.npy', segmenter.Segmenter.load(again).predict(volume))\n"
+          f"predicted = predict.predict({str(workdir)!r}, {str(patient_folder)!r}, 'predicted')\n"
+          f"scored = evaluate.evaluate_run({str(workdir)!r}, out='evaluation')\n"
+          "print(json.dumps({'predicted': predicted[0]['case'], 'test_dice': scored['patient_dice'],\n"
+          "                  'imported': sorted({m.split('.')[0] for m in sys.modules} & {'configs', 'experiments', 'benchmarks'})}))\n")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["PYTHONPATH"] = str(site)
+  result = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert report == {"predicted": patient, "test_dice": pytest.approx(summary["test_dice"], abs=1e-6), "imported": []}
+  # One device there, eight here: the batches split differently, hence not bit for bit.
+  np.testing.assert_allclose(np.load(elsewhere / "from_run.npy"), expected, atol=1e-6)
+  np.testing.assert_allclose(np.load(elsewhere / "from_export.npy"), expected, atol=1e-6)
+  np.testing.assert_allclose(np.load(elsewhere / "from_new_export.npy"), expected, atol=1e-6)
+  assert (elsewhere / "evaluation" / "per_patient.csv").is_file()

@@ -1,7 +1,7 @@
 """Benchmarks: train steps, convolutions, input paths, beside the PyTorch peer.
 
 Table mode (what benchmarks/RESULTS.md's CPU tables come from):
-  python -m lgg_jax.bench [--models=resnext_unet] [--batch=4] [--size=256] [--conv_impl=cpu,xla]
+  python -m benchmarks.bench [--models=resnext_unet] [--batch=4] [--size=256] [--conv_impl=cpu,xla]
 prints a markdown table: train-step time and images/s per model (median of
 `--steps` steps after compilation), XLA's FLOP count of the compiled step and
 the FLOP rate it implies; the convolution micro-benchmark (forward+backward
@@ -10,7 +10,7 @@ them when torch is importable); and the PyTorch peer script run on the same
 machine in the same invocation, with our figure as a ratio of the peer's.
 
 Check mode (what benchmarks/gpu_check.sh runs; see there):
-  python -m lgg_jax.bench --check --out=DIR [--dry_run] [--deadline_s=420] [--workers=16]
+  python -m benchmarks.bench --check --out=DIR [--dry_run] [--deadline_s=420] [--workers=16]
 runs a fixed list of measurements in priority order (each train step in its
 own process, so its peak device memory is its own), rewrites DIR/check.json
 and DIR/check.md after each one, and stops cleanly before `--deadline_s`.
@@ -308,7 +308,7 @@ def check_list(dry_run: bool, workers: int, peer: pathlib.Path | None) -> list[C
 
 
 def _in_own_process(spec: dict, timeout: float) -> dict:
-  result = subprocess.run([sys.executable, "-m", "lgg_jax.bench", f"--one={json.dumps(spec)}"],
+  result = subprocess.run([sys.executable, "-m", "benchmarks.bench", f"--one={json.dumps(spec)}"],
                           capture_output=True, text=True, timeout=max(timeout, 1))
   rows = [line for line in result.stdout.splitlines() if line.startswith("{")]
   if result.returncode or not rows:
@@ -376,12 +376,13 @@ def run_check(out: pathlib.Path, dry_run: bool, deadline_s: float, workers: int,
         entry["result"] = {"rows": peer_rows(script, item.peer_args)}
       else:
         spec = dict(item.spec)
-        if spec["kind"] == "training":
+        kind = spec["kind"]
+        if kind == "training":
           spec.pop("kind")
           entry["result"] = training_row(**spec, step_s=step_s, timeout=left)
         else:
           entry["result"] = _in_own_process(spec, left)
-        if spec["kind"] == "train_step" and spec["model"] == "resnext_unet" and step_s is None:
+        if kind == "train_step" and spec["model"] == "resnext_unet" and step_s is None:
           step_s = entry["result"]["step_s"]
     except subprocess.TimeoutExpired:
       logging.warning("%s did not finish before the deadline; stopping", item.name)
@@ -414,7 +415,7 @@ def main(argv):
     if failed:
       raise SystemExit(f"error: measurements failed: {', '.join(failed)}")
     return
-  print(f"# lgg_jax.bench on {jax.devices()[0].device_kind} ({jax.default_backend()}, "
+  print(f"# benchmarks.bench on {jax.devices()[0].device_kind} ({jax.default_backend()}, "
         f"{jax.device_count()} device(s), {os.cpu_count()} CPU cores), JAX {jax.__version__}, "
         f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")
   if _CONV.value:

@@ -1,0 +1,171 @@
+"""Defaults shared by every config: each knob an ablation may turn lives here.
+
+They are part of the library because restoring a saved run needs them: a
+setting added since the run was written takes its default here (state.py).
+configs/default.py is this, and model configs (configs/unet.py, ...) start
+from it and change only what differs. Any key can be overridden on the
+command line, e.g. `--config.num_epochs=5 --config.data.manual_dir=/data/lgg`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.num_epochs = 50
+  config.global_batch_size = 16    # split evenly over every device
+  config.eval_batch_size = 32
+  config.compute_dtype = "float32"  # or "bfloat16" (parameters stay float32)
+  config.threshold = 0.5            # on the sigmoid probability
+  config.checkpoint_every_epochs = 1
+  config.keep_checkpoints = 2
+  config.log_every_steps = 20       # TensorBoard: training loss, grad norm and lr every N steps
+  config.write_report = True  # main (and the sweep runner) write workdir/report/report.md after training
+  config.preemption_check_every_steps = 10  # multi-process: how often SIGTERM is agreed on
+
+  # Multi-host: jax.distributed.initialize() before anything else. With no
+  # address it auto-detects SLURM, TPU pods and Kubernetes; set all three
+  # for a manual launch (e.g. several processes on one machine).
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.enabled = False
+  config.distributed.coordinator_address = ""   # host:port of process 0
+  config.distributed.num_processes = 0
+  config.distributed.process_id = -1
+  config.distributed.cpu_collectives = "gloo"   # CPU-only multi-process runs need one
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "unet"
+  config.model.base_width = 64      # channels of the first level, doubled per level
+  config.model.depth = 4            # levels; depth - 1 max-pools
+  config.model.align_corners = True  # the seed's nn.Upsample(align_corners=True)
+  config.model.norm = "none"        # U-Net: "none" (the seed's) or "batch" (after each conv, synced)
+  # Same functions, backend-specific forms: "xla" (plain lax convs, for GPU/TPU)
+  # or "cpu" (dot-based kernel gradients, bundled grouped convs, sub-pixel
+  # transposed convs: XLA:CPU runs those several times faster). "auto" picks.
+  config.model.conv_impl = "auto"
+  config.model.fpn = ml_collections.ConfigDict()
+  config.model.fpn.pyramid_channels = 256
+  config.model.fpn.segmentation_channels = 256
+  config.model.fpn.group_norm_groups = 32
+  config.model.resnext = ml_collections.ConfigDict()
+  config.model.resnext.stem_width = 64
+  config.model.resnext.blocks = (3, 4, 6, 3)
+  config.model.resnext.groups = 32
+  config.model.resnext.width_per_group = 4
+  config.model.resnext.sync_batch_norm = True  # BatchNorm statistics over all devices
+  # torchvision resnext50_32x4d ImageNet weights (.pth or .safetensors); never downloaded.
+  config.model.pretrained_path = ""
+  config.model.freeze_encoder_epochs = 0      # encoder parameters fixed for the first N epochs
+  config.model.freeze_encoder_bn_epochs = 0   # encoder BatchNorm in eval mode for the first N epochs
+
+  config.data = ml_collections.ConfigDict()
+  # Folder holding kaggle_3m/ (or kaggle_3m/ itself). Empty: the embedded
+  # synthetic dataset below, generated once under data_dir.
+  config.data.manual_dir = ""
+  config.data.data_dir = "~/.cache/lgg_jax"  # prepared TFDS copies and the synthetic data
+  config.data.image_size = 256
+  # "slice": per-slice, per-channel z-score; "unit": x / 255; "patient": per
+  # channel over the patient's volume, brain (non-zero) voxels only: clip at
+  # `normalization_percentiles`, then z-score (nnU-Net's MRI scheme).
+  config.data.normalization = "slice"
+  config.data.normalization_percentiles = (0.5, 99.5)
+  # 2.5-D input: slices +-k of the same patient as extra channels (edge
+  # slices repeat); 0 is plain 2-D. The models take 3 * (2k + 1) channels.
+  config.data.neighbours = 0
+  # Tumour-aware sampling: this share of every batch is drawn from tumour
+  # slices (nnU-Net forces 33% foreground); 0 draws uniformly.
+  config.data.tumour_fraction = 0.0
+  config.data.num_workers = 0        # grain worker processes; 0 reads in the main process
+  # Keep the training records on the accelerator and augment there, in JAX
+  # (data/device_pipeline.py), instead of grain + albumentations on the host.
+  config.data.on_device = False
+  config.data.synthetic = ml_collections.ConfigDict()
+  config.data.synthetic.num_patients = 40
+  config.data.synthetic.min_slices = 20
+  config.data.synthetic.max_slices = 40
+  config.data.synthetic.image_size = 256
+  config.data.synthetic.seed = 0
+
+  config.split = ml_collections.ConfigDict()
+  config.split.protocol = "patient"  # "slice" reproduces the seed's leaky split (ablation only)
+  config.split.num_folds = 5         # fold `fold` is the test set
+  config.split.fold = 0
+  config.split.val_fraction = 0.15   # of the non-test patients
+  config.split.seed = 0
+  # A split.json (written by every run, or by hand: {"train": [...], "val":
+  # [...], "test": [...]} patient ids) instead of the folds above.
+  config.split.file = ""
+
+  config.augment = ml_collections.ConfigDict()
+  # "none" | "flips" | "seed" (the seed's set) | "distortions" (seed + elastic/grid/optical)
+  # | "nnunet" (nnU-Net's 2-D set where albumentations has it: flips, rot90,
+  # transpose, rotation/scale/shift, brightness, contrast, gamma, noise, blur)
+  config.augment.name = "flips"
+  config.augment.flip_probability = 0.5
+  config.augment.rotate90_probability = 0.5
+  config.augment.transpose_probability = 0.5
+  config.augment.affine_probability = 0.25   # the seed's ShiftScaleRotate(0.01, 0.04, 0)
+  config.augment.shift_limit = 0.01          # fraction of the image size
+  config.augment.scale_limit = 0.04
+  config.augment.rotate_limit = 0.0          # degrees
+  config.augment.distortion_probability = 0.8  # one of the three below
+  config.augment.elastic_alpha = 120.0
+  config.augment.elastic_sigma = 6.0         # 120 * 0.05, as the seed
+  config.augment.grid_num_steps = 5
+  config.augment.grid_distort_limit = 0.3
+  config.augment.optical_distort_limit = 0.5  # albumentations 2.x range is [-1, 1]
+  # Intensity transforms of the "nnunet" set, on the uint8 image before
+  # normalisation (nnU-Net's probabilities and ranges).
+  config.augment.brightness_limit = 0.25     # multiplier in [1 - l, 1 + l]
+  config.augment.brightness_probability = 0.15
+  config.augment.contrast_limit = 0.25       # contrast factor in [1 - l, 1 + l] around the mean
+  config.augment.contrast_probability = 0.15
+  config.augment.gamma_range = (0.7, 1.5)
+  config.augment.gamma_probability = 0.3
+  config.augment.noise_std_max = 0.1         # Gaussian noise std up to this fraction of 255
+  config.augment.noise_probability = 0.1
+  config.augment.blur_sigma_range = (0.5, 1.0)  # pixels
+  config.augment.blur_probability = 0.2
+  # Any set: with this probability a sample's pre-contrast, post-contrast or
+  # both channels become copies of FLAIR, as the dataset fills a missing
+  # sequence (15 of its 110 patients); applied after normalisation.
+  config.augment.missing_sequence_probability = 0.0
+
+  # How probabilities are made from a trained model (evaluate, predict, the
+  # Segmenter and the trainer's validation all use these).
+  config.inference = ml_collections.ConfigDict()
+  config.inference.tta = "none"     # "none" | "flips" (h, v) | "dihedral" (8 flips x rot90)
+  config.inference.largest_component = False  # keep each patient's largest 3-D component
+  # With largest_component: also keep every component of at least this
+  # fraction of the largest (multi-focal tumours); 0: the largest alone.
+  config.inference.component_fraction = 0.0
+  # After training, pick the threshold (grid 0.1..0.9) with the best mean
+  # per-patient Dice on the validation patients; else `config.threshold`.
+  config.inference.choose_threshold = False
+
+  # Scoring: per-patient volumetric Dice at 256x256, slices in order; 3-D HD95.
+  config.evaluation = ml_collections.ConfigDict()
+  config.evaluation.slice_spacing = 1.0  # HD95 voxel spacing (slice, 1, 1), in pixels
+  # HD95 of a patient with exactly one empty mask is undefined; counted, and
+  # in the penalised mean it costs this (the 256x256 image diagonal, px).
+  config.evaluation.hd95_penalty = 362.0
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.name = "dice_bce"      # "dice_bce" | "dice" | "bce"
+  config.loss.bce_weight = 1.0
+  config.loss.dice_weight = 1.0
+  config.loss.smooth = 1.0
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "adamw"    # "adamw" | "adam" | "sgd"
+  config.optimizer.learning_rate = 1e-3
+  config.optimizer.schedule = "cosine"  # "cosine" | "constant"
+  config.optimizer.warmup_steps = 100
+  config.optimizer.final_lr_fraction = 0.01
+  config.optimizer.weight_decay = 1e-4
+  config.optimizer.b1 = 0.9
+  config.optimizer.b2 = 0.999
+  config.optimizer.momentum = 0.9    # sgd only
+  config.optimizer.grad_clip_norm = 1.0  # 0 disables
+  return config

@@ -2,7 +2,7 @@
 
 Command (from the repository root, after the five r7 runs of
 experiments/recipe.py have trained; see its docstring):
-  python -m experiments.ship_pretrained --runs=runs/sweeps/recipe [--component_fraction=0]
+  python -m benchmarks.ship_pretrained --runs=runs/sweeps/recipe [--component_fraction=0]
 Each fold's best checkpoint is exported (lgg_jax.export, no forward.jax: it
 would double the size) with the recipe's inference settings (dihedral TTA,
 the largest 3-D component, and the component fraction chosen by the s2-s4

@@ -130,3 +130,31 @@ def test_validation_keeps_its_cheap_settings():
   config.inference.update(tta="dihedral", largest_component=True, component_fraction=0.3)
   assert inference.validation_settings(config) == inference.Settings(threshold=config.threshold)
   assert inference.Settings.from_config(config) == inference.Settings(config.threshold, "dihedral", True, 0.3)
+
+
+def test_an_export_names_no_path_of_the_training_machine_and_has_ordinary_modes(planted_run, tiny_dataset):
+  root, _ = planted_run
+  exported = export.export_run(root / "run", root / "shared_export")
+  for name in ("config.json", "model_card.md", "inference.json"):
+    text = (exported / name).read_text()
+    for local in (str(root), str(tiny_dataset.parent), str(tiny_dataset)):
+      assert local not in text, (name, local)
+  config = json.loads((exported / "config.json").read_text())
+  assert config["data"]["manual_dir"] == tiny_dataset.parent.name
+  modes = {p.name: p.stat().st_mode & 0o777 for p in exported.iterdir()}
+  assert len(set(modes.values())) == 1, modes
+  assert Segmenter.load(exported).settings == Segmenter.load(root / "run").settings
+
+
+def test_the_slice_protocol_scores_only_held_out_slices(tmp_path, tiny_dataset):
+  config = tiny_config(tmp_path, manual_dir=tiny_dataset.parent)
+  config.split.protocol = "slice"
+  config.num_epochs = 1
+  config.write_report = False
+  summary = train.train_and_evaluate(config, tmp_path / "run")
+  data = pipeline.load(config)
+  for row in summary["test_per_patient"]:
+    held_out = np.isin(data.records(row["patient"]), data.split.test)
+    assert 0 < held_out.sum() < len(held_out)  # the leaky split: some of its slices trained
+    assert row["slices"] == held_out.sum()
+  assert summary["test"]["slices"] == len(data.split.test)

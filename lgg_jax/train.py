@@ -234,6 +234,19 @@ def _restore(latest, train_state, train_iter, order: str):
   return step, epoch_stats, restored["state"]
 
 
+def _kept_best(best, start_step: int) -> float | None:
+  """The validation Dice of the best checkpoint kept, or None.
+
+  A resumed run drops best checkpoints written after the step it resumes
+  from, as it drops their metric records: it redoes those epochs.
+  """
+  for step in best.all_steps():
+    if step > start_step:
+      best.delete(step)
+  kept = best.best_step()
+  return None if kept is None else float(best.metrics(kept)["val_dice"])
+
+
 # --------------------------------------------------------------------------- validation and the end
 
 OVERLAY_PATIENTS = 4
@@ -333,14 +346,15 @@ def _epoch_line(record: dict) -> str:
           f"patient dice {record['val_dice']:.4f} slice dice {record['val_slice_dice']:.4f}")
 
 
-def _summary(config, workdir: pathlib.Path, run: _Setup, records: list[dict], has_best: bool, mesh) -> dict:
-  """The final validation is the last epoch's; the test figures are the best checkpoint's."""
+def _summary(config, workdir: pathlib.Path, run: _Setup, records: list[dict], best_val_dice: float | None,
+             mesh) -> dict:
+  """The final validation is the last epoch's; the best Dice and the test
+  figures are the best checkpoint's."""
   last = records[-1] if records else {}
-  best_record = max(records, key=lambda r: r["val_dice"]) if records else {}
-  summary = {"val_dice": last.get("val_dice"), "best_val_dice": best_record.get("val_dice"),
+  summary = {"val_dice": last.get("val_dice"), "best_val_dice": best_val_dice,
              "step": int(jax.device_get(run.train_state["step"])), "steps_per_epoch": run.steps_per_epoch,
              "split": run.data.split.summary(), "split_patients": run.data.split.patients}
-  if has_best:
+  if best_val_dice is not None:
     summary.update(evaluate.best_checkpoint_on_test(workdir, config, run.data, mesh))
   summary["provenance"] = provenance.collect(config, run.data)
   peak = (jax.local_devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
@@ -369,6 +383,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     start_step, epoch_stats = 0, []
     if latest.latest_step() is not None:
       start_step, epoch_stats, run.train_state = _restore(latest, run.train_state, run.train_iter, run.order)
+    best_val_dice = _kept_best(best, start_step)
     train_state = parallel.replicate(run.train_state, mesh)
     log = MetricsLog(workdir, start_step, config)
     stack.callback(log.close)
@@ -422,8 +437,11 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
           bar.write(_epoch_line(record))
         if epoch % config.checkpoint_every_epochs == 0 or step + 1 == run.total_steps:
           save_latest(step + 1)
+        # Every epoch that improves, checkpoint epoch or not: the best epoch's weights are kept.
+        if best_val_dice is None or val["patient_dice"] > best_val_dice:
+          best_val_dice = float(val["patient_dice"])
           best.save(step + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(train_state)),
-                    metrics={"val_dice": val["patient_dice"]})
+                    metrics={"val_dice": best_val_dice})
       if preemption.requested(step) and step + 1 < run.total_steps:
         if latest.latest_step() != step + 1:
           save_latest(step + 1)
@@ -436,7 +454,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     latest.wait_until_finished()
     best.wait_until_finished()
     run.train_state = train_state
-    summary = _summary(config, workdir, run, log.records, best.best_step() is not None, mesh)
+    summary = _summary(config, workdir, run, log.records, best_val_dice, mesh)
     if is_main:
       (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
       bar.write(_done_line(summary, workdir))

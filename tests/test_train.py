@@ -7,7 +7,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from lgg_jax import losses, parallel, state, steps, train
+from lgg_jax import inference, losses, parallel, state, steps, train
 from lgg_jax.data import pipeline
 from conftest import tiny_config
 
@@ -91,6 +91,26 @@ def test_training_lowers_loss_and_a_resumed_run_equals_an_uninterrupted_one(tmp_
   assert _records(interrupted) == records  # same data order, same numbers
   for a, b in zip(jax.tree.leaves(_params(full, steps[-1])), jax.tree.leaves(_params(interrupted, steps[-1]))):
     np.testing.assert_array_equal(a, b)
+
+
+def test_the_best_checkpoint_is_the_best_epoch_whatever_checkpoint_every_epochs(tmp_path):
+  """The best epoch may fall between checkpoint epochs: its weights are still
+  the best checkpoint, and the summary's best step and Dice are theirs."""
+  config = tiny_config(tmp_path)
+  config.num_epochs = 3
+  config.checkpoint_every_epochs = 2
+  config.threshold = 0.3  # non-empty predictions, so this tiny run's validation Dice moves between epochs
+  workdir = tmp_path / "run"
+  summary = train.train_and_evaluate(config, workdir)
+  records = _records(workdir)
+  best = max(records, key=lambda r: r["val_dice"])
+  assert best["epoch"] == 1 and best["val_dice"] > 0, records  # the case: no latest checkpoint of the best epoch
+  assert (summary["best_step"], summary["best_val_dice"]) == (best["step"], best["val_dice"])
+  member = inference.member_from_run(workdir, "best")
+  assert member.step == best["step"]
+  data = pipeline.load(config)
+  val, _ = train.validate(inference.Predictor(member), data, data.patients(data.split.val), config)
+  assert val["patient_dice"] == pytest.approx(summary["best_val_dice"], abs=1e-6)
 
 
 def _resident(config):

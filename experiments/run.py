@@ -17,12 +17,13 @@ A sweep file defines `get_sweep(tiny: bool) -> dict` with
 `--tiny` asks for the sweep's CI-sized variant (synthetic data, seconds).
 
 Each member trains in DIR/<member name> (an interrupted one resumes) and
-leaves one small result file, RESULTS/<member name>.json: its settings, test
-per-patient rows, summary metrics and provenance. RESULTS defaults to
-experiments/results/<sweep name>/ and is committed; a member whose result
-file exists is not run again, on this machine or another. A member lacking
-a file this machine does not have (a `*_path` or `manual_dir` override) is
-skipped, not failed. With --host_index/--host_count each host runs members
+leaves one small result file, RESULTS/<member name>.json: its overrides and
+the whole config they resolved to, test per-patient rows, summary metrics and
+provenance (a re-scoring row's names the commit that trained and the one that
+re-scored). RESULTS defaults to experiments/results/<sweep name>/ and is
+committed; a member whose result file exists is not run again, on this
+machine or another. A member lacking a file this machine does not have (a
+`*_path` or `manual_dir` override) is skipped, not failed. With --host_index/--host_count each host runs members
 i, i+n, ... Afterwards the result files are aggregated into RESULTS/results.md
 and results.csv (and DIR/results.png): per row the mean and median
 per-patient Dice with a per-patient bootstrap 95% interval, the 3-D HD95,
@@ -30,7 +31,8 @@ tumour-free slices with false positives and missed patients; for rows, the
 paired per-patient difference to the row it is compared with (the chain row
 before it, or a side row's named row), named in the table, with its interval;
 for a row trained with several seeds, each seed's paired difference to the
-first (the noise floor).
+first (the noise floor). A member that fails does not stop the others; the
+command then exits 1 naming the failed members.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import sys
 import time
 import traceback
 
@@ -50,7 +53,7 @@ import numpy as np
 import scipy.stats
 from absl import flags, logging
 
-from lgg_jax import cli, evaluate, figures, report, train
+from lgg_jax import cli, evaluate, figures, provenance, report, train
 from lgg_jax.data import pipeline
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -156,8 +159,11 @@ def results_dir(sweep: dict, tiny: bool, workdir: pathlib.Path) -> pathlib.Path:
 # --------------------------------------------------------------------------- running
 
 def _result(member: dict, config, summary: dict, seconds: float | None) -> dict:
+  """The committed record of a member: its overrides and the whole config
+  they resolved to, its scores, and what produced them."""
   prov = summary.get("provenance", {})
   return {"member": member_name(member), "row": member.get("_row"), "overrides": overrides_of(member),
+          "config": json.loads(config.to_json_best_effort()),
           "evaluated_from": member.get("_from"), "epochs": config.num_epochs, "steps": summary.get("step"),
           "best_step": summary.get("best_step"), "val_dice": summary.get("val_dice"),
           "best_val_dice": summary.get("best_val_dice"), "test": summary.get("test"),
@@ -175,7 +181,9 @@ def _rescore(sweep: dict, member: dict, workdir: pathlib.Path) -> dict:
   config = build_config(sweep["config"], {**sweep.get("common", {}), **overrides_of(member)})
   summary = json.loads((source / "summary.json").read_text())
   summary.update(evaluate.best_checkpoint_on_test(source, config, pipeline.load(config)))
-  return _result(member, config, summary, None)
+  result = _result(member, config, summary, None)
+  result["provenance"]["rescored_git_commit"] = provenance.git_commit()  # beside the training's git_commit
+  return result
 
 
 def run_sweep(sweep: dict, workdir: pathlib.Path, results: pathlib.Path, host_index: int = 0,
@@ -359,7 +367,10 @@ def aggregate(sweep: dict, workdir: pathlib.Path, results: pathlib.Path) -> list
   for r in found.values():
     prov = r.get("provenance") or {}
     devices = prov.get("devices") or {}
-    runs[(r.get("row") or r["member"], prov.get("git_commit"), f"{devices.get('count', '?')} "
+    commit = prov.get("git_commit")
+    if prov.get("rescored_git_commit"):
+      commit = f"{commit} (re-scored at {prov['rescored_git_commit']})"
+    runs[(r.get("row") or r["member"], commit, f"{devices.get('count', '?')} "
           f"{devices.get('kind', '?')}", r.get("finished"))] += 1
   lines += ["", "Runs: row, git commit, devices, date finished (runs)."]
   lines += [f"- {row}: {commit}, {devices}, {date} ({n})" for (row, commit, devices, date), n in runs.items()]
@@ -390,6 +401,12 @@ def main(argv):
     print(f"{name}: {s}")
   if aggregate(sweep, workdir, results):
     print((results / "results.md").read_text())
+  failed = [name for name, s in status.items() if s.startswith("failed")]
+  if failed:
+    print(f"error: {len(failed)} sweep member(s) failed (tracebacks in the log above): {', '.join(failed)}",
+          file=sys.stderr)
+    return 1
+  return 0
 
 
 if __name__ == "__main__":

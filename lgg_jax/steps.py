@@ -16,21 +16,21 @@ from jax.sharding import PartitionSpec as P
 
 from lgg_jax import choices, losses, metrics
 from lgg_jax.parallel import AXIS
-from lgg_jax.state import merge
+from lgg_jax.state import encoder_frozen, in_encoder, merge, unfreeze_encoder
 
 TTA_MODES = ("none", "flips", "dihedral")
-
-
-def _in_encoder(path) -> bool:
-  return any(getattr(k, "key", None) == "encoder" for k in path)
 
 
 def make_train_step(graphdef, tx, config, mesh, freeze_encoder: bool = False, prepare=None):
   """(state, global batch) -> (state, stats), data-parallel over `mesh`.
 
-  With `prepare` (the on-device input path) the step is (state, batch of
-  rows, device data) -> (state, stats), and each device makes its images
-  from the resident data first.
+  With `freeze_encoder`, `tx` is the frozen-encoder optimizer
+  (state.make_optimizer(..., encoder_frozen=True)) and the encoder's
+  gradients are left out of the clipping and the reported norm. Without it,
+  a state from the frozen epochs is unfrozen first: the encoder's optimizer
+  state starts fresh. With `prepare` (the on-device input path) the step is
+  (state, batch of rows, device data) -> (state, stats), and each device
+  makes its images from the resident data first.
   """
 
   def per_device(state, batch, data=None):
@@ -48,13 +48,15 @@ def make_train_step(graphdef, tx, config, mesh, freeze_encoder: bool = False, pr
     (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state["params"], state["model_state"])
     model_state = jax.lax.pmean(model_state, AXIS)
+    opt_state = state["opt_state"]
     if freeze_encoder:
-      grads = jax.tree_util.tree_map_with_path(
-          lambda path, g: jnp.zeros_like(g) if _in_encoder(path) else g, grads)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    if freeze_encoder:  # also stops weight decay and momentum from moving it
-      updates = jax.tree_util.tree_map_with_path(
-          lambda path, u: jnp.zeros_like(u) if _in_encoder(path) else u, updates)
+      if not encoder_frozen(opt_state):
+        raise ValueError("freeze_encoder needs the frozen-encoder optimizer: state.make_optimizer(config, "
+                         "total_steps, encoder_frozen=True) with config.model.freeze_encoder_epochs set")
+      grads = jax.tree_util.tree_map_with_path(lambda path, g: jnp.zeros_like(g) if in_encoder(path) else g, grads)
+    elif encoder_frozen(opt_state):  # the first step after the frozen epochs (a compile of its own)
+      opt_state = unfreeze_encoder(tx, opt_state, state["params"])
+    updates, opt_state = tx.update(grads, opt_state, state["params"])
     params = optax.apply_updates(state["params"], updates)
     counts = metrics.slice_counts(logits, batch["mask"], config.threshold)
     dice = metrics.dice_from_counts(counts["intersection"], counts["predicted"], counts["true"], xp=jnp)

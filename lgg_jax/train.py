@@ -210,7 +210,7 @@ class _Preemption:
       self.previous = None
 
 
-def _restore(latest, train_state, train_iter, order: str):
+def _restore(latest, run: _Setup):
   """(step, partial-epoch statistics, state) from the latest checkpoint."""
   step = latest.latest_step()
   restored = latest.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))
@@ -219,19 +219,35 @@ def _restore(latest, train_state, train_iter, order: str):
     raise ValueError(f"{latest.directory} was written by a run on a dataset prepared before version 1.1.0, "
                      "whose records came in hash order; resuming would train on a different data order. "
                      "Start a new workdir.")
-  if saved_order != order:
+  if saved_order != run.order:
     raise ValueError(f"{latest.directory}: the training records differ from this run's (the dataset, its "
                      "version or the split changed); resuming would train on a different data order. "
                      "Start a new workdir or restore the original data and config.")
+  template = run.train_state
+  if step > run.unfreeze_step and state.encoder_frozen(template["opt_state"]):  # saved after the encoder unfroze
+    template = {**template, "opt_state": state.unfreeze_encoder(run.tx, template["opt_state"], template["params"])}
   restored = latest.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(state.abstract(train_state)), data=ocp.args.JsonRestore()))
-  train_iter.set_state(restored["data"]["iterator"])
+      state=ocp.args.StandardRestore(state.abstract(template)), data=ocp.args.JsonRestore()))
+  run.train_iter.set_state(restored["data"]["iterator"])
   # Statistics of a part-done epoch (a preemption save), so the epoch's
   # record equals an uninterrupted run's.
   partial = restored["data"]["epoch_stats"]
   epoch_stats = [{k: np.float32(v[i]) for k, v in partial.items()} for i in range(len(partial["loss"]))]
   logging.info("resumed from %s at step %d", latest.directory, step)
   return step, epoch_stats, restored["state"]
+
+
+def _kept_best(best, start_step: int) -> float | None:
+  """The validation Dice of the best checkpoint kept, or None.
+
+  A resumed run drops best checkpoints written after the step it resumes
+  from, as it drops their metric records: it redoes those epochs.
+  """
+  for step in best.all_steps():
+    if step > start_step:
+      best.delete(step)
+  kept = best.best_step()
+  return None if kept is None else float(best.metrics(kept)["val_dice"])
 
 
 # --------------------------------------------------------------------------- validation and the end
@@ -275,8 +291,10 @@ class _Setup:
   steps_per_epoch: int
   total_steps: int
   schedule: object
+  tx: object                 # the optimizer (the encoder's after any frozen epochs)
+  unfreeze_step: int         # steps done when the encoder first trains
   graphdefs: dict
-  train_state: dict
+  train_state: dict          # the first step's (a frozen encoder's optimizer state while it is frozen)
   step_for_epoch: object     # epoch -> compiled train step
   train_iter: object         # grain iterator or device_pipeline.HostBatches
   device_data: dict | None   # the resident records on the devices, or None
@@ -294,7 +312,9 @@ def _set_up(config, mesh) -> _Setup:
   logging.info("split %s; %d steps per epoch, %d devices", data.split.summary(), steps_per_epoch,
                jax.device_count())
   tx, schedule = state.make_optimizer(config, total_steps)
-  graphdefs, train_state = state.create_state(config, tx)
+  frozen_tx = state.make_optimizer(config, total_steps, encoder_frozen=True)[0] \
+      if config.model.freeze_encoder_epochs else tx
+  graphdefs, train_state = state.create_state(config, frozen_tx)
   logging.info("model %s: %d parameters", config.model.name,
                sum(x.size for x in jax.tree.leaves(train_state["params"])))
   prepare = device_pipeline.make_prepare(config) if config.data.on_device else None
@@ -304,7 +324,8 @@ def _set_up(config, mesh) -> _Setup:
     key = (epoch < config.model.freeze_encoder_epochs, epoch < config.model.freeze_encoder_bn_epochs)
     if key not in compiled:
       graphdef = graphdefs["train_frozen_bn" if key[1] else "train"]
-      compiled[key] = steps.make_train_step(graphdef, tx, config, mesh, freeze_encoder=key[0], prepare=prepare)
+      compiled[key] = steps.make_train_step(graphdef, frozen_tx if key[0] else tx, config, mesh,
+                                            freeze_encoder=key[0], prepare=prepare)
     return compiled[key]
 
   if config.data.on_device:
@@ -313,8 +334,8 @@ def _set_up(config, mesh) -> _Setup:
   else:
     device_data = None
     train_iter = pipeline.train_dataset(res, config, jax.process_index(), jax.process_count())
-  return _Setup(data, steps_per_epoch, total_steps, schedule, graphdefs, train_state, step_for_epoch, train_iter,
-                device_data, data.order_signature(res.records))
+  return _Setup(data, steps_per_epoch, total_steps, schedule, tx, steps_per_epoch * config.model.freeze_encoder_epochs,
+                graphdefs, train_state, step_for_epoch, train_iter, device_data, data.order_signature(res.records))
 
 
 def _epoch_stats(epoch_stats: list) -> dict:
@@ -335,14 +356,15 @@ def _epoch_line(record: dict) -> str:
           f"patient dice {record['val_dice']:.4f} slice dice {record['val_slice_dice']:.4f}")
 
 
-def _summary(config, workdir: pathlib.Path, run: _Setup, records: list[dict], has_best: bool, mesh) -> dict:
-  """The final validation is the last epoch's; the test figures are the best checkpoint's."""
+def _summary(config, workdir: pathlib.Path, run: _Setup, records: list[dict], best_val_dice: float | None,
+             mesh) -> dict:
+  """The final validation is the last epoch's; the best Dice and the test
+  figures are the best checkpoint's."""
   last = records[-1] if records else {}
-  best_record = max(records, key=lambda r: r["val_dice"]) if records else {}
-  summary = {"val_dice": last.get("val_dice"), "best_val_dice": best_record.get("val_dice"),
+  summary = {"val_dice": last.get("val_dice"), "best_val_dice": best_val_dice,
              "step": int(jax.device_get(run.train_state["step"])), "steps_per_epoch": run.steps_per_epoch,
              "split": run.data.split.summary(), "split_patients": run.data.split.patients}
-  if has_best:
+  if best_val_dice is not None:
     summary.update(evaluate.best_checkpoint_on_test(workdir, config, run.data, mesh))
   summary["provenance"] = provenance.collect(config, run.data)
   peak = (jax.local_devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
@@ -370,7 +392,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     stack.callback(best.close)
     start_step, epoch_stats = 0, []
     if latest.latest_step() is not None:
-      start_step, epoch_stats, run.train_state = _restore(latest, run.train_state, run.train_iter, run.order)
+      start_step, epoch_stats, run.train_state = _restore(latest, run)
+    best_val_dice = _kept_best(best, start_step)
     train_state = parallel.replicate(run.train_state, mesh)
     log = MetricsLog(workdir, start_step, config)
     stack.callback(log.close)
@@ -424,8 +447,11 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
           bar.write(_epoch_line(record))
         if epoch % config.checkpoint_every_epochs == 0 or step + 1 == run.total_steps:
           save_latest(step + 1)
+        # Every epoch that improves, checkpoint epoch or not: the best epoch's weights are kept.
+        if best_val_dice is None or val["patient_dice"] > best_val_dice:
+          best_val_dice = float(val["patient_dice"])
           best.save(step + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(train_state)),
-                    metrics={"val_dice": val["patient_dice"]})
+                    metrics={"val_dice": best_val_dice})
       if preemption.requested(step) and step + 1 < run.total_steps:
         if latest.latest_step() != step + 1:
           save_latest(step + 1)
@@ -438,7 +464,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     latest.wait_until_finished()
     best.wait_until_finished()
     run.train_state = train_state
-    summary = _summary(config, workdir, run, log.records, best.best_step() is not None, mesh)
+    summary = _summary(config, workdir, run, log.records, best_val_dice, mesh)
     if is_main:
       (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
       bar.write(_done_line(summary, workdir))

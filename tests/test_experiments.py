@@ -1,12 +1,16 @@
 import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from flax import traverse_util
 
 from configs import recipe_cpu
-from experiments import recipe, run
+from experiments import common, recipe, run
+from lgg_jax import provenance
 
 SWEEPS = sorted((pathlib.Path(__file__).resolve().parents[1] / "experiments").glob("*.py"))
 SWEEPS = [p for p in SWEEPS if p.stem not in ("__init__", "run", "common")]
@@ -184,3 +188,55 @@ def test_a_side_row_is_compared_with_the_row_it_names_and_the_chain_skips_it(tmp
   bad = {"name": "fake", "rows": [{"name": "s", "label": "s", "overrides": {}, "compare_to": "later"}], "folds": (0,)}
   with pytest.raises(ValueError, match="compared to 'later'"):
     run._expand_rows(bad, "fake.py")
+
+
+_SWEEP_WITH_A_FAILING_MEMBER = """
+from experiments.common import TINY
+
+
+def get_sweep(tiny):
+  return {{"config": "configs/unet.py", "common": {{**TINY, "data.data_dir": {data_dir!r}}},
+          "members": [{{"model.name": "vnet", "split.fold": 0}}, {{"split.fold": 0}}]}}
+"""
+
+
+def test_the_command_exits_1_naming_the_failed_members_and_keeps_the_others(tmp_path, data_dir):
+  sweep_file = tmp_path / "failing.py"
+  sweep_file.write_text(_SWEEP_WITH_A_FAILING_MEMBER.format(data_dir=str(data_dir)))
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu",
+         "PYTHONPATH": str(run.REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+  done = subprocess.run([sys.executable, "-m", "experiments.run", f"--sweep={sweep_file}", "--tiny",
+                         f"--workdir={tmp_path / 'sweep'}"], cwd=run.REPO, env=env, capture_output=True, text=True,
+                        timeout=900)
+  assert done.returncode == 1, done.stderr[-3000:]
+  error = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+  assert len(error) == 1 and "failed" in error[0] and "model.name=vnet+split.fold=0" in error[0], error
+  results = tmp_path / "sweep" / "results"
+  assert json.loads((results / "split.fold=0.json").read_text())["test_per_patient"]
+  assert not (results / "model.name=vnet+split.fold=0.json").exists()
+  assert (results / "results.md").exists()
+
+
+def test_result_files_keep_the_resolved_config_and_a_rescored_row_its_own_commit(tmp_path, data_dir):
+  rows = [{"name": "a", "label": "a", "overrides": {}},
+          {"name": "a-flips", "label": "a with flips", "evaluate": "a", "inference": {"inference.tta": "flips"}}]
+  sweep = {"name": "rescoring", "config": "configs/unet.py", "rows": rows, "folds": (0,), "seeds": (0,),
+           "common": {**common.TINY, "data.data_dir": str(data_dir)}}
+  sweep["members"] = run._expand_rows(sweep, "rescoring.py")
+  results = tmp_path / "results"
+  assert run.run_sweep(sweep, tmp_path, results, only_rows=("a",)) == {"a-fold0-seed0": "finished"}
+  # As if trained at another commit: the re-scored row keeps that one beside its own.
+  summary_path = tmp_path / "a-fold0-seed0" / "summary.json"
+  summary = json.loads(summary_path.read_text())
+  summary["provenance"]["git_commit"] = "0" * 40
+  summary_path.write_text(json.dumps(summary))
+  assert run.run_sweep(sweep, tmp_path, results, only_rows=("a-flips",)) == {"a-flips-fold0-seed0": "finished"}
+  for member in sweep["members"]:
+    written = json.loads((results / f"{run.member_name(member)}.json").read_text())
+    config = run.build_config(sweep["config"], {**sweep["common"], **run.overrides_of(member)})
+    assert written["config"] == json.loads(config.to_json_best_effort())
+  assert written["config"]["inference"]["tta"] == "flips"
+  assert written["provenance"]["git_commit"] == "0" * 40
+  assert written["provenance"]["rescored_git_commit"] == provenance.git_commit()
+  run.aggregate(sweep, tmp_path, results)
+  assert f"- a with flips: {'0' * 40} (re-scored at {provenance.git_commit()})" in (results / "results.md").read_text()

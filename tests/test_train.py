@@ -9,7 +9,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from lgg_jax import losses, parallel, state, steps, train
+from lgg_jax import inference, losses, parallel, state, steps, train
 from lgg_jax.data import pipeline
 from conftest import tiny_config
 
@@ -93,6 +93,29 @@ def test_training_lowers_loss_and_a_resumed_run_equals_an_uninterrupted_one(tmp_
   assert _records(interrupted) == records  # same data order, same numbers
   for a, b in zip(jax.tree.leaves(_params(full, steps[-1])), jax.tree.leaves(_params(interrupted, steps[-1]))):
     np.testing.assert_array_equal(a, b)
+  # The best checkpoint of the epochs redone is written again, not kept from before.
+  best_steps = [sorted(p.name for p in (run / "best").iterdir() if p.name.isdigit()) for run in (full, interrupted)]
+  assert best_steps[0] == best_steps[1] == [str(summary["best_step"])]
+
+
+def test_the_best_checkpoint_is_the_best_epoch_whatever_checkpoint_every_epochs(tmp_path):
+  """The best epoch may fall between checkpoint epochs: its weights are still
+  the best checkpoint, and the summary's best step and Dice are theirs."""
+  config = tiny_config(tmp_path)
+  config.num_epochs = 3
+  config.checkpoint_every_epochs = 2
+  config.threshold = 0.3  # non-empty predictions, so this tiny run's validation Dice moves between epochs
+  workdir = tmp_path / "run"
+  summary = train.train_and_evaluate(config, workdir)
+  records = _records(workdir)
+  best = max(records, key=lambda r: r["val_dice"])
+  assert best["epoch"] == 1 and best["val_dice"] > 0, records  # the case: no latest checkpoint of the best epoch
+  assert (summary["best_step"], summary["best_val_dice"]) == (best["step"], best["val_dice"])
+  member = inference.member_from_run(workdir, "best")
+  assert member.step == best["step"]
+  data = pipeline.load(config)
+  val, _ = train.validate(inference.Predictor(member), data, data.patients(data.split.val), config)
+  assert val["patient_dice"] == pytest.approx(summary["best_val_dice"], abs=1e-6)
 
 
 def _resident(config):
@@ -163,7 +186,8 @@ def tiny_config_defaults():
 def _run_steps(config, local, count, mesh=None, freeze_encoder=False, compute_dtype="float32"):
   config.compute_dtype = compute_dtype
   mesh = mesh or parallel.make_mesh()
-  tx, _ = state.make_optimizer(config, total_steps=count)
+  config.model.freeze_encoder_epochs = int(freeze_encoder)
+  tx, _ = state.make_optimizer(config, total_steps=count, encoder_frozen=freeze_encoder)
   graphdefs, train_state = state.create_state(config, tx)
   initial = jax.device_get(train_state)
   train_state = parallel.replicate(train_state, mesh)
@@ -213,6 +237,56 @@ def test_frozen_encoder_does_not_move_while_the_decoder_does(tmp_path):
     np.testing.assert_array_equal(a, b)
   assert not np.array_equal(initial["params"]["decoder1"]["conv1"]["kernel"],
                             final["params"]["decoder1"]["conv1"]["kernel"])
+
+
+def test_the_encoder_unfreezes_with_a_fresh_optimizer(tmp_path):
+  """The first update of an encoder after its frozen epochs is a new
+  optimizer's on the same parameters and gradients: Adam's step count did not
+  run on while it was frozen (here that would scale the update by about 0.55,
+  after long freezes by up to 3). The rest's statistics carry on."""
+  config = _tiny_model(tiny_config(tmp_path), "resnext_unet")
+  config.model.resnext.sync_batch_norm = False  # one device; the reference gradient is taken outside the mesh
+  config.model.freeze_encoder_epochs = 1
+  config.optimizer.schedule, config.optimizer.warmup_steps = "constant", 0
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  run = train._set_up(config, mesh)
+  local = _learnable_batch()
+  batch = parallel.global_batch(local, mesh)
+  train_state = parallel.replicate(run.train_state, mesh)
+  for step in range(run.steps_per_epoch + 1):  # the frozen epoch, then the first step of the next
+    if step == run.steps_per_epoch:
+      before = jax.device_get(train_state)
+    train_state, _ = run.step_for_epoch(step // run.steps_per_epoch)(train_state, batch)
+  moved = jax.tree.map(np.subtract, jax.device_get(train_state["params"]), before["params"])
+
+  def mean_loss(params):
+    model = state.merge(run.graphdefs["train"], params, jax.tree.map(jax.numpy.asarray, before["model_state"]))
+    return losses.per_sample_loss(model(local["image"]), local["mask"], config.loss).mean()
+  grads = jax.grad(mean_loss)(before["params"])
+  config.model.freeze_encoder_epochs = 0
+  fresh, _ = state.make_optimizer(config, run.total_steps)
+  first, _ = fresh.update(grads, fresh.init(before["params"]), before["params"])
+  lr = config.optimizer.learning_rate
+  for a, b in zip(jax.tree.leaves(moved["encoder"]), jax.tree.leaves(first["encoder"])):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-2 * lr)  # loose where a gradient is near Adam's eps
+  assert not np.allclose(moved["head2"]["kernel"], first["head2"]["kernel"], rtol=1e-2, atol=1e-2 * lr)
+
+
+def test_a_run_resumes_after_its_encoder_unfroze(tmp_path):
+  """After unfreezing, checkpoints hold the encoder's optimizer state too:
+  resuming from one gives the uninterrupted run."""
+  config = _tiny_model(tiny_config(tmp_path), "resnext_unet")
+  config.model.freeze_encoder_epochs = 1
+  config.num_epochs = 3
+  full, interrupted = tmp_path / "full", tmp_path / "interrupted"
+  train.train_and_evaluate(config, full)
+  shutil.copytree(full, interrupted)
+  steps = sorted(int(p.name) for p in (interrupted / "checkpoints").iterdir() if p.name.isdigit())
+  shutil.rmtree(interrupted / "checkpoints" / str(steps[-1]))  # resumes from epoch 2's, after the unfreezing
+  train.train_and_evaluate(config, interrupted)
+  assert _records(interrupted) == _records(full)
+  for a, b in zip(jax.tree.leaves(_params(full, steps[-1])), jax.tree.leaves(_params(interrupted, steps[-1]))):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_bfloat16_step_keeps_float32_parameters_and_tracks_float32(tmp_path):

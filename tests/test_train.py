@@ -114,7 +114,8 @@ def test_the_best_checkpoint_is_the_best_epoch_whatever_checkpoint_every_epochs(
   member = inference.member_from_run(workdir, "best")
   assert member.step == best["step"]
   data = pipeline.load(config)
-  val, _ = train.validate(inference.Predictor(member), data, data.patients(data.split.val), config)
+  val, _ = train.validate(inference.Predictor(member, settings=inference.validation_settings(config)), data,
+                          data.split.val, config)
   assert val["patient_dice"] == pytest.approx(summary["best_val_dice"], abs=1e-6)
 
 

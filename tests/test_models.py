@@ -182,9 +182,20 @@ def test_cpu_conv_bfloat16_gradient_matches_xla():
 
 @pytest.mark.parametrize("name", ["unet", "fpn", "resnext_unet"])
 def test_eval_graphdefs_hash_so_probability_steps_compile_once(name):
-  from lgg_jax import state
-  graphdefs, _, _ = state.split_model(models.create(_tiny(name), rngs=nnx.Rngs(0)))
-  assert hash(graphdefs["eval"]) == hash(graphdefs["eval"])
+  """Two members of one architecture (other weights; one built abstractly, as
+  a checkpoint restore does) share one probability step, traced once."""
+  from lgg_jax import state, steps
+  built = [state.split_model(models.create(_tiny(name), rngs=nnx.Rngs(seed))) for seed in (0, 1)]
+  abstract, _, _ = nnx.eval_shape(lambda: state.split_model(models.create(_tiny(name), rngs=nnx.Rngs(2))))
+  graphdefs = [built[0][0]["eval"], built[1][0]["eval"], abstract["eval"]]
+  assert graphdefs[1] == graphdefs[0] and graphdefs[2] == graphdefs[0]
+  assert hash(graphdefs[1]) == hash(graphdefs[0]) and hash(graphdefs[2]) == hash(graphdefs[0])
+  step = steps.make_probability_step(graphdefs[0], "none", 32)
+  assert all(steps.make_probability_step(g, "none", 32) is step for g in graphdefs[1:])
+  images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  out = [step({"params": params, "model_state": model_state}, images) for _, params, model_state in built]
+  assert step._cache_size() == 1
+  assert not np.allclose(out[0], out[1])  # the two members' own weights were used
 
 
 @pytest.mark.parametrize("name", ["unet", "fpn", "resnext_unet"])

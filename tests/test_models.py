@@ -148,7 +148,10 @@ def test_cpu_conv_gradient_under_shard_map_equals_the_unsharded_one():
   sharded = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P("data")), out_specs=P()))
   x_sharded = jax.device_put(x, jax.sharding.NamedSharding(mesh, P("data")))
   expected = jax.grad(loss)(k, x, jax.lax.conv_general_dilated)
-  np.testing.assert_allclose(sharded(k, x_sharded), expected, rtol=1e-4, atol=1e-4)
+  # Sums of 8 x 96 x 96 float32 terms in another order: absolute error scales
+  # with the gradient (entries up to ~500; jax 0.12 lands 1.8e-4 off on one).
+  scale = float(jnp.abs(expected).max())
+  np.testing.assert_allclose(sharded(k, x_sharded), expected, rtol=1e-4, atol=1e-6 * scale)
 
 
 def test_transposed_conv_cpu_form_equals_xla_form():

@@ -39,7 +39,7 @@ from flax import nnx
 from configs import default
 from experiments.common import TINY
 from lgg_jax import cli, parallel, state, steps
-from lgg_jax.data import device_pipeline, pipeline, preprocess
+from lgg_jax.data import device_pipeline, pipeline
 from lgg_jax.models import layers
 
 _MODELS = flags.DEFINE_list("models", ["resnext_unet"], "Models to time (unet, fpn, resnext_unet).")

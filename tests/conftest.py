@@ -6,11 +6,36 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import importlib  # noqa: E402
 import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
 
 REAL_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "lgg_dev" / "kaggle_3m"
+
+# CI (CI=true) has ../shared and installs every extra: a test that lacks one
+# there fails instead of skipping, so a green run never hides a skipped check.
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require(path, what):
+  """Skip (outside CI) or fail (CI=true) a test that needs `path`."""
+  if not pathlib.Path(path).exists():
+    message = f"{what} is absent ({path})"
+    if IN_CI:
+      pytest.fail(f"{message}; CI=true needs it", pytrace=False)
+    pytest.skip(message)
+
+
+def import_or_skip(name, reason=""):
+  """pytest.importorskip, except that under CI=true a missing module fails."""
+  try:
+    return importlib.import_module(name)
+  except ImportError as e:
+    message = f"{name} is not installed{f' ({reason})' if reason else ''}: {e}"
+    if IN_CI:
+      pytest.fail(f"{message}; CI=true needs it", pytrace=False)
+    pytest.skip(message, allow_module_level=True)
 
 
 @pytest.fixture(scope="session")
@@ -29,8 +54,7 @@ def tiny_dataset(tmp_path_factory, tiny_spec):
 @pytest.fixture(scope="session")
 def real_builder(tmp_path_factory):
   """The 62 real dev patients prepared once per test session (skips without them)."""
-  if not REAL_DATA.exists():
-    pytest.skip("../shared/data/lgg_dev is absent")
+  require(REAL_DATA, "../shared/data/lgg_dev")
   from lgg_jax.data import builder
   return builder.build(REAL_DATA, tmp_path_factory.mktemp("real_cache") / "tfds")
 

@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import subprocess
+import sys
 
 import numpy as np
 
@@ -14,6 +15,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def test_gpu_check_dry_run_measures_in_priority_order_and_writes_json_and_markdown(tmp_path):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as a user has
+  # The script calls `python`: make it this interpreter, as in an activated venv.
+  env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
   result = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), f"--out={tmp_path}", "--dry_run"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

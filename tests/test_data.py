@@ -8,7 +8,7 @@ import tifffile
 
 from lgg_jax import baselines
 from lgg_jax.data import builder, kaggle, synthetic
-from conftest import REAL_DATA
+from conftest import REAL_DATA, require
 
 
 def test_synthetic_layout_matches_published_dataset(tiny_dataset, tiny_spec):
@@ -70,8 +70,8 @@ def test_builder_round_trip_equals_tiffs_in_patient_and_slice_order(tiny_dataset
     assert bool(ex["has_tumor"]) == bool(mask.any())
 
 
-@pytest.mark.skipif(not REAL_DATA.exists(), reason="../shared/data/lgg_dev is absent")
 def test_builder_round_trip_on_two_real_patients_in_order(tmp_path):
+  require(REAL_DATA, "../shared/data/lgg_dev")
   src = tmp_path / "kaggle_3m"
   src.mkdir()
   for p in sorted(p for p in REAL_DATA.iterdir() if p.is_dir())[:2]:

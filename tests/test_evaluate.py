@@ -2,16 +2,15 @@ import csv
 import json
 import shutil
 
-import jax
 import numpy as np
 import pytest
 import tifffile
 
 from lgg_jax import baselines, evaluate, inference, metrics, predict, report, train
 from lgg_jax.data import pipeline
-from conftest import tiny_config
+from conftest import import_or_skip, tiny_config
 
-medpy_binary = pytest.importorskip("medpy.metric.binary")
+medpy_binary = import_or_skip("medpy.metric.binary", "the test extra's HD95 reference")
 PLAIN = inference.Settings()  # threshold 0.5, no TTA, no component step
 
 
@@ -237,7 +236,7 @@ def test_nifti_in_any_axis_order_gives_the_tiff_folders_masks_and_keeps_its_head
   those of its TIFF folder, and each output keeps its input's grid, affine and
   qform/sform codes."""
   import cv2
-  nib = pytest.importorskip("nibabel")
+  import nibabel as nib  # a dependency (setup.py)
   workdir, _, _ = trained_run
   patient = _patient_folder(tiny_dataset)
   files = sorted((f for f in patient.iterdir() if not f.stem.endswith("_mask")),
@@ -315,11 +314,38 @@ def test_evaluation_on_an_external_dataset_scores_every_patient(trained_run, tin
   assert (workdir / "evaluation").is_dir()
 
 
-def test_an_ensemble_needs_other_patients(trained_run, tiny_dataset, tmp_path):
-  workdir, _, _ = trained_run
+def test_an_ensemble_needs_other_patients_and_scores_its_members_mean_probability(trained_run, tiny_dataset,
+                                                                                     tmp_path):
+  """Two different models (the run's last checkpoint and, in a copy of the
+  run, the one before it): the ensemble's per-patient Dice is that of the
+  mean of their own probabilities, at the mean of their thresholds."""
+  workdir, config, _ = trained_run
   with pytest.raises(ValueError, match="--manual_dir"):
     evaluate.evaluate_run([workdir, workdir])
-  single = evaluate.evaluate_run(workdir, manual_dir=str(tiny_dataset), out=str(tmp_path / "one"))
-  double = evaluate.evaluate_run([workdir, workdir], manual_dir=str(tiny_dataset), out=str(tmp_path / "two"))
-  assert double["patient_dice"] == pytest.approx(single["patient_dice"], abs=1e-6)  # the mean of two equals one
-  assert len(double["runs"]) == 2
+  earlier = tmp_path / "earlier_run"
+  shutil.copytree(workdir, earlier, ignore=shutil.ignore_patterns("evaluation", "report", "tensorboard"))
+  kept = sorted(int(p.name) for p in (earlier / "checkpoints").iterdir() if p.name.isdigit())
+  assert len(kept) == 2, kept
+  shutil.rmtree(earlier / "checkpoints" / str(kept[-1]))  # the copy's latest is now the step before
+  runs = [workdir, earlier]
+  result = evaluate.evaluate_run(runs, checkpoint="latest", manual_dir=str(tiny_dataset), out=str(tmp_path / "two"))
+  assert result["checkpoint_steps"] == [kept[-1], kept[0]] and result["runs"] == [str(r) for r in runs]
+  members = [inference.member_from_run(r, "latest") for r in runs]
+  threshold = float(np.mean([m.threshold for m in members]))
+  assert not config.inference.largest_component  # scored on the thresholded mean alone
+  external = config.copy_and_resolve_references()
+  external.data.manual_dir = str(tiny_dataset)
+  data = pipeline.load(external)
+  with open(tmp_path / "two" / "per_patient.csv") as f:
+    scored = {r["patient"]: (float(r["dice"]), int(r["predicted_pixels"])) for r in csv.DictReader(f)}
+  patients = data.patients(np.arange(len(data.patient_ids)))
+  assert sorted(scored) == sorted(patients)
+  largest_gap = 0.0
+  for patient in patients:
+    volume, truth = data.volume(patient)
+    first, second = (inference.Predictor(m).predict_volume(volume) for m in members)
+    largest_gap = max(largest_gap, float(np.abs(first - second).max()))
+    pred = (first + second) / 2 >= threshold
+    dice = metrics.dice_from_counts((pred & truth).sum(), pred.sum(), truth.sum())
+    assert scored[patient] == (pytest.approx(float(dice), abs=1e-6), int(pred.sum())), patient
+  assert largest_gap > 0.05  # the two members really differ

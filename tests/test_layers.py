@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import sys
 
-import pytest
 
 from configs import default
 from lgg_jax import config_defaults
@@ -31,9 +30,9 @@ def test_inference_side_imports_without_the_trainer():
 
 
 def test_no_import_circles_among_our_modules():
+  from conftest import require
   tool = REPO.parent / "shared" / "tools" / "import_cycles.py"
-  if not tool.exists():
-    pytest.skip("../shared/tools/import_cycles.py is absent")
+  require(tool, "../shared/tools/import_cycles.py")
   result = subprocess.run([sys.executable, str(tool)], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.stdout.strip().splitlines()[-1] == "circles: 0", result.stdout
 

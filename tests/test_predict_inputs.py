@@ -101,7 +101,7 @@ def test_named_volumes_and_a_mask_are_read_without_warnings(tmp_path, caplog):
 @pytest.mark.parametrize("post_name", ["t1ce", "t1gd", "T1CE"])
 def test_brats_names_take_their_roles_and_t2_is_ignored_aloud(tmp_path, caplog, post_name):
   folder = tmp_path / "BraTS20_Training_001"
-  _save(folder / f"BraTS20_Training_001_t1.nii.gz", _constant(10))
+  _save(folder / "BraTS20_Training_001_t1.nii.gz", _constant(10))
   _save(folder / f"BraTS20_Training_001_{post_name}.nii.gz", _constant(30))
   _save(folder / "BraTS20_Training_001_flair.nii.gz", _constant(60))
   t2 = _save(folder / "BraTS20_Training_001_t2.nii.gz", _constant(200))

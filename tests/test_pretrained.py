@@ -2,7 +2,6 @@
 a changed, missing or unlisted file is an error naming it; setup.py ships the
 files and git does not ignore them."""
 
-import os
 import pathlib
 import shutil
 import subprocess

@@ -1,6 +1,7 @@
 """A trained run as a model people use: Segmenter, export, TensorBoard, split
 files, and one-line errors in every command."""
 
+import io
 import json
 import os
 import pathlib
@@ -10,11 +11,12 @@ import sys
 
 import numpy as np
 import pytest
+import tifffile
 
-from lgg_jax import Segmenter, export, inference, train
+from lgg_jax import Segmenter, export, inference, segmenter, train
 from lgg_jax.data import pipeline
 from lgg_jax.predict import find_cases
-from conftest import tiny_config
+from conftest import REAL_DATA, require, tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -71,10 +73,19 @@ def test_export_round_trip_and_ensemble(run, exported):
   card = (exported / "model_card.md").read_text()
   assert "Not a medical device" in card and patient in card and "patient_dice" in card
   from_run, from_export = Segmenter.load(workdir), Segmenter.load(exported)
-  np.testing.assert_allclose(from_export.predict(volume), from_run.predict(volume), atol=1e-6)
+  best = from_export.predict(volume)
+  np.testing.assert_allclose(best, from_run.predict(volume), atol=1e-6)
   assert from_export.threshold == from_run.threshold
-  ensemble = Segmenter.load([workdir, exported])
-  np.testing.assert_allclose(ensemble.predict(volume), from_run.predict(volume), atol=1e-6)
+  # An ensemble of two different models: the export (best step) and the run's
+  # other kept checkpoint; it predicts the mean of their own probabilities.
+  kept = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  other_step = next(s for s in kept if s != from_export.members[0].step)
+  other = Segmenter.load(workdir, checkpoint=str(other_step)).predict(volume)
+  assert np.abs(other - best).max() > 1e-3  # the two members really differ
+  ensemble = Segmenter.load([workdir, exported], checkpoint=str(other_step))
+  assert [m.step for m in ensemble.members] == [other_step, from_export.members[0].step]
+  np.testing.assert_allclose(ensemble.predict(volume), (other + best) / 2, atol=1e-6)
+  assert ensemble.threshold == from_run.threshold
   with pytest.raises(FileExistsError, match="not empty"):
     export.export_run(workdir, exported)
 
@@ -100,12 +111,24 @@ def test_exported_forward_pass_runs_with_only_jax_and_numpy(run, exported, tmp_p
 
 
 def test_segment_a_real_patient_folder_from_python(exported):
-  from conftest import REAL_DATA
-  if not REAL_DATA.exists():
-    pytest.skip("../shared/data/lgg_dev is absent")
-  case = find_cases(REAL_DATA / "TCGA_CS_4941_19960909")[0]
-  masks = Segmenter.load(exported).predict(case.images, masks=True)
-  assert masks.shape == (len(case.images), 256, 256) and masks.dtype == bool
+  """A real patient folder, read by find_cases in slice order: the Segmenter's
+  probabilities are the inference layer's on those slices, and its masks
+  (this model keeps every component) those probabilities at its threshold."""
+  require(REAL_DATA, "../shared/data/lgg_dev")
+  folder = REAL_DATA / "TCGA_CS_4941_19960909"
+  case = find_cases(folder)[0]
+  files = sorted((f for f in folder.glob("*.tif") if not f.stem.endswith("_mask")),
+                 key=lambda f: int(f.stem.rsplit("_", 1)[1]))
+  np.testing.assert_array_equal(case.images, np.stack([tifffile.imread(f) for f in files]))
+  seg = Segmenter.load(exported)
+  assert not seg.members[0].config.inference.largest_component
+  probabilities = seg.predict(case.images)
+  reference = inference.Predictor(segmenter.member_from_export(exported)).predict_volume(case.images)
+  np.testing.assert_array_equal(probabilities, reference)
+  assert probabilities.std() > 0  # not a constant map
+  masks = seg.predict(case.images, masks=True)
+  assert masks.shape == (len(files), 256, 256) and masks.dtype == bool
+  np.testing.assert_array_equal(masks, reference >= seg.threshold)
 
 
 def test_tensorboard_holds_curves_overlays_and_the_config(run):
@@ -176,8 +199,10 @@ def test_a_truncated_tiff_is_one_line_naming_it(tiny_dataset, tmp_path):
   result = _command("lgg_jax.main", f"--config={REPO / 'tests' / 'tiny_config.py'}", f"--workdir={tmp_path / 'run'}",
                     f"--config.data.manual_dir={root}", f"--config.data.data_dir={tmp_path / 'cache'}")
   assert result.returncode == 1
-  assert result.stderr.strip().splitlines()[-1] == f"error: {image}: unreadable TIFF " + \
-      result.stderr.strip().splitlines()[-1].split("unreadable TIFF ", 1)[1]
+  with pytest.raises(Exception) as reading:  # what tifffile itself says of the truncated file
+    tifffile.imread(io.BytesIO(image.read_bytes()))
+  expected = f"error: {image}: unreadable TIFF ({type(reading.value).__name__}: {reading.value})"
+  assert result.stderr.strip().splitlines()[-1] == expected, result.stderr[-1500:]
   assert "Traceback" not in result.stderr
 
 

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from conftest import IN_CI, import_or_skip
+
+torch = import_or_skip("torch", "the optional `torch` extra; CI installs it")
 
 
 def _import_torchvision():
@@ -32,8 +34,10 @@ from lgg_jax.models import resnext, weights  # noqa: E402
 def tv_model():
   try:
     tv = _import_torchvision()
-  except ImportError:
-    pytest.skip("torchvision is not installed")
+  except ImportError as e:
+    if IN_CI:
+      pytest.fail(f"torchvision is not installed ({e}); CI=true needs it", pytrace=False)
+    pytest.skip(f"torchvision is not installed ({e})")
   torch.manual_seed(0)
   model = tv.models.resnext50_32x4d(weights=None)
   # Random BatchNorm statistics and affine terms, so BN is really tested.

@@ -188,7 +188,7 @@ def evaluate_run(models, *, checkpoint="best", split="test", manual_dir="", tta=
                           + ([f"frac-{settings.component_fraction:g}"] if settings.component_fraction else [])
                           + ([f"thr-{threshold}"] if threshold not in ("model", "config") else []))
   if cli.is_main_process():
-    default_out = (pathlib.Path(runs[0].source) if runs else pathlib.Path("evaluation")) / "evaluation" / name
+    default_out = (pathlib.Path(runs[0].source) / "evaluation" if runs else pathlib.Path("evaluation")) / name
     write_outputs(pathlib.Path(out) if out else default_out, summary, rows)
   return summary
 

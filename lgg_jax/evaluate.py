@@ -148,7 +148,7 @@ def evaluate_run(models, *, checkpoint="best", split="test", manual_dir="", tta=
   patient of that dataset (no training data needed)."""
   mesh = parallel.make_mesh()
   members = segmenter.load_members(models, checkpoint, mesh)
-  runs = [m for m in members if (pathlib.Path(m.source) / "checkpoints").is_dir()]
+  runs = [m for m in members if not (pathlib.Path(m.source) / segmenter.WEIGHTS_FILE).is_file()]  # not exports
   if not manual_dir and (len(members) > 1 or len(runs) != 1):
     raise ValueError("--manual_dir is needed: only a single run folder is scored on its own split (an "
                      "export carries no data, and fold models have seen every dev patient between them)")

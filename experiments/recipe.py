@@ -17,6 +17,10 @@ Measured 2026-11-28 (benchmarks/QUALITY.md): r9 0.815 [0.765, 0.845], false
 positives on 0.5%; the baseline's seed-to-seed difference +0.040; of the training
 elements only BatchNorm clears it (+0.085 [+0.030, +0.184]); s1's clip does not
 differ from r6's (+0.007 [-0.028, +0.071]).
+Side rows s2-s4 (2026-11-30) re-score r7's runs keeping every component of at
+least 0.1/0.2/0.3 of the largest, each against r9 (largest only): pending the
+r7 runs on this machine (`--rows=r7-epochs,r8-tta,r9-recipe,s2-fraction-0.1,
+s3-fraction-0.2,s4-fraction-0.3`; r7-r9's committed files are not rerun).
 """
 
 import pathlib

@@ -129,15 +129,19 @@ class Segmenter:
     256, 256, 3) slices in slice order; keyword overrides (threshold, tta,
     largest_component, component_fraction) replace the models' settings."""
     settings = self.settings.replace(**overrides)
-    if settings.tta not in self._predictors:  # one compiled step per TTA mode
-      self._predictors[settings.tta] = inference.Predictor(self.members, self.mesh, settings)
-    probabilities = self._predictors[settings.tta].predict_volume(volume)
+    probabilities = self._probabilities(volume, settings.tta)
     return probabilities, inference.postprocess(probabilities, settings)
+
+  def _probabilities(self, volume: np.ndarray, tta: str) -> np.ndarray:
+    if tta not in self._predictors:  # one compiled step per TTA mode
+      self._predictors[tta] = inference.Predictor(self.members, self.mesh, self.settings.replace(tta=tta))
+    return self._predictors[tta].predict_volume(volume)
 
   def predict(self, volume: np.ndarray, *, masks: bool = False, tta: str | None = None,
               threshold: float | None = None, largest_component: bool | None = None,
               component_fraction: float | None = None) -> np.ndarray:
     """Probabilities, or with `masks=True` the post-processed masks."""
-    probabilities, post = self.segment(volume, tta=tta, threshold=threshold, largest_component=largest_component,
-                                       component_fraction=component_fraction)
-    return post if masks else probabilities
+    if not masks:  # no post-processing to pay for
+      return self._probabilities(volume, self.settings.tta if tta is None else tta)
+    return self.segment(volume, tta=tta, threshold=threshold, largest_component=largest_component,
+                        component_fraction=component_fraction)[1]

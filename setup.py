@@ -49,7 +49,7 @@ setup(
     ],
     extras_require={
         # medpy (GPL) is only the tests' reference for HD95, never a dependency.
-        "test": ["pytest>=8", "medpy==0.5.2", "tensorboard>=2.15"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "medpy==0.5.2", "tensorboard>=2.15"],
         # .pth encoder weights (torchvision's file); .safetensors needs neither.
         "torch": ["torch>=2.4", "torchvision>=0.19"],
     },

@@ -18,9 +18,11 @@ positives on 0.5%; the baseline's seed-to-seed difference +0.040; of the trainin
 elements only BatchNorm clears it (+0.085 [+0.030, +0.184]); s1's clip does not
 differ from r6's (+0.007 [-0.028, +0.071]).
 Side rows s2-s4 (2026-11-30) re-score r7's runs keeping every component of at
-least 0.1/0.2/0.3 of the largest, each against r9 (largest only): pending the
-r7 runs on this machine (`--rows=r7-epochs,r8-tta,r9-recipe,s2-fraction-0.1,
-s3-fraction-0.2,s4-fraction-0.3`; r7-r9's committed files are not rerun).
+least 0.1/0.2/0.3 of the largest, and s5-s6 with 3-view flip TTA and without
+TTA, each against r9 (dihedral TTA, largest component only): what the shipped
+ensemble's settings rest on. Pending the r7 runs on this machine
+(`--rows=r7-epochs,r8-tta,r9-recipe,s2-fraction-0.1,s3-fraction-0.2,
+s4-fraction-0.3,s5-tta-flips,s6-tta-none`; r7-r9's committed files are not rerun).
 """
 
 import pathlib
@@ -77,7 +79,12 @@ def rows(tiny: bool = False) -> list[dict]:
        "evaluate": "+ largest 3-D component (the recipe)",
        "inference": {"inference.component_fraction": fraction},
        "compare_to": "+ largest 3-D component (the recipe)"}
-      for i, fraction in enumerate(COMPONENT_FRACTIONS)]
+      for i, fraction in enumerate(COMPONENT_FRACTIONS)] + [
+      # What TTA is worth in the recipe: 8 views cost 8 forward passes a slice.
+      {"name": f"s{5 + i}-tta-{tta}", "label": f"side: {label} instead of dihedral TTA",
+       "evaluate": "+ largest 3-D component (the recipe)", "inference": {"inference.tta": tta},
+       "compare_to": "+ largest 3-D component (the recipe)"}
+      for i, (tta, label) in enumerate([("flips", "3-view flip TTA"), ("none", "no TTA")])]
 
 
 def get_sweep(tiny: bool):

@@ -26,6 +26,8 @@ import numpy as np
 from lgg_jax import metrics, parallel, state, steps
 from lgg_jax.data import preprocess
 
+_TAIL_QUANTUM = 8  # rows the last batch of a patient is rounded up to
+
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
@@ -163,19 +165,25 @@ class Predictor:
     self._steps = [steps.make_probability_step(m.graphdef, self.settings.tta, preprocess.SOURCE_SIZE)
                    for m in self.members]
 
-  def _batch_size(self, member: Member) -> int:
+  def _chunks(self, member: Member, count: int) -> list[int]:
+    """Batch sizes covering `count` slices: full eval batches, then a last
+    one rounded up to a multiple of 8 rows (and of the devices) rather than
+    to a whole batch (a 40-slice patient in batches of 32 computed 64)."""
     devices = self.mesh.devices.size
-    return -(-member.config.eval_batch_size // devices) * devices
+    batch = -(-member.config.eval_batch_size // devices) * devices
+    quantum = min(batch, -(-_TAIL_QUANTUM // devices) * devices)
+    full, rest = divmod(count, batch)
+    return [batch] * full + ([min(batch, -(-rest // quantum) * quantum)] if rest else [])
 
   def _member_probabilities(self, member: Member, step, inputs: np.ndarray) -> np.ndarray:
-    batch, count = self._batch_size(member), len(inputs)
-    padded = -(-count // batch) * batch
-    inputs = np.concatenate([inputs, np.zeros((padded - count,) + inputs.shape[1:], inputs.dtype)])
-    rows = parallel.local_rows(batch)
-    out = []
-    for start in range(0, padded, batch):
-      chunk = parallel.global_batch({"image": inputs[start:start + batch][rows]}, self.mesh)
+    count = len(inputs)
+    sizes = self._chunks(member, count)
+    inputs = np.concatenate([inputs, np.zeros((sum(sizes) - count,) + inputs.shape[1:], inputs.dtype)])
+    out, start = [], 0
+    for size in sizes:
+      chunk = parallel.global_batch({"image": inputs[start:start + size][parallel.local_rows(size)]}, self.mesh)
       out.append(parallel.to_host(step(member.variables, chunk["image"])))
+      start += size
     return np.concatenate(out)[:count]
 
   def predict_volume(self, volume: np.ndarray) -> np.ndarray:

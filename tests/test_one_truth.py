@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
-from lgg_jax import Segmenter, evaluate, export, inference, predict, train
-from lgg_jax.data import pipeline
+from lgg_jax import Segmenter, evaluate, export, inference, parallel, predict, steps, train
+from lgg_jax.data import pipeline, preprocess
 from conftest import tiny_config
 
 BLOB = (0, slice(4, 10), slice(4, 10))  # a small second component: first slice, top-left corner
@@ -93,6 +93,24 @@ def test_every_path_gives_the_scored_masks(planted_run, planted, tiny_dataset, m
     np.testing.assert_array_equal(from_export.predict(volume, masks=True), masks)
     np.testing.assert_array_equal(_png_masks(root / "predictions", patient, len(volume)), masks)
     assert dice_of[patient] == pytest.approx(float(rows[patient]["dice"]), abs=1e-6)
+
+
+def test_a_patients_last_batch_is_rounded_to_8_rows_not_to_a_whole_batch(planted_run, tiny_dataset):
+  """19 slices in eval batches of 16 on 8 devices: batches of 16 and 8 (not
+  two of 16), and the probabilities of one unpadded call of the same step."""
+  root, config = planted_run
+  member = inference.member_from_run(root / "run")
+  predictor = inference.Predictor(member)
+  assert predictor.mesh.devices.size == 8 and member.config.eval_batch_size == 16
+  assert predictor._chunks(member, 19) == [16, 8] and predictor._chunks(member, 32) == [16, 16]
+  assert predictor._chunks(member, 3) == [8]
+  data = pipeline.load(config)
+  volume = np.concatenate([data.volume(p)[0] for p in data.patients(data.split.test)] * 4)[:19]
+  inputs = preprocess.model_inputs(volume, member.config.data)
+  whole = np.concatenate([inputs, np.zeros((24 - 19,) + inputs.shape[1:], inputs.dtype)])
+  step = steps.make_probability_step(member.graphdef, "none", preprocess.SOURCE_SIZE)
+  expected = np.asarray(step(member.variables, parallel.global_batch({"image": whole}, predictor.mesh)["image"]))
+  np.testing.assert_allclose(predictor.predict_volume(volume), expected[:19], atol=1e-6)
 
 
 def test_component_fraction_keeps_the_parts_of_a_multifocal_tumour():

@@ -263,10 +263,10 @@ def test_the_encoder_unfreezes_with_a_fresh_optimizer(tmp_path):
   def mean_loss(params):
     model = state.merge(run.graphdefs["train"], params, jax.tree.map(jax.numpy.asarray, before["model_state"]))
     return losses.per_sample_loss(model(local["image"]), local["mask"], config.loss).mean()
-  grads = jax.grad(mean_loss)(before["params"])
+  grads = jax.jit(jax.grad(mean_loss))(before["params"])  # jitted: eager op-by-op costs a minute
   config.model.freeze_encoder_epochs = 0
   fresh, _ = state.make_optimizer(config, run.total_steps)
-  first, _ = fresh.update(grads, fresh.init(before["params"]), before["params"])
+  first, _ = jax.jit(lambda g, p: fresh.update(g, fresh.init(p), p))(grads, before["params"])
   lr = config.optimizer.learning_rate
   for a, b in zip(jax.tree.leaves(moved["encoder"]), jax.tree.leaves(first["encoder"])):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-2 * lr)  # loose where a gradient is near Adam's eps

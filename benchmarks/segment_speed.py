@@ -1,0 +1,95 @@
+"""What segmenting a patient costs a user: size on disk, load time, and time per patient.
+
+python -m benchmarks.segment_speed [--model=pretrained] [--input=PATIENT_FOLDER] [--tta=none,flips,dihedral]
+
+`--model` takes what `lgg_jax.predict --model` takes (pretrained, exports, run
+folders; several: an ensemble; one repeated: that many copies, to time an
+ensemble's size before it exists). `--input` is a patient folder (default: the
+dev patient of ../shared/data/lgg_dev with the slice count nearest 40, else a
+synthetic one of 40). Printed as a markdown table: the model's files on disk, the load
+(files read, SHA256 checked for a pretrained model, weights on the device),
+the first patient (compilation included) and the median of `--repeats`
+later patients, for each TTA mode, with the shipped post-processing.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import statistics
+import tempfile
+import time
+
+import jax
+import numpy as np
+from absl import flags
+
+from lgg_jax import cli, predict, pretrained, segmenter
+from lgg_jax.data import synthetic
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DEV = REPO.parent / "shared" / "data" / "lgg_dev" / "kaggle_3m"
+
+_MODEL = flags.DEFINE_list("model", ["pretrained"], "Models, as lgg_jax.predict --model takes them.")
+_INPUT = flags.DEFINE_string("input", "", "A patient folder (empty: a dev patient of >= 40 slices, else synthetic).")
+_TTA = flags.DEFINE_list("tta", ["none", "flips", "dihedral"], "TTA modes to time.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed patients per TTA mode after the first.")
+
+
+def _files_bytes(paths) -> int:
+  total = 0
+  for path in paths:
+    path = pathlib.Path(path)
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    total += sum(p.stat().st_size for p in files)
+  return total
+
+
+def patient(folder: str) -> tuple[str, np.ndarray]:
+  if folder:
+    case = predict.find_cases(folder)[0]
+    return case.name, case.images
+  if DEV.is_dir():
+    slices = {sub: len([f for f in sub.glob("*.tif") if not f.stem.endswith("_mask")])
+              for sub in sorted(p for p in DEV.iterdir() if p.is_dir())}
+    if slices:
+      case = predict.find_cases(min(slices, key=lambda sub: abs(slices[sub] - 40)))[0]
+      return case.name, case.images
+  spec = synthetic.SyntheticSpec(num_patients=1, min_slices=40, max_slices=40, seed=0)
+  root = synthetic.write_dataset(pathlib.Path(tempfile.mkdtemp(prefix="segment_speed_")), spec)
+  case = predict.find_cases(next(p for p in root.rglob("*") if p.is_dir() and any(p.glob("*.tif"))))[0]
+  return f"synthetic {case.name}", case.images
+
+
+def measure(models: list[str], volume: np.ndarray, ttas: list[str], repeats: int) -> dict:
+  paths = segmenter.model_paths(segmenter.cli_models(models))
+  model_dirs = {pretrained.model_dir(m) for m in segmenter.cli_models(models) if pretrained.is_pretrained_name(m)}
+  started = time.perf_counter()
+  seg = segmenter.Segmenter.load(segmenter.cli_models(models))
+  jax.block_until_ready([m.variables for m in seg.members])
+  load_s = time.perf_counter() - started
+  rows = []
+  for tta in ttas:
+    times = []
+    for _ in range(repeats + 1):
+      started = time.perf_counter()
+      seg.segment(volume, tta=tta)
+      times.append(time.perf_counter() - started)
+    rows.append({"tta": tta, "first_s": times[0], "patient_s": statistics.median(times[1:])})
+  return {"members": len(seg.members), "bytes": _files_bytes(model_dirs or set(paths)), "load_s": load_s,
+          "settings": seg.settings.as_dict(), "rows": rows}
+
+
+def main(argv):
+  del argv
+  name, volume = patient(_INPUT.value)
+  result = measure(_MODEL.value, volume, _TTA.value, _REPEATS.value)
+  print(f"\n{result['members']} members ({','.join(_MODEL.value)}), {result['bytes'] / 1e6:.2f} MB on disk, "
+        f"loaded in {result['load_s']:.1f} s; patient {name}, {len(volume)} slices; "
+        f"{jax.device_count()} {jax.default_backend()} device(s); shipped settings {result['settings']}\n")
+  print("| TTA | first patient (compiles), s | per patient after, s (median) |\n|---|---|---|")
+  for row in result["rows"]:
+    print(f"| {row['tta']} | {row['first_s']:.1f} | {row['patient_s']:.1f} |")
+
+
+if __name__ == "__main__":
+  cli.run(main)

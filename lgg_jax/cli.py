@@ -13,16 +13,39 @@ import logging as std_logging
 import os
 import pathlib
 import sys
+from collections.abc import Callable
 
 import jax
 import tqdm
 from absl import app, flags, logging
+
+from lgg_jax.steps import TTA_MODES
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # else albumentations asks the network on import
 
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "On an error, show the full traceback.")
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def define_inference_flags(what: str = "the model's own", threshold: bool = True) -> Callable[[], dict]:
+  """--tta, --largest_component, --component_fraction (and --threshold) for a
+  command that makes masks, each unset meaning `what`; returns a function
+  giving their values as `inference.Settings` overrides (None: unset)."""
+  tta = flags.DEFINE_enum("tta", "", ["", *TTA_MODES], f"Test-time augmentation; empty: {what}.")
+  largest = flags.DEFINE_bool("largest_component", None, "Keep each patient's largest 3-D component "
+                              f"(--nolargest_component: do not); unset: {what}.")
+  fraction = flags.DEFINE_float("component_fraction", None, "With the component step, also keep every "
+                                f"component of at least this fraction of the largest; unset: {what}.")
+  cut = flags.DEFINE_float("threshold", -1.0, f"Probability threshold; negative: {what}.") if threshold else None
+
+  def overrides() -> dict:
+    values = {"tta": tta.value or None, "largest_component": largest.value, "component_fraction": fraction.value}
+    if cut is not None:
+      values["threshold"] = None if cut.value < 0 else cut.value
+    return values
+
+  return overrides
 
 
 def is_main_process() -> bool:

@@ -221,9 +221,8 @@ def main(argv):
   if not models:
     raise ValueError("give --workdir=RUN[,RUN...] or --model=EXPORT|pretrained[,...]")
   summary = evaluate_run(models, checkpoint=_CHECKPOINT.value, split=_SPLIT.value,
-                         manual_dir=_MANUAL_DIR.value, tta=_TTA.value or None, largest_component=_LCC.value,
-                         component_fraction=_FRACTION.value, threshold=_THRESHOLD.value, name=_NAME.value,
-                         out=_OUT.value)
+                         manual_dir=_MANUAL_DIR.value, threshold=_THRESHOLD.value, name=_NAME.value,
+                         out=_OUT.value, **_INFERENCE())
   print(f"per-patient Dice {summary['patient_dice']:.4f} (median {summary['patient_dice_median']:.4f}), "
         f"tumour-slice Dice {summary['tumour_slice_dice']:.4f}, HD95 {summary['hd95_px']:.1f} px "
         f"({summary['hd95_undefined']} undefined; {summary['hd95_px_penalised']:.1f} px with them at "
@@ -241,12 +240,7 @@ if __name__ == "__main__":
   _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
   _SPLIT = flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split of the run's own data.")
   _MANUAL_DIR = flags.DEFINE_string("manual_dir", "", "External dataset: evaluate every patient in it.")
-  _TTA = flags.DEFINE_enum("tta", "", ["", "none", "flips", "dihedral"], "Test-time augmentation; "
-                           "empty: the run's config.inference.tta.")
-  _LCC = flags.DEFINE_bool("largest_component", None, "Keep each patient's largest 3-D component "
-                           "(--nolargest_component: do not); unset: the model's own setting.")
-  _FRACTION = flags.DEFINE_float("component_fraction", None, "With the component step, also keep every "
-                                 "component of at least this fraction of the largest; unset: the model's.")
+  _INFERENCE = cli.define_inference_flags(threshold=False)
   _THRESHOLD = flags.DEFINE_string("threshold", "model", "'model' (the model's own), 'val' (chosen on "
                                    "the run's validation patients) or a number.")
   _NAME = flags.DEFINE_string("name", "", "Output subfolder name (default from the options).")

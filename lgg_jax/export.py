@@ -189,9 +189,7 @@ def export_run(workdir, out, checkpoint: str = "best", forward: bool = True, **o
 
 def main(argv):
   del argv
-  out = export_run(_WORKDIR.value, _OUT.value, _CHECKPOINT.value, forward=_FORWARD.value, tta=_TTA.value or None,
-                   threshold=None if _THRESHOLD.value < 0 else _THRESHOLD.value, largest_component=_LCC.value,
-                   component_fraction=_FRACTION.value)
+  out = export_run(_WORKDIR.value, _OUT.value, _CHECKPOINT.value, forward=_FORWARD.value, **_INFERENCE())
   print(f"exported to {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
 
 
@@ -200,9 +198,6 @@ if __name__ == "__main__":
   _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
   _OUT = flags.DEFINE_string("out", None, "Folder to write (must not exist, or be empty).")
   _FORWARD = flags.DEFINE_bool("forward", True, "Write forward.jax (--noforward: leave it out).")
-  _TTA = flags.DEFINE_enum("tta", "", ["", "none", "flips", "dihedral"], "Override the run's TTA.")
-  _THRESHOLD = flags.DEFINE_float("threshold", -1.0, "Override the run's threshold; negative: keep it.")
-  _LCC = flags.DEFINE_bool("largest_component", None, "Override the run's component step.")
-  _FRACTION = flags.DEFINE_float("component_fraction", None, "Override the run's component fraction.")
+  _INFERENCE = cli.define_inference_flags("keep the run's")
   flags.mark_flags_as_required(["workdir", "out"])
   cli.run(main)

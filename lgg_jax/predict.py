@@ -367,9 +367,7 @@ def main(argv):
   models = segmenter.cli_models(_MODEL.value) if _MODEL.value else _WORKDIR.value
   if not models:
     raise ValueError("give --model=EXPORT|pretrained[,...] or --workdir=RUN[,...]")
-  results = predict(models, _INPUT.value, _OUT.value, checkpoint=_CHECKPOINT.value, tta=_TTA.value or None,
-                    threshold=None if _THRESHOLD.value < 0 else _THRESHOLD.value, largest_component=_LCC.value,
-                    component_fraction=_FRACTION.value)
+  results = predict(models, _INPUT.value, _OUT.value, checkpoint=_CHECKPOINT.value, **_INFERENCE())
   for r in results:
     print(json.dumps(r))
 
@@ -380,12 +378,6 @@ if __name__ == "__main__":
   _INPUT = flags.DEFINE_string("input", None, "Slices, patient folders or NIfTI volumes (see module doc).")
   _OUT = flags.DEFINE_string("out", "predictions", "Output folder.")
   _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
-  _TTA = flags.DEFINE_enum("tta", "", ["", "none", "flips", "dihedral"], "Test-time augmentation; "
-                           "empty: the run's config.inference.tta.")
-  _THRESHOLD = flags.DEFINE_float("threshold", -1.0, "Probability threshold; negative: the model's own.")
-  _LCC = flags.DEFINE_bool("largest_component", None, "Keep each case's largest 3-D component "
-                           "(--nolargest_component: do not); unset: the model's own setting.")
-  _FRACTION = flags.DEFINE_float("component_fraction", None, "With the component step, also keep every "
-                                 "component of at least this fraction of the largest; unset: the model's.")
+  _INFERENCE = cli.define_inference_flags()
   flags.mark_flags_as_required(["input"])
   cli.run(main)

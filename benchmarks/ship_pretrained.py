@@ -1,15 +1,19 @@
 """Ship the recipe's 5-fold ensemble as package data (lgg_jax/pretrained/recipe_cpu/).
 
 Command (from the repository root, after the five r7 runs of
-experiments/recipe.py have trained; see its docstring):
-  python -m benchmarks.ship_pretrained --runs=runs/sweeps/recipe [--component_fraction=0]
+experiments/recipe.py have trained and its side rows are scored; see its docstring):
+  python -m benchmarks.ship_pretrained --runs=runs/sweeps/recipe --row=r9-recipe --commit=HASH
 Each fold's best checkpoint is exported (lgg_jax.export, no forward.jax: it
-would double the size) with the recipe's inference settings (dihedral TTA,
-the largest 3-D component, and the component fraction chosen by the s2-s4
-rows), the ensemble's model card is written from the committed result files
-(experiments/results/recipe/), and SHA256SUMS last, so it covers every file.
-It stops if a fold's run does not reproduce its committed r7 result file, or
-if the model outgrows the 15 MB budget.
+would double the size) with the inference settings of the result row named by
+`--row` (r9-recipe: dihedral TTA and the largest 3-D component; s5-tta-flips:
+flip TTA; s2-s4: a component fraction), read from its committed result files
+(experiments/results/recipe/), so the shipped masks are the ones those files
+scored. The ensemble's model card gives that row's cross-validated figures;
+shipped.json names the row and each member's result file (the tests re-score
+one patient per fold against it); SHA256SUMS comes last and covers every file.
+It stops if a fold's run does not reproduce its committed r7 result file, if
+the row's folds were scored with different settings, or if the model
+outgrows the 15 MB budget.
 """
 
 from __future__ import annotations
@@ -46,6 +50,19 @@ def check_reproduces(run_dir: pathlib.Path, fold: int) -> float:
   return max(abs(ours[p] - committed[p]) for p in committed)
 
 
+def row_settings(row: str) -> dict:
+  """The inference settings every fold of `row` was scored with (one set, or an error)."""
+  found = {}
+  for fold in FOLDS:
+    inference = _result(row, fold)["inference"]
+    found[fold] = {"threshold": float(inference["threshold"]), "tta": inference["tta"],
+                   "largest_component": bool(inference["largest_component"]),
+                   "component_fraction": float(inference.get("component_fraction", 0.0))}
+  if any(found[fold] != found[FOLDS[0]] for fold in FOLDS):
+    raise ValueError(f"{RESULTS}/{row}-fold*: the folds were scored with different settings: {found}")
+  return found[FOLDS[0]]
+
+
 def _figures(row: str) -> dict:
   rows = [r for fold in FOLDS for r in _result(row, fold)["test_per_patient"]]
   dice = np.array([r["dice"] for r in rows])
@@ -58,7 +75,18 @@ def _figures(row: str) -> dict:
           "rows": rows}
 
 
-def model_card(row: str, fraction: float, commit: str) -> str:
+def _describe(settings: dict) -> str:
+  views = {"none": "without test-time augmentation", "flips": "after 3-view flip test-time augmentation "
+           "(identity, left-right, up-down)", "dihedral": "after 8-way dihedral test-time augmentation"}
+  words = f"Masks: mean probability >= {settings['threshold']:g} {views[settings['tta']]}"
+  if settings["largest_component"]:
+    words += ", then each patient's largest 3-D connected component"
+    if settings["component_fraction"]:
+      words += f" and every component of at least {settings['component_fraction']:g} of its size"
+  return words
+
+
+def model_card(row: str, settings: dict, commit: str) -> str:
   f = _figures(row)
   worst = sorted(f["rows"], key=lambda r: r["dice"])[:5]
   folds = ", ".join(f"{_result(row, k)['test']['patient_dice']:.3f}" for k in FOLDS)
@@ -77,10 +105,8 @@ def model_card(row: str, fraction: float, commit: str) -> str:
       f"cores). The ensemble averages their probabilities at 256x256. Shipped at commit {commit}; "
       "each `foldK/` is an `lgg_jax.export` folder with its own model card (its split and test "
       "figures); `SHA256SUMS` is checked at load.", "",
-      "Masks: mean probability >= 0.5 after 8-way dihedral test-time augmentation, then each "
-      "patient's largest 3-D connected component"
-      + (f" and every component of at least {fraction:g} of its size" if fraction else "")
-      + " (`inference.json`; override with `Segmenter.predict(..., largest_component=False)` etc.).", "",
+      _describe(settings) + " (`inference.json`; override with `Segmenter.predict(..., "
+      "largest_component=False)` etc.).", "",
       "## Expected input", "",
       "- A patient's axial slices in slice order, 256x256, uint8, three channels: pre-contrast T1, "
       "FLAIR, post-contrast T1 (the LGG Segmentation Dataset's `kaggle_3m/` form). The component step "
@@ -125,8 +151,9 @@ def model_card(row: str, fraction: float, commit: str) -> str:
       "Imaging 26 (2013) 1045-1057.", ""])
 
 
-def ship(runs: pathlib.Path, out: pathlib.Path, fraction: float, row: str, commit: str) -> list[str]:
-  lines = []
+def ship(runs: pathlib.Path, out: pathlib.Path, row: str, commit: str) -> list[str]:
+  settings = row_settings(row)
+  lines = [f"settings of {row}: {settings}"]
   for fold in FOLDS:
     run_dir = runs / f"r7-epochs-fold{fold}-seed0"
     difference = check_reproduces(run_dir, fold)
@@ -138,9 +165,12 @@ def ship(runs: pathlib.Path, out: pathlib.Path, fraction: float, row: str, commi
   partial.mkdir(parents=True)
   try:
     for fold in FOLDS:
-      export.export_run(runs / f"r7-epochs-fold{fold}-seed0", partial / f"fold{fold}", forward=False,
-                        tta="dihedral", largest_component=True, component_fraction=fraction)
-    (partial / "model_card.md").write_text(model_card(row, fraction, commit))
+      export.export_run(runs / f"r7-epochs-fold{fold}-seed0", partial / f"fold{fold}", forward=False, **settings)
+    (partial / "model_card.md").write_text(model_card(row, settings, commit))
+    (partial / "shipped.json").write_text(json.dumps(
+        {"row": row, "settings": settings, "commit": commit,
+         "members": {f"fold{fold}": f"experiments/results/recipe/{row}-fold{fold}-seed0.json" for fold in FOLDS}},
+        indent=1))
     pretrained.write_checksums(partial)
     size = sum(p.stat().st_size for p in partial.rglob("*") if p.is_file())
     if size > BUDGET_BYTES:
@@ -156,15 +186,14 @@ def ship(runs: pathlib.Path, out: pathlib.Path, fraction: float, row: str, commi
 
 def main(argv):
   del argv
-  for line in ship(pathlib.Path(_RUNS.value), pathlib.Path(_OUT.value), _FRACTION.value, _ROW.value,
-                   _COMMIT.value):
+  for line in ship(pathlib.Path(_RUNS.value), pathlib.Path(_OUT.value), _ROW.value, _COMMIT.value):
     print(line)
 
 
 if __name__ == "__main__":
   _RUNS = flags.DEFINE_string("runs", "runs/sweeps/recipe", "Folder holding r7-epochs-fold{0..4}-seed0.")
   _OUT = flags.DEFINE_string("out", str(REPO / "lgg_jax" / "pretrained" / "recipe_cpu"), "Model folder.")
-  _FRACTION = flags.DEFINE_float("component_fraction", 0.0, "The component fraction chosen (0: largest only).")
-  _ROW = flags.DEFINE_string("row", "r9-recipe", "The result rows whose figures the card gives.")
+  _ROW = flags.DEFINE_string("row", "r9-recipe", "The result row whose settings are shipped and whose "
+                             "figures the card gives (r9-recipe, s2-s4 fractions, s5-s6 TTA).")
   _COMMIT = flags.DEFINE_string("commit", "", "The commit the model is shipped at (for the card).")
   cli.run(main)

@@ -2,6 +2,7 @@
 a changed, missing or unlisted file is an error naming it; setup.py ships the
 files and git does not ignore them."""
 
+import json
 import pathlib
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from benchmarks import ship_pretrained
 from lgg_jax import Segmenter, export, pretrained, train
 from lgg_jax.data import pipeline
 from conftest import tiny_config
@@ -124,7 +126,7 @@ def test_unknown_and_uninstalled_names_are_clear_errors(tmp_path):
   assert str(tmp_path / "recipe_cpu") in _one_line(error)
 
 
-SHIPPED = ("recipe_cpu/SHA256SUMS", "recipe_cpu/model_card.md", "recipe_cpu/fold0/config.json",
+SHIPPED = ("recipe_cpu/SHA256SUMS", "recipe_cpu/model_card.md", "recipe_cpu/shipped.json", "recipe_cpu/fold0/config.json",
            "recipe_cpu/fold0/weights.safetensors", "recipe_cpu/fold0/inference.json",
            "recipe_cpu/fold0/model_card.md", "recipe_cpu/fold0/forward.jax")
 
@@ -159,3 +161,54 @@ def test_git_does_not_ignore_the_shipped_weights():
     assert result.returncode == 1, f"git ignores {path}"
   assert subprocess.run(["git", "check-ignore", "--no-index", "-q", "runs/x/weights.safetensors"],
                         cwd=REPO).returncode == 0
+
+
+def _committed_results(folder: pathlib.Path, run: pathlib.Path, row: str, settings: dict) -> None:
+  """Result files as experiments.run writes them, for a run copied into every fold."""
+  summary = json.loads((run / "summary.json").read_text())
+  folder.mkdir(parents=True, exist_ok=True)
+  for fold in ship_pretrained.FOLDS:
+    for name, inference in (("r7-epochs", summary["inference"]), (row, settings)):
+      (folder / f"{name}-fold{fold}-seed0.json").write_text(json.dumps(
+          {"inference": inference, "test": summary["test"], "test_per_patient": summary["test_per_patient"]}))
+
+
+def test_shipping_exports_every_fold_with_the_rows_settings(tiny_export, tmp_path, monkeypatch):
+  """benchmarks/ship_pretrained.py: runs that reproduce their r7 files ship,
+  as a checked pretrained model, with the settings the named row was scored
+  with; a run that does not reproduce, or a row scored two ways, ships nothing."""
+  exported, _ = tiny_export
+  run = exported.parent / "run"
+  runs = tmp_path / "runs"
+  for fold in ship_pretrained.FOLDS:
+    shutil.copytree(run, runs / f"r7-epochs-fold{fold}-seed0")
+  settings = {"threshold": 0.4, "tta": "flips", "largest_component": True, "component_fraction": 0.2}
+  results = tmp_path / "results"
+  _committed_results(results, run, "s9-test", settings)
+  monkeypatch.setattr(ship_pretrained, "RESULTS", results)
+  out = tmp_path / "pretrained" / "recipe_cpu"
+  lines = ship_pretrained.ship(runs, out, "s9-test", "abc123")
+  assert "reproduces r7 to 0.00e+00" in lines[1] and lines[-1].startswith(f"shipped {out}")
+  members = pretrained.resolve(pretrained.RECIPE_CPU, tmp_path / "pretrained")
+  assert [m.name for m in members] == [f"fold{k}" for k in ship_pretrained.FOLDS]
+  assert not (members[0] / "forward.jax").exists()
+  assert Segmenter.load(members).settings.as_dict() == settings
+  shipped = json.loads((out / "shipped.json").read_text())
+  assert shipped["row"] == "s9-test" and shipped["settings"] == settings
+  card = (out / "model_card.md").read_text()
+  assert "3-view flip" in card and "at least 0.2 of its size" in card and "abc123" in card
+
+  first = next(iter(json.loads((run / "summary.json").read_text())["test_per_patient_dice"]))
+  r7 = json.loads((results / "r7-epochs-fold3-seed0.json").read_text())
+  r7["test_per_patient"] = [{**r, "dice": r["dice"] + 0.01} if r["patient"] == first else r
+                            for r in r7["test_per_patient"]]
+  (results / "r7-epochs-fold3-seed0.json").write_text(json.dumps(r7))
+  with pytest.raises(ValueError, match="r7-epochs-fold3-seed0 reproduces r7 to 1.00e-02"):
+    ship_pretrained.ship(runs, tmp_path / "other", "s9-test", "abc123")
+  _committed_results(results, run, "s9-test", settings)
+  row = json.loads((results / "s9-test-fold2-seed0.json").read_text())
+  row["inference"]["tta"] = "none"
+  (results / "s9-test-fold2-seed0.json").write_text(json.dumps(row))
+  with pytest.raises(ValueError, match="s9-test-fold\\*: the folds were scored with different settings"):
+    ship_pretrained.ship(runs, tmp_path / "other", "s9-test", "abc123")
+  assert not (tmp_path / "other").exists() and not list(tmp_path.glob(".other*"))

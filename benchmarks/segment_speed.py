@@ -30,7 +30,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 DEV = REPO.parent / "shared" / "data" / "lgg_dev" / "kaggle_3m"
 
 _MODEL = flags.DEFINE_list("model", ["pretrained"], "Models, as lgg_jax.predict --model takes them.")
-_INPUT = flags.DEFINE_string("input", "", "A patient folder (empty: a dev patient of >= 40 slices, else synthetic).")
+_INPUT = flags.DEFINE_string("input", "", "A patient folder (empty: the dev patient nearest 40 slices, else "
+                             "a synthetic one).")
 _TTA = flags.DEFINE_list("tta", ["none", "flips", "dihedral"], "TTA modes to time.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed patients per TTA mode after the first.")
 
@@ -61,10 +62,10 @@ def patient(folder: str) -> tuple[str, np.ndarray]:
 
 
 def measure(models: list[str], volume: np.ndarray, ttas: list[str], repeats: int) -> dict:
-  paths = segmenter.model_paths(segmenter.cli_models(models))
-  model_dirs = {pretrained.model_dir(m) for m in segmenter.cli_models(models) if pretrained.is_pretrained_name(m)}
+  models = segmenter.cli_models(models)
+  on_disk = {pretrained.model_dir(m) if pretrained.is_pretrained_name(m) else pathlib.Path(m) for m in models}
   started = time.perf_counter()
-  seg = segmenter.Segmenter.load(segmenter.cli_models(models))
+  seg = segmenter.Segmenter.load(models)
   jax.block_until_ready([m.variables for m in seg.members])
   load_s = time.perf_counter() - started
   rows = []
@@ -75,7 +76,7 @@ def measure(models: list[str], volume: np.ndarray, ttas: list[str], repeats: int
       seg.segment(volume, tta=tta)
       times.append(time.perf_counter() - started)
     rows.append({"tta": tta, "first_s": times[0], "patient_s": statistics.median(times[1:])})
-  return {"members": len(seg.members), "bytes": _files_bytes(model_dirs or set(paths)), "load_s": load_s,
+  return {"members": len(seg.members), "bytes": _files_bytes(on_disk), "load_s": load_s,
           "settings": seg.settings.as_dict(), "rows": rows}
 
 

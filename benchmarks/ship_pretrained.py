@@ -1,23 +1,25 @@
 """Ship the recipe's 5-fold ensemble as package data (lgg_jax/pretrained/recipe_cpu/).
 
-Command (from the repository root, after the five r7 runs of
-experiments/recipe.py have trained and its side rows are scored; see its docstring):
-  python -m benchmarks.ship_pretrained --runs=runs/sweeps/recipe --row=r9-recipe --commit=HASH
-Each fold's best checkpoint is exported (lgg_jax.export, no forward.jax: it
-would double the size) with the inference settings of the result row named by
-`--row` (r9-recipe: dihedral TTA and the largest 3-D component; s5-tta-flips:
-flip TTA; s2-s4: a component fraction), read from its committed result files
-(experiments/results/recipe/), so the shipped masks are the ones those files
-scored. The ensemble's model card gives that row's cross-validated figures;
-shipped.json names the row and each member's result file (the tests re-score
-one patient per fold against it); SHA256SUMS comes last and covers every file.
-It stops if a fold's run does not reproduce its committed r7 result file, if
-the row's folds were scored with different settings, or if the model
-outgrows the 15 MB budget.
+Command (from the repository root, after experiments/ensemble.py's e0 runs
+have trained and its re-scoring rows are scored; see its docstring):
+  python -m benchmarks.ship_pretrained --row=e2-tta-flips --commit=HASH
+Each fold's best checkpoint (runs/sweeps/ensemble/e0-recipe-fold{K}-seed0) is
+exported (lgg_jax.export, no forward.jax: it would double the size) with the
+inference settings of the result row named by `--row`, read from its
+committed result files (experiments/results/ensemble/), so the shipped masks
+are the ones those files scored. The ensemble's model card gives that row's
+cross-validated figures; shipped.json names the row and each member's result
+file (the tests re-score one patient per fold against it); SHA256SUMS comes
+last and covers every file. It stops, shipping nothing, if a fold's run is
+not the one its training row's result file was scored from
+(`--training_row`), if the row's folds were scored with different settings,
+or if the model outgrows the 15 MB budget. `--folds` ships the folds
+trained so far (the card says how many of the five).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import shutil
@@ -29,42 +31,60 @@ from experiments import run
 from lgg_jax import cli, export, pretrained
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-RESULTS = REPO / "experiments" / "results" / "recipe"
 FOLDS = (0, 1, 2, 3, 4)
 BUDGET_BYTES = 15 * 10**6
 REPRODUCE_TOLERANCE = 1e-4
 
 
-def _result(row: str, fold: int) -> dict:
-  return json.loads((RESULTS / f"{row}-fold{fold}-seed0.json").read_text())
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """Where the shipped members and their figures come from: the runs of
+  `training_row` (one per fold, in `runs`), scored as `row` in `results`."""
+  runs: pathlib.Path
+  results: pathlib.Path
+  row: str
+  training_row: str = "e0-recipe"
+  folds: tuple[int, ...] = FOLDS
+
+  def result(self, row: str, fold: int) -> dict:
+    return json.loads((self.results / self.result_name(row, fold)).read_text())
+
+  @staticmethod
+  def result_name(row: str, fold: int) -> str:
+    return f"{row}-fold{fold}-seed0.json"
+
+  def run_dir(self, fold: int) -> pathlib.Path:
+    return self.runs / f"{self.training_row}-fold{fold}-seed0"
 
 
-def check_reproduces(run_dir: pathlib.Path, fold: int) -> float:
+def check_reproduces(source: Source, fold: int) -> float:
   """The largest per-patient Dice difference between a run's own test scores
-  (plain inference, as r7 was scored) and the committed r7 file."""
+  (plain inference, as its training row was scored) and that row's committed file."""
+  run_dir = source.run_dir(fold)
   summary = json.loads((run_dir / "summary.json").read_text())
-  committed = {r["patient"]: r["dice"] for r in _result("r7-epochs", fold)["test_per_patient"]}
+  committed = {r["patient"]: r["dice"] for r in source.result(source.training_row, fold)["test_per_patient"]}
   ours = summary["test_per_patient_dice"]
   if set(ours) != set(committed):
-    raise ValueError(f"{run_dir}: test patients differ from the committed r7 fold {fold}")
+    raise ValueError(f"{run_dir}: test patients differ from the committed {source.training_row} fold {fold}")
   return max(abs(ours[p] - committed[p]) for p in committed)
 
 
-def row_settings(row: str) -> dict:
-  """The inference settings every fold of `row` was scored with (one set, or an error)."""
+def row_settings(source: Source) -> dict:
+  """The inference settings every fold of the row was scored with (one set, or an error)."""
   found = {}
-  for fold in FOLDS:
-    inference = _result(row, fold)["inference"]
+  for fold in source.folds:
+    inference = source.result(source.row, fold)["inference"]
     found[fold] = {"threshold": float(inference["threshold"]), "tta": inference["tta"],
                    "largest_component": bool(inference["largest_component"]),
                    "component_fraction": float(inference.get("component_fraction", 0.0))}
-  if any(found[fold] != found[FOLDS[0]] for fold in FOLDS):
-    raise ValueError(f"{RESULTS}/{row}-fold*: the folds were scored with different settings: {found}")
-  return found[FOLDS[0]]
+  first = found[source.folds[0]]
+  if any(found[fold] != first for fold in source.folds):
+    raise ValueError(f"{source.results}/{source.row}-fold*: the folds were scored with different settings: {found}")
+  return first
 
 
-def _figures(row: str) -> dict:
-  rows = [r for fold in FOLDS for r in _result(row, fold)["test_per_patient"]]
+def _figures(source: Source) -> dict:
+  rows = [r for fold in source.folds for r in source.result(source.row, fold)["test_per_patient"]]
   dice = np.array([r["dice"] for r in rows])
   hd = np.array([r["hd95_px"] for r in rows], float)
   free = sum(r["slices"] - r["tumour_slices"] for r in rows)
@@ -86,25 +106,38 @@ def _describe(settings: dict) -> str:
   return words
 
 
-def model_card(row: str, settings: dict, commit: str) -> str:
-  f = _figures(row)
+def _dev_patients(source: Source) -> list[str]:
+  """Every patient the members saw or were tested on (a run's split.json names all of them)."""
+  split = json.loads((source.run_dir(source.folds[0]) / "split.json").read_text())
+  return sorted(split["train"] + split["val"] + split["test"])
+
+
+def model_card(source: Source, settings: dict, commit: str) -> str:
+  f = _figures(source)
   worst = sorted(f["rows"], key=lambda r: r["dice"])[:5]
-  folds = ", ".join(f"{_result(row, k)['test']['patient_dice']:.3f}" for k in FOLDS)
+  folds = ", ".join(f"{k}: {source.result(source.row, k)['test']['patient_dice']:.3f}" for k in source.folds)
+  count = len(source.folds)
+  members = "five" if count == len(FOLDS) else f"{count} of the 5"
+  partial = "" if count == len(FOLDS) else (
+      f" **Folds {', '.join(str(k) for k in FOLDS if k not in source.folds)} are still training:** this "
+      f"is the ensemble of the {count} fold models finished so far, and its figures cover their "
+      f"{len(f['rows'])} held-out patients only.")
   return "\n".join([
-      "# lgg_jax pretrained model: recipe_cpu (5-fold ensemble)", "",
+      f"# lgg_jax pretrained model: recipe_cpu ({members} fold models of a 5-fold split)", "",
       "**Research use only. Not a medical device:** not validated for clinical use; it must not guide "
       "diagnosis or treatment.", "",
       "```python", "from lgg_jax import Segmenter", 'seg = Segmenter.load("pretrained:recipe_cpu")',
       "masks = seg.predict(volume, masks=True)   # uint8 (S, 256, 256, 3), slices in order", "```",
       "or `python -m lgg_jax.predict --model=pretrained --input=scans/ --out=masks/`.", "",
       "## What it is", "",
-      "Five U-Nets (`configs/recipe_cpu.py`: base width 16, BatchNorm, 128x128 input, 2.5-D input of "
+      f"U-Nets (`configs/recipe_cpu.py`: base width 16, BatchNorm, 128x128 input, 2.5-D input of "
       "each slice and its two neighbours, per-patient intensity normalisation; 488,865 parameters "
       "each), one per patient fold of the 62 development patients, each trained on the other folds "
-      "(`python -m experiments.run --sweep=experiments/recipe.py --rows=r7-epochs`, 40 epochs, 2 CPU "
-      f"cores). The ensemble averages their probabilities at 256x256. Shipped at commit {commit}; "
-      "each `foldK/` is an `lgg_jax.export` folder with its own model card (its split and test "
-      "figures); `SHA256SUMS` is checked at load.", "",
+      f"(`python -m experiments.run --sweep=experiments/ensemble.py`, row {source.training_row}: 40 "
+      f"epochs, seed 0, 2 CPU cores); {members} are shipped.{partial} The ensemble averages their "
+      f"probabilities at 256x256. Shipped at commit {commit or '(not given)'}; each `foldK/` is an "
+      "`lgg_jax.export` folder with its own model card (its split and test figures); `SHA256SUMS` is "
+      "checked at load.", "",
       _describe(settings) + " (`inference.json`; override with `Segmenter.predict(..., "
       "largest_component=False)` etc.).", "",
       "## Expected input", "",
@@ -116,15 +149,16 @@ def model_card(row: str, settings: dict, commit: str) -> str:
       "for a quarter of the samples.",
       "- NIfTI volumes (pre/flair/post, or BraTS names) through `python -m lgg_jax.predict`.", "",
       "## Cross-validated figures (development patients)", "",
-      "Each of the 62 patients scored by the one fold model that held it out (not by this ensemble, "
-      "which has seen every one of them), per-patient volumetric Dice at 256x256 with slices in order, "
-      f"with these masks (`experiments/results/recipe/{row}-*`). The recipe was tuned on these folds, "
+      f"Each of the {len(f['rows'])} held-out patients of the shipped folds scored by the one fold model "
+      "that held it out (not by this ensemble, which has seen every one of them), per-patient "
+      "volumetric Dice at 256x256 with slices in order, with these masks "
+      f"(`{_relative(source.results)}/{source.row}-*`). The recipe was tuned on these folds, "
       "so they are development figures; scores of the ensemble on patients outside the project come "
       "from an independent evaluation.", "",
       "| metric | value |", "|---|---|",
       f"| mean per-patient Dice [95% BCa CI] | {f['mean']:.3f} [{f['low']:.3f}, {f['high']:.3f}] |",
       f"| median per-patient Dice | {f['median']:.3f} |",
-      f"| folds | {folds} |",
+      f"| per fold | {folds} |",
       f"| 3-D HD95 (px, mean over defined) | {f['hd95']:.1f} ({f['hd95_undefined']} undefined) |",
       f"| tumour-free slices with a false positive | {f['fp']:.1%} |",
       f"| missed patients (Dice < 0.1) | {f['missed']} of {len(f['rows'])} |", "",
@@ -139,7 +173,7 @@ def model_card(row: str, settings: dict, commit: str) -> str:
       "## Training data, terms and citation", "",
       "62 of the 110 patients of the LGG Segmentation Dataset (FLAIR abnormality masks by Buda et al.) "
       "from The Cancer Imaging Archive's TCGA-LGG collection; TCIA's data usage terms apply (cite the "
-      "collection and the papers below). Patients: " + ", ".join(f["patients"]) + ".", "",
+      "collection and the papers below). Patients: " + ", ".join(_dev_patients(source)) + ".", "",
       "- M. Buda, A. Saha, M. A. Mazurowski. Association of genomic subtypes of lower-grade gliomas "
       "with shape features automatically extracted by a deep learning algorithm. Computers in Biology "
       "and Medicine 109 (2019) 218-225.",
@@ -151,26 +185,30 @@ def model_card(row: str, settings: dict, commit: str) -> str:
       "Imaging 26 (2013) 1045-1057.", ""])
 
 
-def ship(runs: pathlib.Path, out: pathlib.Path, row: str, commit: str) -> list[str]:
-  settings = row_settings(row)
-  lines = [f"settings of {row}: {settings}"]
-  for fold in FOLDS:
-    run_dir = runs / f"r7-epochs-fold{fold}-seed0"
-    difference = check_reproduces(run_dir, fold)
-    lines.append(f"fold {fold}: {run_dir} reproduces r7 to {difference:.2e}")
+def _relative(path: pathlib.Path) -> str:
+  path = pathlib.Path(path).resolve()
+  return path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else str(path)
+
+
+def ship(source: Source, out: pathlib.Path, commit: str) -> list[str]:
+  settings = row_settings(source)
+  lines = [f"settings of {source.row}: {settings}"]
+  for fold in source.folds:
+    difference = check_reproduces(source, fold)
+    lines.append(f"fold {fold}: {source.run_dir(fold)} reproduces {source.training_row} to {difference:.2e}")
     if difference > REPRODUCE_TOLERANCE:
       raise ValueError(lines[-1] + f": more than {REPRODUCE_TOLERANCE}")
   partial = out.parent / f".{out.name}.partial"
   shutil.rmtree(partial, ignore_errors=True)
   partial.mkdir(parents=True)
   try:
-    for fold in FOLDS:
-      export.export_run(runs / f"r7-epochs-fold{fold}-seed0", partial / f"fold{fold}", forward=False, **settings)
-    (partial / "model_card.md").write_text(model_card(row, settings, commit))
+    for fold in source.folds:
+      export.export_run(source.run_dir(fold), partial / f"fold{fold}", forward=False, **settings)
+    (partial / "model_card.md").write_text(model_card(source, settings, commit))
     (partial / "shipped.json").write_text(json.dumps(
-        {"row": row, "settings": settings, "commit": commit,
-         "members": {f"fold{fold}": f"experiments/results/recipe/{row}-fold{fold}-seed0.json" for fold in FOLDS}},
-        indent=1))
+        {"row": source.row, "training_row": source.training_row, "settings": settings, "commit": commit,
+         "members": {f"fold{fold}": f"{_relative(source.results)}/{source.result_name(source.row, fold)}"
+                     for fold in source.folds}}, indent=1))
     pretrained.write_checksums(partial)
     size = sum(p.stat().st_size for p in partial.rglob("*") if p.is_file())
     if size > BUDGET_BYTES:
@@ -186,14 +224,22 @@ def ship(runs: pathlib.Path, out: pathlib.Path, row: str, commit: str) -> list[s
 
 def main(argv):
   del argv
-  for line in ship(pathlib.Path(_RUNS.value), pathlib.Path(_OUT.value), _ROW.value, _COMMIT.value):
+  source = Source(runs=pathlib.Path(_RUNS.value), results=pathlib.Path(_RESULTS.value), row=_ROW.value,
+                  training_row=_TRAINING_ROW.value, folds=tuple(int(k) for k in _FOLDS.value))
+  for line in ship(source, pathlib.Path(_OUT.value), _COMMIT.value):
     print(line)
 
 
 if __name__ == "__main__":
-  _RUNS = flags.DEFINE_string("runs", "runs/sweeps/recipe", "Folder holding r7-epochs-fold{0..4}-seed0.")
+  _RUNS = flags.DEFINE_string("runs", "runs/sweeps/ensemble", "Folder holding <training_row>-fold{K}-seed0.")
+  _RESULTS = flags.DEFINE_string("results", str(REPO / "experiments" / "results" / "ensemble"),
+                                 "The sweep's committed result files.")
+  _TRAINING_ROW = flags.DEFINE_string("training_row", "e0-recipe", "The row that trained the runs (its files "
+                                      "hold each run's own test scores).")
+  _ROW = flags.DEFINE_string("row", "e1-recipe-settings", "The result row whose settings are shipped and "
+                             "whose figures the card gives (e1: dihedral TTA + largest component; e2-e3 "
+                             "TTA; e4-e6 component fractions).")
+  _FOLDS = flags.DEFINE_list("folds", [str(k) for k in FOLDS], "The folds shipped.")
   _OUT = flags.DEFINE_string("out", str(REPO / "lgg_jax" / "pretrained" / "recipe_cpu"), "Model folder.")
-  _ROW = flags.DEFINE_string("row", "r9-recipe", "The result row whose settings are shipped and whose "
-                             "figures the card gives (r9-recipe, s2-s4 fractions, s5-s6 TTA).")
   _COMMIT = flags.DEFINE_string("commit", "", "The commit the model is shipped at (for the card).")
   cli.run(main)

@@ -24,7 +24,7 @@ re-scored). RESULTS defaults to experiments/results/<sweep name>/ and is
 committed; a member whose result file exists is not run again, on this
 machine or another. A member lacking a file this machine does not have (a
 `*_path` or `manual_dir` override) is skipped, not failed. With --host_index/--host_count each host runs members
-i, i+n, ... Afterwards the result files are aggregated into RESULTS/results.md
+i, i+n, ...; --rows and --folds run a subset (e.g. the folds trained so far). Afterwards the result files are aggregated into RESULTS/results.md
 and results.csv (and DIR/results.png): per row the mean and median
 per-patient Dice with a per-patient bootstrap 95% interval, the 3-D HD95,
 tumour-free slices with false positives and missed patients; for rows, the
@@ -187,14 +187,15 @@ def _rescore(sweep: dict, member: dict, workdir: pathlib.Path) -> dict:
 
 
 def run_sweep(sweep: dict, workdir: pathlib.Path, results: pathlib.Path, host_index: int = 0,
-              host_count: int = 1, only_rows: tuple[str, ...] = ()) -> dict:
-  """Runs this host's members (of `only_rows`, when given, by row name)."""
+              host_count: int = 1, only_rows: tuple[str, ...] = (), only_folds: tuple[int, ...] = ()) -> dict:
+  """Runs this host's members (of `only_rows`, by row name, and `only_folds`, when given)."""
   workdir.mkdir(parents=True, exist_ok=True)
   results.mkdir(parents=True, exist_ok=True)
   status = {}
   for i, member in enumerate(sweep["members"]):
     name = member_name(member)
-    if i % host_count != host_index or (only_rows and member.get("_row_name") not in only_rows):
+    if (i % host_count != host_index or (only_rows and member.get("_row_name") not in only_rows)
+        or (only_folds and member.get("split.fold") not in only_folds)):
       continue
     result_file = results / f"{name}.json"
     if result_file.exists():
@@ -396,7 +397,8 @@ def main(argv):
   sweep = load_sweep(_SWEEP.value, _TINY.value)
   workdir = pathlib.Path(_WORKDIR.value or REPO / "runs" / "sweeps" / sweep["name"])
   results = pathlib.Path(_RESULTS.value) if _RESULTS.value else results_dir(sweep, _TINY.value, workdir)
-  status = run_sweep(sweep, workdir, results, _HOST_INDEX.value, _HOST_COUNT.value, tuple(_ROWS.value))
+  status = run_sweep(sweep, workdir, results, _HOST_INDEX.value, _HOST_COUNT.value, tuple(_ROWS.value),
+                     tuple(int(f) for f in _FOLDS.value))
   for name, s in status.items():
     print(f"{name}: {s}")
   if aggregate(sweep, workdir, results):
@@ -418,5 +420,7 @@ if __name__ == "__main__":
   _HOST_INDEX = flags.DEFINE_integer("host_index", 0, "This host's index among host_count.")
   _HOST_COUNT = flags.DEFINE_integer("host_count", 1, "Hosts sharing the sweep.")
   _ROWS = flags.DEFINE_list("rows", [], "Run only these rows (by name, e.g. r9-recipe); default all.")
+  _FOLDS = flags.DEFINE_list("folds", [], "Run only these folds (e.g. 0,1: the folds trained so far); "
+                             "default all.")
   flags.mark_flags_as_required(["sweep"])
   cli.run(main)

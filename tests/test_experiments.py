@@ -240,3 +240,14 @@ def test_result_files_keep_the_resolved_config_and_a_rescored_row_its_own_commit
   assert written["provenance"]["rescored_git_commit"] == provenance.git_commit()
   run.aggregate(sweep, tmp_path, results)
   assert f"- a with flips: {'0' * 40} (re-scored at {provenance.git_commit()})" in (results / "results.md").read_text()
+
+
+def test_rows_and_folds_select_the_members_run(tmp_path):
+  """--rows/--folds: only the named rows' members on the named folds are looked at."""
+  sweep = run.load_sweep(pathlib.Path(run.REPO) / "experiments" / "ensemble.py", tiny=False)
+  results = tmp_path / "results"
+  results.mkdir()
+  for fold in (1, 3):
+    (results / f"e2-tta-flips-fold{fold}-seed0.json").write_text("{}")
+  status = run.run_sweep(sweep, tmp_path / "runs", results, only_rows=("e2-tta-flips",), only_folds=(1, 3))
+  assert status == {"e2-tta-flips-fold1-seed0": "finished earlier", "e2-tta-flips-fold3-seed0": "finished earlier"}

@@ -2,6 +2,7 @@
 a changed, missing or unlisted file is an error naming it; setup.py ships the
 files and git does not ignore them."""
 
+import dataclasses
 import json
 import pathlib
 import shutil
@@ -168,47 +169,55 @@ def _committed_results(folder: pathlib.Path, run: pathlib.Path, row: str, settin
   summary = json.loads((run / "summary.json").read_text())
   folder.mkdir(parents=True, exist_ok=True)
   for fold in ship_pretrained.FOLDS:
-    for name, inference in (("r7-epochs", summary["inference"]), (row, settings)):
+    for name, inference in (("e0-recipe", summary["inference"]), (row, settings)):
       (folder / f"{name}-fold{fold}-seed0.json").write_text(json.dumps(
           {"inference": inference, "test": summary["test"], "test_per_patient": summary["test_per_patient"]}))
 
 
-def test_shipping_exports_every_fold_with_the_rows_settings(tiny_export, tmp_path, monkeypatch):
-  """benchmarks/ship_pretrained.py: runs that reproduce their r7 files ship,
-  as a checked pretrained model, with the settings the named row was scored
-  with; a run that does not reproduce, or a row scored two ways, ships nothing."""
+def test_shipping_exports_every_fold_with_the_rows_settings(tiny_export, tmp_path):
+  """benchmarks/ship_pretrained.py: runs that reproduce their training row's
+  files ship, as a checked pretrained model, with the settings the named row
+  was scored with; a run that does not reproduce, or a row scored two ways,
+  ships nothing; a subset of folds ships as such and its card says so."""
   exported, _ = tiny_export
   run = exported.parent / "run"
   runs = tmp_path / "runs"
   for fold in ship_pretrained.FOLDS:
-    shutil.copytree(run, runs / f"r7-epochs-fold{fold}-seed0")
+    shutil.copytree(run, runs / f"e0-recipe-fold{fold}-seed0")
   settings = {"threshold": 0.4, "tta": "flips", "largest_component": True, "component_fraction": 0.2}
   results = tmp_path / "results"
   _committed_results(results, run, "s9-test", settings)
-  monkeypatch.setattr(ship_pretrained, "RESULTS", results)
+  source = ship_pretrained.Source(runs=runs, results=results, row="s9-test")
   out = tmp_path / "pretrained" / "recipe_cpu"
-  lines = ship_pretrained.ship(runs, out, "s9-test", "abc123")
-  assert "reproduces r7 to 0.00e+00" in lines[1] and lines[-1].startswith(f"shipped {out}")
+  lines = ship_pretrained.ship(source, out, "abc123")
+  assert "reproduces e0-recipe to 0.00e+00" in lines[1] and lines[-1].startswith(f"shipped {out}")
   members = pretrained.resolve(pretrained.RECIPE_CPU, tmp_path / "pretrained")
   assert [m.name for m in members] == [f"fold{k}" for k in ship_pretrained.FOLDS]
   assert not (members[0] / "forward.jax").exists()
   assert Segmenter.load(members).settings.as_dict() == settings
   shipped = json.loads((out / "shipped.json").read_text())
   assert shipped["row"] == "s9-test" and shipped["settings"] == settings
+  assert shipped["members"]["fold3"].endswith("results/s9-test-fold3-seed0.json")
   card = (out / "model_card.md").read_text()
   assert "3-view flip" in card and "at least 0.2 of its size" in card and "abc123" in card
+  assert "still training" not in card and "five fold models" in card
+
+  two = ship_pretrained.ship(dataclasses.replace(source, folds=(0, 2)), tmp_path / "two" / "recipe_cpu", "abc123")
+  assert [m.name for m in pretrained.resolve(pretrained.RECIPE_CPU, tmp_path / "two")] == ["fold0", "fold2"]
+  assert "Folds 1, 3, 4 are still training" in (tmp_path / "two" / "recipe_cpu" / "model_card.md").read_text()
+  assert "fold 2:" in two[2]
 
   first = next(iter(json.loads((run / "summary.json").read_text())["test_per_patient_dice"]))
-  r7 = json.loads((results / "r7-epochs-fold3-seed0.json").read_text())
-  r7["test_per_patient"] = [{**r, "dice": r["dice"] + 0.01} if r["patient"] == first else r
-                            for r in r7["test_per_patient"]]
-  (results / "r7-epochs-fold3-seed0.json").write_text(json.dumps(r7))
-  with pytest.raises(ValueError, match="r7-epochs-fold3-seed0 reproduces r7 to 1.00e-02"):
-    ship_pretrained.ship(runs, tmp_path / "other", "s9-test", "abc123")
+  e0 = json.loads((results / "e0-recipe-fold3-seed0.json").read_text())
+  e0["test_per_patient"] = [{**r, "dice": r["dice"] + 0.01} if r["patient"] == first else r
+                            for r in e0["test_per_patient"]]
+  (results / "e0-recipe-fold3-seed0.json").write_text(json.dumps(e0))
+  with pytest.raises(ValueError, match="e0-recipe-fold3-seed0 reproduces e0-recipe to 1.00e-02"):
+    ship_pretrained.ship(source, tmp_path / "other", "abc123")
   _committed_results(results, run, "s9-test", settings)
   row = json.loads((results / "s9-test-fold2-seed0.json").read_text())
   row["inference"]["tta"] = "none"
   (results / "s9-test-fold2-seed0.json").write_text(json.dumps(row))
   with pytest.raises(ValueError, match="s9-test-fold\\*: the folds were scored with different settings"):
-    ship_pretrained.ship(runs, tmp_path / "other", "s9-test", "abc123")
+    ship_pretrained.ship(source, tmp_path / "other", "abc123")
   assert not (tmp_path / "other").exists() and not list(tmp_path.glob(".other*"))

@@ -30,7 +30,7 @@ TTA_MODES = (("flips", "3-view flip TTA"), ("none", "no TTA"))
 
 
 def rows(tiny: bool = False) -> list[dict]:
-  training = {"config": "configs/recipe_cpu.py", **NO_INFERENCE_EXTRAS}
+  training = {"config": "configs/recipe_cpu.py", **NO_INFERENCE_EXTRAS, "write_report": False}
   side = [
       {"name": f"e{2 + i}-tta-{tta}", "label": f"side: {label} instead of dihedral TTA", "evaluate": RECIPE,
        "inference": {"inference.tta": tta}, "compare_to": RECIPE}

@@ -25,6 +25,17 @@ def git_commit() -> str:
   return (commit + ("+dirty" if dirty else "")) if commit else "unknown"
 
 
+def host_cpu() -> str:
+  """The host CPU's model: XLA:CPU compiles for it, so bit-for-bit reruns hold on one CPU model only."""
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine() or "unknown"
+
+
 def versions() -> dict:
   out = {"python": platform.python_version()}
   for name in _PACKAGES:
@@ -40,4 +51,5 @@ def collect(config, data) -> dict:
           "dataset": {"fingerprint": data.fingerprint, "version": data.version, "manual_dir": data.manual_dir,
                       "slices": int(len(data.patient_ids))},
           "devices": {"backend": jax.default_backend(), "count": jax.device_count(),
-                      "kind": jax.devices()[0].device_kind, "processes": jax.process_count()}}
+                      "kind": jax.devices()[0].device_kind, "processes": jax.process_count(),
+                      "host_cpu": host_cpu()}}

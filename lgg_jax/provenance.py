@@ -25,15 +25,25 @@ def git_commit() -> str:
   return (commit + ("+dirty" if dirty else "")) if commit else "unknown"
 
 
+_ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+              "avx512_fp16", "amx_tile", "asimd", "sve")
+
+
 def host_cpu() -> str:
-  """The host CPU's model: XLA:CPU compiles for it, so bit-for-bit reruns hold on one CPU model only."""
+  """The host CPU's model and vector extensions: XLA:CPU compiles for them, so
+  bit-for-bit reruns hold on one kind of CPU only."""
+  model, flags = platform.processor() or platform.machine() or "unknown", set()
   try:
     for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
+      key, _, value = line.partition(":")
+      if key.strip() == "model name":
+        model = value.strip()
+      elif key.strip() in ("flags", "Features") and not flags:
+        flags = set(value.split())
   except OSError:
     pass
-  return platform.processor() or platform.machine() or "unknown"
+  isa = [f for f in _ISA_FLAGS if f in flags]
+  return f"{model} ({' '.join(isa)})" if isa else model
 
 
 def versions() -> dict:

@@ -1,4 +1,5 @@
-"""The prepared GPU check runs end to end as its CPU dry run; the brain-box measurement counts right."""
+"""The prepared GPU check runs end to end as its CPU dry run; the brain-box measurement counts right;
+the rerun comparison pairs patients and refuses rows scored two ways."""
 
 import json
 import os
@@ -8,7 +9,9 @@ import sys
 
 import numpy as np
 
-from benchmarks import bench, brain_box
+import pytest
+
+from benchmarks import bench, brain_box, rerun_noise
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -60,3 +63,26 @@ def test_brain_box_side_is_the_larger_extent_of_the_voxels_above_the_threshold()
   assert brain_box.square_side(volume, 20) == 80
   assert brain_box.square_side(volume, 0) == 101
   assert brain_box.square_side(volume, 255) == 0
+
+
+def test_rerun_noise_pairs_each_patient_and_refuses_other_settings(tmp_path, monkeypatch):
+  settings = {"threshold": 0.5, "tta": "dihedral", "largest_component": True}
+
+  def write(sweep, row, fold, dice, inference=settings):
+    folder = tmp_path / sweep
+    folder.mkdir(exist_ok=True)
+    rows = [{"patient": f"p{fold}{i}", "dice": d} for i, d in enumerate(dice)]
+    (folder / f"{row}-fold{fold}-seed0.json").write_text(json.dumps(
+        {"overrides": {"split.fold": fold}, "inference": inference, "test_per_patient": rows}))
+
+  monkeypatch.setattr(rerun_noise, "RESULTS", tmp_path)
+  write("recipe", "old", 0, [0.8, 0.6, 0.7])
+  write("recipe", "old", 1, [0.9, 0.5])
+  write("ensemble", "new", 0, [0.7, 0.8, 0.7])  # -0.1, +0.2, 0
+  write("ensemble", "new", 3, [0.9])  # no old fold 3: left out
+  lines = rerun_noise.compare(("recipe", "old"), ("ensemble", "new"))
+  table = [line for line in lines if line.startswith("| 0 |") or line.startswith("| all |")]
+  assert table[0].startswith("| 0 | 3 | 0.7000 | 0.7333 | +0.0333") and table[1].startswith("| all | 3 |")
+  write("ensemble", "new", 1, [0.9, 0.5], {**settings, "tta": "none"})
+  with pytest.raises(ValueError, match="fold 1: old and new were scored with different settings"):
+    rerun_noise.compare(("recipe", "old"), ("ensemble", "new"))

@@ -79,6 +79,7 @@ def test_training_lowers_loss_and_a_resumed_run_equals_an_uninterrupted_one(tmp_
   assert summary["step"] == records[-1]["step"]
   assert set(summary) >= {"val_dice", "best_val_dice", "test_dice", "provenance"}
   assert summary["provenance"]["dataset"]["fingerprint"]
+  assert summary["provenance"]["devices"]["host_cpu"] not in ("", "unknown")  # reruns match on one kind of CPU
 
   # Same run "killed" after its epoch-2 checkpoint: drop what came later, rerun.
   interrupted = tmp_path / "interrupted"

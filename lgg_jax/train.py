@@ -356,6 +356,17 @@ def _epoch_line(record: dict) -> str:
           f"patient dice {record['val_dice']:.4f} slice dice {record['val_slice_dice']:.4f}")
 
 
+def _training_provenance(workdir: pathlib.Path, current: dict) -> dict:
+  """A finished run summarised again (a sweep taking it up) keeps the commit,
+  packages and devices that trained it; the summarising commit goes beside them."""
+  try:
+    previous = json.loads((workdir / "summary.json").read_text())["provenance"]
+  except (OSError, ValueError, KeyError, TypeError):
+    return current
+  kept = {k: previous[k] for k in ("git_commit", "versions", "devices") if k in previous}
+  return {**current, **kept, "summarised_git_commit": current["git_commit"]}
+
+
 def _summary(config, workdir: pathlib.Path, run: _Setup, records: list[dict], best_val_dice: float | None,
              mesh) -> dict:
   """The final validation is the last epoch's; the best Dice and the test
@@ -465,6 +476,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     best.wait_until_finished()
     run.train_state = train_state
     summary = _summary(config, workdir, run, log.records, best_val_dice, mesh)
+    if start_step == run.total_steps:  # finished earlier: summarised again, not trained here
+      summary["provenance"] = _training_provenance(workdir, summary["provenance"])
     if is_main:
       (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
       bar.write(_done_line(summary, workdir))

@@ -9,7 +9,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from lgg_jax import inference, losses, parallel, state, steps, train
+from lgg_jax import inference, losses, parallel, provenance, state, steps, train
 from lgg_jax.data import pipeline
 from conftest import tiny_config
 
@@ -97,6 +97,14 @@ def test_training_lowers_loss_and_a_resumed_run_equals_an_uninterrupted_one(tmp_
   # The best checkpoint of the epochs redone is written again, not kept from before.
   best_steps = [sorted(p.name for p in (run / "best").iterdir() if p.name.isdigit()) for run in (full, interrupted)]
   assert best_steps[0] == best_steps[1] == [str(summary["best_step"])]
+  # A finished run summarised again (a sweep taking it up) keeps the commit that trained it.
+  written = json.loads((full / "summary.json").read_text())
+  written["provenance"]["git_commit"] = "0" * 40
+  (full / "summary.json").write_text(json.dumps(written))
+  again = train.train_and_evaluate(config, full)
+  assert again["provenance"]["git_commit"] == "0" * 40
+  assert again["provenance"]["summarised_git_commit"] == provenance.git_commit()
+  assert again["test_per_patient_dice"] == summary["test_per_patient_dice"]
 
 
 def test_the_best_checkpoint_is_the_best_epoch_whatever_checkpoint_every_epochs(tmp_path):

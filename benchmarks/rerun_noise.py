@@ -35,13 +35,18 @@ def _files(sweep: str, row: str) -> dict[int, dict]:
   return found
 
 
+def _settings(result: dict) -> dict:
+  """Inference settings, with the ones older files predate at their default."""
+  return {"component_fraction": 0.0, **result["inference"]}
+
+
 def compare(old: tuple[str, str], new: tuple[str, str]) -> list[str]:
   before, after = _files(*old), _files(*new)
   folds = sorted(set(before) & set(after))
   if not folds:
     raise ValueError(f"no fold has both {old[0]}/{old[1]} and {new[0]}/{new[1]} result files in {RESULTS}")
   for fold in folds:
-    if before[fold]["inference"] != after[fold]["inference"]:
+    if _settings(before[fold]) != _settings(after[fold]):
       raise ValueError(f"fold {fold}: {old[1]} and {new[1]} were scored with different settings: "
                        f"{before[fold]['inference']} vs {after[fold]['inference']}")
   lines = [f"{new[0]}/{new[1]} (new) against {old[0]}/{old[1]} (old), settings {after[folds[0]]['inference']}", "",

@@ -28,7 +28,7 @@ import numpy as np
 from absl import flags
 
 from experiments import run
-from lgg_jax import cli, export, pretrained
+from lgg_jax import cli, evaluate, export, pretrained
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FOLDS = (0, 1, 2, 3, 4)
@@ -106,6 +106,28 @@ def _describe(settings: dict) -> str:
   return words
 
 
+SMALL_TUMOUR_PIXELS = 10_000  # at 256x256: about a 2 cm wide abnormality over a few slices
+
+
+def _small_tumour_line(rows: list[dict]) -> str:
+  small = [r["dice"] for r in rows if 0 < r["true_pixels"] < SMALL_TUMOUR_PIXELS]
+  large = [r["dice"] for r in rows if r["true_pixels"] >= SMALL_TUMOUR_PIXELS]
+  if not small or not large:
+    return f"- Small tumours: {len(small)} held-out patients have fewer than {SMALL_TUMOUR_PIXELS:,} tumour pixels."
+  return (f"- Small tumours: the {len(small)} held-out patients with fewer than {SMALL_TUMOUR_PIXELS:,} tumour "
+          f"pixels score mean Dice {np.mean(small):.3f}, the {len(large)} others {np.mean(large):.3f}.")
+
+
+def _missed_line(rows: list[dict]) -> str:
+  missed = [r for r in rows if r["dice"] < evaluate.MISSED_DICE and r["tumour_slices"]]
+  if not missed:
+    return "- No held-out patient was missed (Dice < 0.1)."
+  return ("- Missed tumours (Dice < 0.1): " + "; ".join(
+      f"{r['patient']} ({r['predicted_pixels']} pixels predicted, "
+      f"{r['false_positive_slices']} false-positive slices)" for r in missed)
+      + ". A mask in the wrong place is worse than none: look at the overlays `predict` writes.")
+
+
 def _multifocal_line(rows: list[dict], settings: dict) -> str:
   """What the held-out patients with more than one tumour component in their truth scored."""
   several = [r for r in rows if r.get("true_components", 1) > 1]
@@ -136,21 +158,21 @@ def model_card(source: Source, settings: dict, commit: str) -> str:
   members = "five" if count == len(FOLDS) else f"{count} of the 5"
   partial = "" if count == len(FOLDS) else (
       f" **Folds {', '.join(str(k) for k in FOLDS if k not in source.folds)} are still training:** this "
-      f"is the ensemble of the {count} fold models finished so far, and its figures cover their "
-      f"{len(f['rows'])} held-out patients only.")
+      f"is the ensemble of the fold models finished so far (folds {', '.join(str(k) for k in source.folds)}), "
+      f"and its figures cover their {len(f['rows'])} held-out patients only.")
   return "\n".join([
       f"# lgg_jax pretrained model: recipe_cpu ({members} fold models of a 5-fold split)", "",
       "**Research use only. Not a medical device:** not validated for clinical use; it must not guide "
       "diagnosis or treatment.", "",
       "```python", "from lgg_jax import Segmenter", 'seg = Segmenter.load("pretrained:recipe_cpu")',
-      "masks = seg.predict(volume, masks=True)   # uint8 (S, 256, 256, 3), slices in order", "```",
+      "masks = seg.predict(volume, masks=True)   # volume: uint8 (S, 256, 256, 3) in slice order; masks: bool (S, 256, 256)", "```",
       "or `python -m lgg_jax.predict --model=pretrained --input=scans/ --out=masks/`.", "",
       "## What it is", "",
       f"U-Nets (`configs/recipe_cpu.py`: base width 16, BatchNorm, 128x128 input, 2.5-D input of "
       "each slice and its two neighbours, per-patient intensity normalisation; 488,865 parameters "
       "each), one per patient fold of the 62 development patients, each trained on the other folds "
       f"(`python -m experiments.run --sweep=experiments/ensemble.py`, row {source.training_row}: 40 "
-      f"epochs, seed 0, 2 CPU cores); {members} are shipped.{partial} The ensemble averages their "
+      f"epochs, seed 0, 2 CPU cores); {'all five' if count == len(FOLDS) else members} are shipped.{partial} The ensemble averages their "
       f"probabilities at 256x256. Shipped at commit {commit or '(not given)'}; each `foldK/` is an "
       "`lgg_jax.export` folder with its own model card (its split and test figures); `SHA256SUMS` is "
       "checked at load.", "",
@@ -179,8 +201,11 @@ def model_card(source: Source, settings: dict, commit: str) -> str:
       f"| tumour-free slices with a false positive | {f['fp']:.1%} |",
       f"| missed patients (Dice < 0.1) | {f['missed']} of {len(f['rows'])} |", "",
       "## Known failure modes (seen in the cross-validation)", "",
-      "- Small tumours: the lowest-scoring patients have few tumour pixels: "
-      + "; ".join(f"{r['patient']} Dice {r['dice']:.2f} ({r['true_pixels']} true pixels)" for r in worst) + ".",
+      "- The lowest-scoring patients: " + "; ".join(
+          f"{r['patient']} Dice {r['dice']:.2f} ({r['true_pixels']} true pixels in {r['true_components']} "
+          f"component{'s' * (r['true_components'] != 1)}, {r['predicted_pixels']} predicted)" for r in worst) + ".",
+      _small_tumour_line(f["rows"]),
+      _missed_line(f["rows"]),
       _multifocal_line(f["rows"], settings),
       "- Other scanners, protocols, tumour types or preprocessing than TCGA-LGG's were never seen.", "",
       "## Training data, terms and citation", "",

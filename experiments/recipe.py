@@ -17,12 +17,9 @@ Measured 2026-11-28 (benchmarks/QUALITY.md): r9 0.815 [0.765, 0.845], false
 positives on 0.5%; the baseline's seed-to-seed difference +0.040; of the training
 elements only BatchNorm clears it (+0.085 [+0.030, +0.184]); s1's clip does not
 differ from r6's (+0.007 [-0.028, +0.071]).
-Side rows s2-s4 (2026-11-30) re-score r7's runs keeping every component of at
-least 0.1/0.2/0.3 of the largest, and s5-s6 with 3-view flip TTA and without
-TTA, each against r9 (dihedral TTA, largest component only): what the shipped
-ensemble's settings rest on. Pending the r7 runs on this machine
-(`--rows=r7-epochs,r8-tta,r9-recipe,s2-fraction-0.1,s3-fraction-0.2,
-s4-fraction-0.3,s5-tta-flips,s6-tta-none`; r7-r9's committed files are not rerun).
+The shipped ensemble's settings (TTA, component fraction) are measured by
+experiments/ensemble.py on the recipe's folds trained again: r7's runs were
+not kept, and retraining did not reproduce them (benchmarks/QUALITY.md).
 """
 
 import pathlib
@@ -32,7 +29,6 @@ from experiments.common import TINY
 MANUAL_DIR = str(pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "lgg_dev")
 ABLATION_EPOCHS = 16
 FOLDS = (0, 1)
-COMPONENT_FRACTIONS = (0.1, 0.2, 0.3)
 NO_INFERENCE_EXTRAS = {"inference.tta": "none", "inference.choose_threshold": False,
                        "inference.largest_component": False}
 
@@ -71,20 +67,7 @@ def rows(tiny: bool = False) -> list[dict]:
        "inference": {"inference.largest_component": True}},
       {"name": "r10-threshold", "label": "+ threshold chosen on the validation patients (not in the recipe)",
        "evaluate": "+ largest 3-D component (the recipe)", "inference": {"inference.choose_threshold": True}},
-  ] + [
-      # Multi-focal tumours: keep every component of at least this fraction of
-      # the largest, each against the recipe's largest-only (re-scoring r7's runs).
-      {"name": f"s{2 + i}-fraction-{fraction:g}",
-       "label": f"side: + components >= {fraction:g} of the largest kept",
-       "evaluate": "+ largest 3-D component (the recipe)",
-       "inference": {"inference.component_fraction": fraction},
-       "compare_to": "+ largest 3-D component (the recipe)"}
-      for i, fraction in enumerate(COMPONENT_FRACTIONS)] + [
-      # What TTA is worth in the recipe: 8 views cost 8 forward passes a slice.
-      {"name": f"s{5 + i}-tta-{tta}", "label": f"side: {label} instead of dihedral TTA",
-       "evaluate": "+ largest 3-D component (the recipe)", "inference": {"inference.tta": tta},
-       "compare_to": "+ largest 3-D component (the recipe)"}
-      for i, (tta, label) in enumerate([("flips", "3-view flip TTA"), ("none", "no TTA")])]
+  ]
 
 
 def get_sweep(tiny: bool):

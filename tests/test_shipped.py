@@ -1,0 +1,73 @@
+"""The ensemble shipped in lgg_jax/pretrained/recipe_cpu/ is the one measured:
+it installs from a wheel and segments with no repository around it, and each
+shipped fold model reproduces the committed Dice of one of its held-out dev
+patients with the settings it ships with."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REAL_DATA, require
+from lgg_jax import Segmenter, evaluate, predict, pretrained
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "lgg_jax" / "pretrained" / "recipe_cpu"
+
+
+def _shipped() -> dict:
+  return json.loads((SHIPPED / "shipped.json").read_text())
+
+
+def test_the_wheel_installs_the_ensemble_and_it_segments_from_anywhere(tmp_path):
+  wheels = tmp_path / "wheels"
+  build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                          "-w", str(wheels), str(REPO)], capture_output=True, text=True, timeout=600)
+  assert build.returncode == 0, build.stderr[-2000:]
+  site = tmp_path / "site"
+  install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
+                            str(next(wheels.glob("lgg_jax-*.whl")))], capture_output=True, text=True, timeout=600)
+  assert install.returncode == 0, install.stderr[-2000:]
+  elsewhere = tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  code = ("import sys, json\n"
+          "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in type(f).__module__ + repr(f)]\n"
+          "import lgg_jax\n"
+          "from lgg_jax import Segmenter, pretrained, predict\n"
+          "from lgg_jax.data import synthetic\n"
+          f"assert lgg_jax.__file__.startswith({str(site)!r}), lgg_jax.__file__\n"
+          "root = synthetic.write_dataset('data', synthetic.SyntheticSpec(num_patients=1, min_slices=12, "
+          "max_slices=12, seed=1))\n"
+          "case = predict.find_cases(next(p for p in root.rglob('*') if p.is_dir() and any(p.glob('*.tif'))))[0]\n"
+          "seg = Segmenter.load(pretrained.RECIPE_CPU)\n"
+          "probabilities, masks = seg.segment(case.images)\n"
+          "print(json.dumps({'members': len(seg.members), 'shape': list(masks.shape), 'dtype': str(masks.dtype),\n"
+          "                  'range': [float(probabilities.min()), float(probabilities.max())],\n"
+          "                  'tumour': int(masks.sum()), 'settings': seg.settings.as_dict()}))\n")
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", pretrained.ROOT_ENV)}
+  env["PYTHONPATH"] = str(site)
+  result = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True,
+                          timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  shipped = _shipped()
+  assert report["members"] == len(shipped["members"]) >= 1
+  assert report["shape"] == [12, 256, 256] and report["dtype"] == "bool"
+  assert 0.0 <= report["range"][0] <= report["range"][1] <= 1.0
+  assert report["settings"] == shipped["settings"]
+
+
+def test_each_shipped_fold_reproduces_a_held_out_patients_committed_dice():
+  require(REAL_DATA, "../shared/data/lgg_dev")
+  shipped = _shipped()
+  for member, result_file in shipped["members"].items():
+    result = json.loads((REPO / result_file).read_text())
+    row = min((r for r in result["test_per_patient"] if r["tumour_slices"]), key=lambda r: r["slices"])
+    case = predict.find_cases(REAL_DATA / row["patient"])[0]
+    seg = Segmenter.load(SHIPPED / member)
+    assert seg.settings.as_dict() == shipped["settings"]
+    scored, _ = evaluate.score_patient(seg.predict(case.images, masks=True), case.truth)
+    assert scored["dice"] == pytest.approx(row["dice"], abs=1e-4), (member, row["patient"])

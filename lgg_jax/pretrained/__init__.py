@@ -22,8 +22,8 @@ PREFIX = "pretrained:"
 RECIPE_CPU = PREFIX + "recipe_cpu"
 DEFAULT = RECIPE_CPU  # what `--model=pretrained` means
 MODELS = {
-    "recipe_cpu": "configs/recipe_cpu.py trained on each of the 5 patient folds of the 62 dev patients; "
-                  "the ensemble's mean probability",
+    "recipe_cpu": "configs/recipe_cpu.py trained on the patient folds of the 62 dev patients (its "
+                  "model_card.md says which folds ship); the members' mean probability",
 }
 CHECKSUMS_FILE = "SHA256SUMS"
 ROOT_ENV = "LGG_JAX_PRETRAINED_DIR"

@@ -9,7 +9,7 @@ import pytest
 from flax import traverse_util
 
 from configs import recipe_cpu
-from experiments import common, recipe, run
+from experiments import common, ensemble, recipe, run
 from lgg_jax import provenance
 
 SWEEPS = sorted((pathlib.Path(__file__).resolve().parents[1] / "experiments").glob("*.py"))
@@ -125,10 +125,11 @@ def test_unknown_override_key_is_named(tmp_path):
     run.build_config("configs/unet.py", {"model.nonexistent": 1})
 
 
-def test_side_rows_change_one_setting_of_the_row_they_name():
-  rows = {r["label"]: r for r in recipe.rows()}
+@pytest.mark.parametrize("sweep", [recipe, ensemble], ids=lambda m: m.__name__.rpartition(".")[2])
+def test_side_rows_change_one_setting_of_the_row_they_name(sweep):
+  rows = {r["label"]: r for r in sweep.rows()}
   side = [r for r in rows.values() if "compare_to" in r]
-  assert side and any("evaluate" in r for r in side)
+  assert side and (sweep is recipe or all("evaluate" in r for r in side))
 
   def overrides(row):  # a re-scoring row: its source's training under its inference settings
     return {**overrides(rows[row["evaluate"]]), **row["inference"]} if "evaluate" in row else row["overrides"]

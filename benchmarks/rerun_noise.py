@@ -22,7 +22,7 @@ import numpy as np
 from absl import flags
 
 from experiments import run
-from lgg_jax import cli
+from lgg_jax import cli, inference
 
 RESULTS = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "results"
 
@@ -37,7 +37,7 @@ def _files(sweep: str, row: str) -> dict[int, dict]:
 
 def _settings(result: dict) -> dict:
   """Inference settings, with the ones older files predate at their default."""
-  return {"component_fraction": 0.0, **result["inference"]}
+  return inference.Settings.from_dict(result["inference"], inference.Settings()).as_dict()
 
 
 def compare(old: tuple[str, str], new: tuple[str, str]) -> list[str]:

@@ -28,7 +28,7 @@ import numpy as np
 from absl import flags
 
 from experiments import run
-from lgg_jax import cli, evaluate, export, pretrained
+from lgg_jax import cli, evaluate, export, inference, pretrained
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FOLDS = (0, 1, 2, 3, 4)
@@ -73,10 +73,8 @@ def row_settings(source: Source) -> dict:
   """The inference settings every fold of the row was scored with (one set, or an error)."""
   found = {}
   for fold in source.folds:
-    inference = source.result(source.row, fold)["inference"]
-    found[fold] = {"threshold": float(inference["threshold"]), "tta": inference["tta"],
-                   "largest_component": bool(inference["largest_component"]),
-                   "component_fraction": float(inference.get("component_fraction", 0.0))}
+    found[fold] = inference.Settings.from_dict(source.result(source.row, fold)["inference"],
+                                               inference.Settings()).as_dict()
   first = found[source.folds[0]]
   if any(found[fold] != first for fold in source.folds):
     raise ValueError(f"{source.results}/{source.row}-fold*: the folds were scored with different settings: {found}")

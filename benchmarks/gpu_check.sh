@@ -39,21 +39,38 @@ if [ "$dry_run" = 1 ]; then
   deadline="${deadline:-110}"
 else
   if [ -n "$wheels" ]; then
-    # Only the wheels of distributions this machine lacks, without dependency
-    # resolution (the image's own versions stay), then lgg_jax itself.
+    # The wheels of distributions this machine lacks, without dependency
+    # resolution (the image's own versions stay), then lgg_jax itself, then the
+    # carried wheel of any distribution whose image version lgg_jax's
+    # requirements exclude (e.g. a newer flax than setup.py allows).
     python - "$wheels" <<'PY'
 import importlib.metadata, pathlib, subprocess, sys
-missing = []
-for wheel in sorted(pathlib.Path(sys.argv[1]).glob("*.whl")):
-  name = wheel.name.split("-")[0]
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+wheels = {canonicalize_name(w.name.split("-")[0]): w for w in sorted(pathlib.Path(sys.argv[1]).glob("*.whl"))}
+def installed(name):
   try:
-    importlib.metadata.version(name)
+    return importlib.metadata.version(name)
   except importlib.metadata.PackageNotFoundError:
-    missing.append(str(wheel))
+    return None
 pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps"]
+missing = [str(w) for name, w in wheels.items() if installed(name) is None]
 if missing:
   subprocess.run(pip + missing, check=True)
 subprocess.run(pip + ["--no-build-isolation", "-e", "."], check=True)
+replace = []
+for text in importlib.metadata.requires("lgg_jax") or []:
+  req = Requirement(text)
+  if req.marker is not None:
+    continue  # extras (test, torch)
+  have, name = installed(req.name), canonicalize_name(req.name)
+  if have is not None and not req.specifier.contains(have, prereleases=True):
+    if name not in wheels:
+      sys.exit(f"error: the image has {req.name} {have}, lgg_jax needs {req}, and {sys.argv[1]} has no wheel of it")
+    print(f"replacing the image's {req.name} {have} with {wheels[name].name} ({req})", flush=True)
+    replace.append(str(wheels[name]))
+if replace:
+  subprocess.run(pip + ["--upgrade"] + replace, check=True)
 PY
   fi
   python -c "import lgg_jax" 2>/dev/null || {

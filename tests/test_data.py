@@ -91,6 +91,17 @@ def test_builder_round_trip_on_two_real_patients_in_order(tmp_path):
     assert json.loads(ex["clinical"])["Patient"] == s.patient_id[:12]
 
 
+def test_symlinked_patient_folders_read_like_copied_ones(tiny_dataset, tmp_path):
+  """A sub-cohort assembled from links (e.g. one fold's patients) lists the same slices."""
+  linked = tmp_path / "kaggle_3m"
+  linked.mkdir()
+  for entry in tiny_dataset.iterdir():
+    (linked / entry.name).symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
+  copied, links = (kaggle.list_slices(kaggle.open_source(d)) for d in (tiny_dataset, linked))
+  assert links == copied and len(links) > 0
+  assert kaggle.open_source(linked).fingerprint() == kaggle.open_source(tiny_dataset).fingerprint()
+
+
 def _copy(src, dst):
   shutil.copytree(src, dst / "kaggle_3m")
   return dst / "kaggle_3m"

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import io
 import logging
+import os
 import pathlib
 import re
 import zipfile
@@ -45,7 +46,10 @@ class Source:
   def __init__(self, location: pathlib.Path, zip_file: zipfile.ZipFile | None = None, prefix: str = ""):
     self.location, self._zip, self._prefix = location, zip_file, prefix
     if zip_file is None:
-      self.names = sorted(str(p.relative_to(location).as_posix()) for p in location.rglob("*") if p.is_file())
+      # os.walk with followlinks: a cohort assembled from symlinked patient
+      # folders is read like copied ones (pathlib's rglob skips linked folders).
+      self.names = sorted(str((pathlib.Path(root) / f).relative_to(location).as_posix())
+                          for root, _, files in os.walk(location, followlinks=True) for f in files)
       self.folders = sorted(p.name for p in location.iterdir() if p.is_dir())
     else:
       members = [m for m in zip_file.infolist() if m.filename.startswith(prefix)]

@@ -169,7 +169,9 @@ def export_run(workdir, out, checkpoint: str = "best", forward: bool = True, **o
   try:
     (partial / segmenter.CONFIG_FILE).write_text(shareable_config(member.config).to_json_best_effort(indent=2))
     save_file(segmenter.flatten_variables(member.variables), str(partial / segmenter.WEIGHTS_FILE),
-              metadata={"format": "lgg_jax", "checkpoint_step": str(member.step)})
+              # One key: safetensors writes its metadata map in hash order, so
+              # two keys made two exports of one run differ byte for byte.
+              metadata={"lgg_jax_checkpoint_step": str(member.step)})
     (partial / segmenter.INFERENCE_FILE).write_text(json.dumps(
         {**member.settings.as_dict(), "step": member.step,
          "input_size": member.config.data.image_size, "input_channels": state.in_channels(member.config)},

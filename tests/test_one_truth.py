@@ -162,6 +162,11 @@ def test_an_export_names_no_path_of_the_training_machine_and_has_ordinary_modes(
   modes = {p.name: p.stat().st_mode & 0o777 for p in exported.iterdir()}
   assert len(set(modes.values())) == 1, modes
   assert Segmenter.load(exported).settings == Segmenter.load(root / "run").settings
+  # Exporting a run again gives the same bytes (shipped files are checked by sha256).
+  for again in range(3):
+    other = export.export_run(root / "run", root / f"export_again{again}", forward=False)
+    for name in ("weights.safetensors", "config.json", "inference.json", "model_card.md"):
+      assert (other / name).read_bytes() == (exported / name).read_bytes(), (again, name)
 
 
 def test_the_slice_protocol_scores_only_held_out_slices(tmp_path, tiny_dataset):

@@ -13,7 +13,7 @@ Dice 0.815 mean [95% CI 0.765, 0.845], 0.876 median over the 62 held-out
 patients (folds 0.816, 0.758, 0.801, 0.855, 0.847); 3-D HD95 4.5 px; false
 positives on 0.5% of tumour-free slices; 1 patient missed (Dice < 0.1).
 Rerun on the same machine, fold 1 reproduced bit for bit (test Dice 0.7577 both
-times); retrained on another machine, folds 0-1 did not (fold 0 test 0.754
+times); retrained on another machine, folds 0-2 did not (fold 0 test 0.754
 against 0.787): benchmarks/QUALITY.md.
 benchmarks/QUALITY.md has the table and commits.
 """

@@ -154,8 +154,10 @@ def model_card(source: Source, settings: dict, commit: str) -> str:
   folds = ", ".join(f"{k}: {source.result(source.row, k)['test']['patient_dice']:.3f}" for k in source.folds)
   count = len(source.folds)
   members = "five" if count == len(FOLDS) else f"{count} of the 5"
+  missing = [str(k) for k in FOLDS if k not in source.folds]
+  training = f"Fold {missing[0]} is" if len(missing) == 1 else f"Folds {', '.join(missing)} are"
   partial = "" if count == len(FOLDS) else (
-      f" **Folds {', '.join(str(k) for k in FOLDS if k not in source.folds)} are still training:** this "
+      f" **{training} still training:** this "
       f"is the ensemble of the fold models finished so far (folds {', '.join(str(k) for k in source.folds)}), "
       f"and its figures cover their {len(f['rows'])} held-out patients only.")
   return "\n".join([

@@ -206,6 +206,8 @@ def test_shipping_exports_every_fold_with_the_rows_settings(tiny_export, tmp_pat
   assert [m.name for m in pretrained.resolve(pretrained.RECIPE_CPU, tmp_path / "two")] == ["fold0", "fold2"]
   assert "Folds 1, 3, 4 are still training" in (tmp_path / "two" / "recipe_cpu" / "model_card.md").read_text()
   assert "fold 2:" in two[2]
+  ship_pretrained.ship(dataclasses.replace(source, folds=(0, 1, 2, 3)), tmp_path / "four" / "recipe_cpu", "abc123")
+  assert "Fold 4 is still training" in (tmp_path / "four" / "recipe_cpu" / "model_card.md").read_text()
 
   first = next(iter(json.loads((run / "summary.json").read_text())["test_per_patient_dice"]))
   e0 = json.loads((results / "e0-recipe-fold3-seed0.json").read_text())

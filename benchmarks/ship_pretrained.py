@@ -152,11 +152,10 @@ def model_card(source: Source, settings: dict, commit: str) -> str:
   f = _figures(source)
   worst = sorted(f["rows"], key=lambda r: r["dice"])[:5]
   folds = ", ".join(f"{k}: {source.result(source.row, k)['test']['patient_dice']:.3f}" for k in source.folds)
-  count = len(source.folds)
-  members = "five" if count == len(FOLDS) else f"{count} of the 5"
   missing = [str(k) for k in FOLDS if k not in source.folds]
+  members = f"{len(source.folds)} of the 5" if missing else "five"
   training = f"Fold {missing[0]} is" if len(missing) == 1 else f"Folds {', '.join(missing)} are"
-  partial = "" if count == len(FOLDS) else (
+  partial = "" if not missing else (
       f" **{training} still training:** this "
       f"is the ensemble of the fold models finished so far (folds {', '.join(str(k) for k in source.folds)}), "
       f"and its figures cover their {len(f['rows'])} held-out patients only.")
@@ -172,7 +171,7 @@ def model_card(source: Source, settings: dict, commit: str) -> str:
       "each slice and its two neighbours, per-patient intensity normalisation; 488,865 parameters "
       "each), one per patient fold of the 62 development patients, each trained on the other folds "
       f"(`python -m experiments.run --sweep=experiments/ensemble.py`, row {source.training_row}: 40 "
-      f"epochs, seed 0, 2 CPU cores); {'all five' if count == len(FOLDS) else members} are shipped.{partial} The ensemble averages their "
+      f"epochs, seed 0, 2 CPU cores); {members if missing else 'all five'} are shipped.{partial} The ensemble averages their "
       f"probabilities at 256x256. Shipped at commit {commit or '(not given)'}; each `foldK/` is an "
       "`lgg_jax.export` folder with its own model card (its split and test figures); `SHA256SUMS` is "
       "checked at load.", "",

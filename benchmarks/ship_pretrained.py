@@ -122,7 +122,7 @@ def _missed_line(rows: list[dict]) -> str:
     return "- No held-out patient was missed (Dice < 0.1)."
   return ("- Missed tumours (Dice < 0.1): " + "; ".join(
       f"{r['patient']} ({r['predicted_pixels']} pixels predicted, "
-      f"{r['false_positive_slices']} false-positive slices)" for r in missed)
+      f"{r['false_positive_slices']} false-positive slice{'s' * (r['false_positive_slices'] != 1)})" for r in missed)
       + ". A mask in the wrong place is worse than none: look at the overlays `predict` writes.")
 
 

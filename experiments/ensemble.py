@@ -21,12 +21,12 @@ rule: ship no TTA, the cheapest, unless flips beat it with an interval
 excluding 0); e4-e6 whether keeping every component of at least 0.1/0.2/0.3
 of the largest beats largest-only (rule: largest-only unless a fraction's
 interval excludes 0 in its favour; a fraction so chosen is reported as selected).
-Measured 2026-11-30 on folds 0-3 (50 patients; benchmarks/QUALITY.md): e1
-0.768 [0.686, 0.820]; flips vs dihedral -0.002 [-0.006, +0.000]; no TTA vs
-flips -0.000 [-0.005, +0.009]; fraction 0.1 vs largest-only +0.012 [-0.001,
-+0.056], 0.3 +0.010 [+0.000, +0.062] (one patient; touches 0): shipped e3
-(no TTA, largest component), 0.765 [0.682, 0.818]. The rules picked the
-same on folds 0-1 and 0-2. Fold 4 pending.
+Measured 2026-11-30 on all 5 folds (62 patients; benchmarks/QUALITY.md): e1
+0.782 [0.713, 0.827]; flips vs dihedral -0.002 [-0.005, +0.001]; no TTA vs
+flips -0.000 [-0.004, +0.008]; fraction 0.1 vs largest-only +0.009 [-0.001,
++0.042], 0.3 +0.008 [+0.000, +0.042] (one patient; touches 0): shipped e3
+(no TTA, largest component), 0.780 [0.711, 0.825]. The rules picked the
+same on folds 0-1, 0-2 and 0-3.
 """
 
 from experiments.common import TINY

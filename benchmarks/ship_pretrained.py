@@ -154,6 +154,7 @@ def model_card(source: Source, settings: dict, commit: str) -> str:
   folds = ", ".join(f"{k}: {source.result(source.row, k)['test']['patient_dice']:.3f}" for k in source.folds)
   missing = [str(k) for k in FOLDS if k not in source.folds]
   members = f"{len(source.folds)} of the 5" if missing else "five"
+  shipped = members if missing else "all five"
   training = f"Fold {missing[0]} is" if len(missing) == 1 else f"Folds {', '.join(missing)} are"
   partial = "" if not missing else (
       f" **{training} still training:** this "
@@ -171,7 +172,7 @@ def model_card(source: Source, settings: dict, commit: str) -> str:
       "each slice and its two neighbours, per-patient intensity normalisation; 488,865 parameters "
       "each), one per patient fold of the 62 development patients, each trained on the other folds "
       f"(`python -m experiments.run --sweep=experiments/ensemble.py`, row {source.training_row}: 40 "
-      f"epochs, seed 0, 2 CPU cores); {members if missing else 'all five'} are shipped.{partial} The ensemble averages their "
+      f"epochs, seed 0, 2 CPU cores); {shipped} are shipped.{partial} The ensemble averages their "
       f"probabilities at 256x256. Shipped at commit {commit or '(not given)'}; each `foldK/` is an "
       "`lgg_jax.export` folder with its own model card (its split and test figures); `SHA256SUMS` is "
       "checked at load.", "",

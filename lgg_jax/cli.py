@@ -19,7 +19,7 @@ import jax
 import tqdm
 from absl import app, flags, logging
 
-from lgg_jax.steps import TTA_MODES
+from lgg_jax.choices import COMPONENT_RANKS, TTA_MODES
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # else albumentations asks the network on import
 
@@ -29,7 +29,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def define_inference_flags(what: str = "the model's own", threshold: bool = True) -> Callable[[], dict]:
-  """--tta, --largest_component, --component_fraction (and --threshold) for a
+  """--tta, --largest_component, --component_fraction, --component_rank (and --threshold) for a
   command that makes masks, each unset meaning `what`; returns a function
   giving their values as `inference.Settings` overrides (None: unset)."""
   tta = flags.DEFINE_enum("tta", "", ["", *TTA_MODES], f"Test-time augmentation; empty: {what}.")
@@ -37,10 +37,13 @@ def define_inference_flags(what: str = "the model's own", threshold: bool = True
                               f"(--nolargest_component: do not); unset: {what}.")
   fraction = flags.DEFINE_float("component_fraction", None, "With the component step, also keep every "
                                 f"component of at least this fraction of the largest; unset: {what}.")
+  rank = flags.DEFINE_enum("component_rank", "", ["", *COMPONENT_RANKS], "What ranks the components: "
+                           f"voxels, or summed or highest probability; empty: {what}.")
   cut = flags.DEFINE_float("threshold", -1.0, f"Probability threshold; negative: {what}.") if threshold else None
 
   def overrides() -> dict:
-    values = {"tta": tta.value or None, "largest_component": largest.value, "component_fraction": fraction.value}
+    values = {"tta": tta.value or None, "largest_component": largest.value, "component_fraction": fraction.value,
+              "component_rank": rank.value or None}
     if cut is not None:
       values["threshold"] = None if cut.value < 0 else cut.value
     return values

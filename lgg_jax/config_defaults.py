@@ -140,6 +140,9 @@ def get_config() -> ml_collections.ConfigDict:
   # With largest_component: also keep every component of at least this
   # fraction of the largest (multi-focal tumours); 0: the largest alone.
   config.inference.component_fraction = 0.0
+  # What "largest" means: "volume" (voxels), "probability_sum" or
+  # "probability_max" (the component's summed or highest probability).
+  config.inference.component_rank = "volume"
   # After training, pick the threshold (grid 0.1..0.9) with the best mean
   # per-patient Dice on the validation patients; else `config.threshold`.
   config.inference.choose_threshold = False

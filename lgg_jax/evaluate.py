@@ -98,7 +98,7 @@ def score(volumes: Iterable[tuple[str, np.ndarray, np.ndarray]], settings: infer
     counts.append(c)
   summary = summarise(rows, counts, evaluation_config)
   summary.update(threshold=float(settings.threshold), largest_component=bool(settings.largest_component),
-                 component_fraction=float(settings.component_fraction))
+                 component_fraction=float(settings.component_fraction), component_rank=settings.component_rank)
   return summary, rows
 
 
@@ -138,7 +138,7 @@ def write_outputs(out: pathlib.Path, summary: dict, rows: list[dict]) -> None:
 
 
 def evaluate_run(models, *, checkpoint="best", split="test", manual_dir="", tta=None, largest_component=None,
-                 component_fraction=None, threshold="model", name="", out="") -> dict:
+                 component_fraction=None, component_rank=None, threshold="model", name="", out="") -> dict:
   """Scores a model (a run folder, an export, a pretrained name, or a list of
   them: their mean) with the one inference path; writes the outputs and
   returns the summary. Inference settings default to the models' own (see
@@ -157,7 +157,7 @@ def evaluate_run(models, *, checkpoint="best", split="test", manual_dir="", tta=
   fixed = None if threshold in ("model", "config", "val") else float(threshold)
   settings = inference.ensemble_settings(members, threshold=fixed, tta=tta or None,
                                          largest_component=largest_component,
-                                         component_fraction=component_fraction)
+                                         component_fraction=component_fraction, component_rank=component_rank)
   predictor = inference.Predictor(members, mesh, settings)
   config = members[0].config
   if not manual_dir or threshold == "val":
@@ -185,6 +185,7 @@ def evaluate_run(models, *, checkpoint="best", split="test", manual_dir="", tta=
                           + ([f"ensemble{len(members)}"] if len(members) > 1 else [])
                           + ([f"tta-{settings.tta}"] if settings.tta != "none" else [])
                           + (["lcc"] if settings.largest_component else [])
+                          + ([f"rank-{settings.component_rank}"] if settings.component_rank != "volume" else [])
                           + ([f"frac-{settings.component_fraction:g}"] if settings.component_fraction else [])
                           + ([f"thr-{threshold}"] if threshold not in ("model", "config") else []))
   if cli.is_main_process():

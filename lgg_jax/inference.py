@@ -22,11 +22,13 @@ import pathlib
 from collections.abc import Iterable, Iterator
 
 import numpy as np
+import scipy.ndimage as ndi
 
-from lgg_jax import metrics, parallel, state, steps
+from lgg_jax import choices, metrics, parallel, state, steps
 from lgg_jax.data import preprocess
 
 _TAIL_QUANTUM = 8  # rows the last batch of a patient is rounded up to
+COMPONENT_RANKS = choices.COMPONENT_RANKS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,15 +37,20 @@ class Settings:
 
   largest_component keeps each patient's largest 3-D component (faces
   touching, slices in order); with component_fraction > 0 it also keeps every
-  component of at least that fraction of the largest's voxels (multi-focal
-  tumours), so 0 means the largest alone.
+  component of at least that fraction of the largest (multi-focal tumours),
+  so 0 means the largest alone. component_rank says what "largest" means:
+  "volume" (voxels), or the model's confidence, "probability_sum" (the
+  component's summed probability) or "probability_max" (its most confident
+  voxel), so that a large but doubtful false positive need not outrank a
+  confident tumour.
   """
   threshold: float = 0.5
   tta: str = "none"
   largest_component: bool = False
   component_fraction: float = 0.0
+  component_rank: str = "volume"
 
-  FIELDS = ("threshold", "tta", "largest_component", "component_fraction")
+  FIELDS = ("threshold", "tta", "largest_component", "component_fraction", "component_rank")
 
   def __post_init__(self):
     if self.tta not in steps.TTA_MODES:
@@ -52,13 +59,16 @@ class Settings:
       raise ValueError(f"inference component_fraction: want a fraction in [0, 1], got {self.component_fraction}")
     if not 0.0 < self.threshold < 1.0:
       raise ValueError(f"inference threshold: want a probability in (0, 1), got {self.threshold}")
+    if self.component_rank not in COMPONENT_RANKS:
+      raise ValueError(f"inference component_rank: want one of {COMPONENT_RANKS}, got {self.component_rank!r}")
 
   @classmethod
   def from_config(cls, config, threshold: float | None = None) -> Settings:
     """A config's `inference` block (its threshold unless one is given)."""
     inf = config.inference
     return cls(float(config.threshold if threshold is None else threshold), str(inf.tta),
-               bool(inf.largest_component), float(inf.get("component_fraction", 0.0)))
+               bool(inf.largest_component), float(inf.get("component_fraction", 0.0)),
+               str(inf.get("component_rank", "volume")))
 
   @classmethod
   def from_dict(cls, saved: dict, fallback: Settings) -> Settings:
@@ -71,7 +81,8 @@ class Settings:
     unknown = set(overrides) - set(self.FIELDS)
     if unknown:
       raise ValueError(f"unknown inference settings {sorted(unknown)}; known: {list(self.FIELDS)}")
-    types = {"threshold": float, "tta": str, "largest_component": bool, "component_fraction": float}
+    types = {"threshold": float, "tta": str, "largest_component": bool, "component_fraction": float,
+             "component_rank": str}
     return dataclasses.replace(self, **{k: types[k](v) for k, v in overrides.items()})
 
   def as_dict(self) -> dict:
@@ -85,13 +96,28 @@ def validation_settings(config) -> Settings:
   return Settings(float(config.threshold))
 
 
-def keep_components(mask: np.ndarray, fraction: float = 0.0) -> np.ndarray:
-  """The largest 3-D component of an ordered volume, and with `fraction` > 0
-  every component of at least `fraction` times its size."""
+def component_scores(labels: np.ndarray, sizes: np.ndarray, rank: str = "volume",
+                     probabilities: np.ndarray | None = None) -> np.ndarray:
+  """Each component's score under `rank` (COMPONENT_RANKS), components 1..n in order."""
+  if rank == "volume":
+    return np.asarray(sizes, np.float64)
+  if probabilities is None:
+    raise ValueError(f"component_rank={rank!r} ranks components by the model's probabilities: give them")
+  index = np.arange(1, sizes.size + 1)
+  reduce = ndi.sum_labels if rank == "probability_sum" else ndi.maximum
+  return np.asarray(reduce(np.asarray(probabilities, np.float64), labels, index), np.float64)
+
+
+def keep_components(mask: np.ndarray, fraction: float = 0.0, rank: str = "volume",
+                    probabilities: np.ndarray | None = None) -> np.ndarray:
+  """The top 3-D component of an ordered volume by `rank` (its voxels, or
+  its probabilities' sum or maximum), and with `fraction` > 0 every component
+  scoring at least `fraction` times the top one's score."""
   labels, sizes = metrics.components(mask)
   if sizes.size <= 1:
     return np.asarray(mask, bool)
-  keep = sizes >= fraction * sizes.max() if fraction > 0 else np.arange(sizes.size) == int(np.argmax(sizes))
+  scores = component_scores(labels, sizes, rank, probabilities)
+  keep = scores >= fraction * scores.max() if fraction > 0 else np.arange(sizes.size) == int(np.argmax(scores))
   return np.concatenate([[False], keep])[labels]
 
 
@@ -99,7 +125,7 @@ def postprocess(probabilities: np.ndarray, settings: Settings) -> np.ndarray:
   """Probabilities (S, 256, 256) of one patient, slices in order -> bool masks."""
   mask = np.asarray(probabilities) >= settings.threshold
   if settings.largest_component:
-    mask = keep_components(mask, settings.component_fraction)
+    mask = keep_components(mask, settings.component_fraction, settings.component_rank, probabilities)
   return mask
 
 

@@ -308,6 +308,8 @@ def describe(settings) -> str:
   words = f"p >= {settings.threshold:.2f}"
   if settings.largest_component:
     words += ", largest component"
+    if settings.component_rank != "volume":
+      words += f" by {settings.component_rank.replace('_', ' ')}"
     if settings.component_fraction:
       words += f" and those >= {settings.component_fraction:g} of it"
   return words
@@ -342,7 +344,7 @@ def write_case(case: Case, probs: np.ndarray, pred: np.ndarray, settings, out: p
 
 
 def predict(models, input_path, out, *, checkpoint="best", tta=None, threshold=None, largest_component=None,
-            component_fraction=None) -> list[dict]:
+            component_fraction=None, component_rank=None) -> list[dict]:
   """Masks, overlays, GIFs and panels for every case under `input_path`.
   `models`: a run folder, an export or a pretrained name, or a list of them
   (their mean probability). Masks come from the one inference path with the
@@ -350,7 +352,7 @@ def predict(models, input_path, out, *, checkpoint="best", tta=None, threshold=N
   cases = find_cases(input_path)  # validate input before loading the model
   seg = segmenter.Segmenter.load(models, checkpoint)
   settings = seg.settings.replace(tta=tta or None, threshold=threshold, largest_component=largest_component,
-                                  component_fraction=component_fraction)
+                                  component_fraction=component_fraction, component_rank=component_rank)
   out = pathlib.Path(out)
   results = []
   for case in cli.progress(cases, desc="predict", unit="case"):

@@ -127,7 +127,7 @@ class Segmenter:
   def segment(self, volume: np.ndarray, **overrides) -> tuple[np.ndarray, np.ndarray]:
     """(float32 probabilities, bool masks), each (S, 256, 256), of uint8 (S,
     256, 256, 3) slices in slice order; keyword overrides (threshold, tta,
-    largest_component, component_fraction) replace the models' settings."""
+    largest_component, component_fraction, component_rank) replace the models' settings."""
     settings = self.settings.replace(**overrides)
     probabilities = self._probabilities(volume, settings.tta)
     return probabilities, inference.postprocess(probabilities, settings)
@@ -139,9 +139,9 @@ class Segmenter:
 
   def predict(self, volume: np.ndarray, *, masks: bool = False, tta: str | None = None,
               threshold: float | None = None, largest_component: bool | None = None,
-              component_fraction: float | None = None) -> np.ndarray:
+              component_fraction: float | None = None, component_rank: str | None = None) -> np.ndarray:
     """Probabilities, or with `masks=True` the post-processed masks."""
     if not masks:  # no post-processing to pay for
       return self._probabilities(volume, self.settings.tta if tta is None else tta)
     return self.segment(volume, tta=tta, threshold=threshold, largest_component=largest_component,
-                        component_fraction=component_fraction)[1]
+                        component_fraction=component_fraction, component_rank=component_rank)[1]

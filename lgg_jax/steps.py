@@ -18,7 +18,7 @@ from lgg_jax import choices, losses, metrics
 from lgg_jax.parallel import AXIS
 from lgg_jax.state import encoder_frozen, in_encoder, merge, unfreeze_encoder
 
-TTA_MODES = ("none", "flips", "dihedral")
+TTA_MODES = choices.TTA_MODES
 
 
 def make_train_step(graphdef, tx, config, mesh, freeze_encoder: bool = False, prepare=None):

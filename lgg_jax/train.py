@@ -55,7 +55,8 @@ def validate_config(config, device_count: int, process_count: int) -> None:
       ("config.optimizer.schedule", config.optimizer.schedule, state.SCHEDULES),
       ("config.data.normalization", config.data.normalization, preprocess.NORMALIZATIONS),
       ("config.split.protocol", config.split.protocol, splits.PROTOCOLS),
-      ("config.inference.tta", config.inference.tta, steps.TTA_MODES)):
+      ("config.inference.tta", config.inference.tta, choices.TTA_MODES),
+      ("config.inference.component_rank", config.inference.component_rank, choices.COMPONENT_RANKS)):
     choices.check(setting, value, allowed)
   models.check(config.model, config.data.image_size, config.compute_dtype)
   if config.data.neighbours < 0:

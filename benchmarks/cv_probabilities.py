@@ -1,0 +1,83 @@
+"""Each dev patient's probabilities from the fold model that held it out, saved once.
+
+python -m benchmarks.cv_probabilities --models=pretrained:recipe_cpu \
+    --manual_dir=../shared/data/lgg_dev --out=cv_probabilities/recipe_cpu
+
+For every member (a run folder or an export whose config names a patient
+fold), the patients of its fold's test split are predicted through the one
+inference path (`inference.Predictor`, no TTA, no post-processing) and saved
+as `<out>/<patient>.npz`: float32 probabilities (S, 256, 256), bool truth,
+and the member's fold. Post-processing rules (`benchmarks/component_rules.py`)
+and quality signals are then scored on these files without predicting again.
+A patient already saved is skipped, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+from absl import flags
+
+from lgg_jax import cli, inference, parallel, segmenter
+from lgg_jax.data import pipeline
+
+_MODELS = flags.DEFINE_list("models", ["pretrained:recipe_cpu"], "Fold models: run folders, exports, or a "
+                            "pretrained name (its members).")
+_MANUAL_DIR = flags.DEFINE_string("manual_dir", "", "The dev patients' kaggle_3m/ (or the folder above it).")
+_OUT = flags.DEFINE_string("out", "cv_probabilities", "Folder for <patient>.npz.")
+
+
+def load_patient(path: pathlib.Path) -> dict:
+  """One saved patient: probabilities, truth, fold."""
+  with np.load(path) as saved:
+    return {"patient": path.stem, "probabilities": saved["probabilities"], "truth": saved["truth"],
+            "fold": int(saved["fold"])}
+
+
+def saved_patients(folder) -> list[pathlib.Path]:
+  return sorted(pathlib.Path(folder).glob("TCGA_*.npz"))
+
+
+def save_fold_probabilities(member: inference.Member, manual_dir: str, out: pathlib.Path, mesh) -> list[str]:
+  """Predicts the member's held-out patients; returns the patients written now."""
+  config = member.config.copy_and_resolve_references()
+  config.data.manual_dir = str(manual_dir)
+  config.split.file = ""
+  data = pipeline.load(config)
+  patients = [p for p in data.patients(data.split.test) if not (out / f"{p}.npz").is_file()]
+  predictor = inference.Predictor(member, mesh, member.settings.replace(tta="none"))
+  written = []
+  for patient, probabilities, truth in cli.progress(predictor.predict_patients(data, patients),
+                                                    total=len(patients), desc=f"fold {config.split.fold}",
+                                                    unit="patient"):
+    partial = out / f"{patient}.partial.npz"
+    np.savez_compressed(partial, probabilities=probabilities.astype(np.float32), truth=truth,
+                        fold=np.int32(config.split.fold))
+    partial.rename(out / f"{patient}.npz")
+    written.append(patient)
+  return written
+
+
+def main(argv):
+  del argv
+  if not _MANUAL_DIR.value:
+    raise ValueError("--manual_dir is needed: the folder of the patients the fold models held out")
+  out = pathlib.Path(_OUT.value)
+  out.mkdir(parents=True, exist_ok=True)
+  mesh = parallel.make_mesh()
+  folds = {}
+  for path in segmenter.model_paths(segmenter.cli_models(_MODELS.value)):
+    member = segmenter.load_member(path, mesh=mesh)
+    fold = int(member.config.split.fold)
+    if fold in folds:
+      raise ValueError(f"{path} and {folds[fold]} are both fold {fold}: give one model per fold")
+    folds[fold] = str(path)
+    save_fold_probabilities(member, _MANUAL_DIR.value, out, mesh)
+  (out / "models.json").write_text(json.dumps({"folds": folds}, indent=1))
+  print(f"{len(saved_patients(out))} patients in {out}")
+
+
+if __name__ == "__main__":
+  cli.run(main)

@@ -197,7 +197,7 @@ def input_device_row(batch: int, size: int, augment: str, repeats: int = 5) -> d
   res = _synthetic_resident(4 * batch, size)
   data = device_pipeline.put_on_devices(res, parallel.make_mesh())
   prepare = jax.jit(device_pipeline.make_prepare(config))
-  batches = device_pipeline.HostBatches(pipeline.train_order(res, config))
+  batches = device_pipeline.host_batches(res, config)
   host = next(batches)
   seconds = _median_time(lambda: prepare(data, host)["image"], steps=repeats)
   return {"input": "on-device (JAX)", "augment": augment, "batch": batch, "size": size, "workers": 0,

@@ -44,6 +44,10 @@ def get_config() -> ml_collections.ConfigDict:
   # or "cpu" (dot-based kernel gradients, bundled grouped convs, sub-pixel
   # transposed convs: XLA:CPU runs those several times faster). "auto" picks.
   config.model.conv_impl = "auto"
+  # U-Net only: auxiliary logits at each decoder level below full resolution,
+  # scored against downsampled targets with weights halving per level
+  # (nnU-Net's deep supervision); training only, never in inference or exports.
+  config.model.deep_supervision = False
   config.model.fpn = ml_collections.ConfigDict()
   config.model.fpn.pyramid_channels = 256
   config.model.fpn.segmentation_channels = 256
@@ -65,6 +69,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.manual_dir = ""
   config.data.data_dir = "~/.cache/lgg_jax"  # prepared TFDS copies and the synthetic data
   config.data.image_size = 256
+  # Train on random crops of this side at the full 256x256 resolution (0:
+  # whole slices at image_size, which must then be 256). Validation and
+  # inference run on whole slices. crop_context: pixels of context around the
+  # crop that augmentation sees (data/crops.py).
+  config.data.crop_size = 0
+  config.data.crop_context = 32
   # "slice": per-slice, per-channel z-score; "unit": x / 255; "patient": per
   # channel over the patient's volume, brain (non-zero) voxels only: clip at
   # `normalization_percentiles`, then z-score (nnU-Net's MRI scheme).

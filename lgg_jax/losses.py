@@ -41,6 +41,25 @@ def per_sample_loss(logits: jax.Array, masks: jax.Array, loss_config) -> jax.Arr
   return _combine(bce, soft_dice(logits, masks, loss_config.smooth), loss_config)
 
 
+def deep_supervision_weights(auxiliary_levels: int) -> jax.Array:
+  """nnU-Net's: 1, 1/2, 1/4, ... from full resolution down, normalised to sum to 1."""
+  weights = 0.5 ** jnp.arange(auxiliary_levels + 1, dtype=jnp.float32)
+  return weights / weights.sum()
+
+
+def deep_supervision_loss(logits: jax.Array, auxiliary: list[jax.Array], masks: jax.Array,
+                          loss_config) -> jax.Array:
+  """Per-sample loss of the full-resolution logits and of each auxiliary
+  level's against the mask downsampled to it (nearest neighbour, so targets
+  stay binary, as nnU-Net's), weighted by `deep_supervision_weights`."""
+  weights = deep_supervision_weights(len(auxiliary))
+  total = weights[0] * per_sample_loss(logits, masks, loss_config)
+  for weight, level in zip(weights[1:], auxiliary):
+    target = jax.image.resize(masks, masks.shape[:1] + level.shape[1:], "nearest")
+    total = total + weight * per_sample_loss(level, target, loss_config)
+  return total
+
+
 def probability_loss(probs, masks, loss_config) -> jax.Array:
   """The same loss per slice of probabilities (N, H, W) against masks: the
   validation loss at the scoring resolution, where only probabilities exist."""

@@ -189,9 +189,10 @@ def checkpoint_path(workdir, checkpoint: str = "best") -> tuple[pathlib.Path, in
 
 
 def abstract_variables(config):
-  """Shapes of (graphdef, variables) without computing any weights."""
+  """Shapes of (graphdef, variables) of the inference model (no training-only
+  heads) without computing any weights."""
   graphdefs, params, model_state = nnx.eval_shape(
-      lambda: split_model(create_model(config, load_pretrained=False)))
+      lambda: split_model(create_model(models.for_inference(config), load_pretrained=False)))
   return graphdefs["eval"], {"params": params, "model_state": model_state}
 
 

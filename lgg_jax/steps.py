@@ -33,16 +33,23 @@ def make_train_step(graphdef, tx, config, mesh, freeze_encoder: bool = False, pr
   makes its images from the resident data first.
   """
 
+  deep_supervision = bool(config.model.get("deep_supervision", False))
+
   def per_device(state, batch, data=None):
     if prepare is not None:
       batch = prepare(data, batch)
     def loss_fn(params, model_state):
       model = merge(graphdef, params, model_state)
-      logits = model(batch["image"])
+      if deep_supervision:
+        logits, auxiliary = model(batch["image"], auxiliary=True)
+        per_sample = losses.deep_supervision_loss(logits, auxiliary, batch["mask"], config.loss)
+      else:
+        logits = model(batch["image"])
+        per_sample = losses.per_sample_loss(logits, batch["mask"], config.loss)
       # The global-batch mean, so the gradient of the replicated parameters is
       # that mean's: shard_map's autodiff already sums their per-device
       # cotangents, and a pmean of the gradients afterwards would not divide.
-      loss = jax.lax.pmean(losses.per_sample_loss(logits, batch["mask"], config.loss).mean(), AXIS)
+      loss = jax.lax.pmean(per_sample.mean(), AXIS)
       return loss, (logits, nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param))))
 
     (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(

@@ -31,7 +31,7 @@ import tqdm
 from jax.experimental import multihost_utils
 
 from lgg_jax import choices, cli, evaluate, figures, inference, losses, models, parallel, provenance, state, steps
-from lgg_jax.data import augment, device_augment, device_pipeline, pipeline, preprocess, splits
+from lgg_jax.data import augment, crops, device_augment, device_pipeline, pipeline, preprocess, splits
 
 STAT_KEYS = ("loss", "dice_sum", "slices", "grad_norm")
 TIMED_STEPS = 5  # steps after the compiled one that the time estimate takes
@@ -59,6 +59,7 @@ def validate_config(config, device_count: int, process_count: int) -> None:
       ("config.inference.component_rank", config.inference.component_rank, choices.COMPONENT_RANKS)):
     choices.check(setting, value, allowed)
   models.check(config.model, config.data.image_size, config.compute_dtype)
+  crops.check(config.data, models.input_divisor(config.model))
   if config.data.neighbours < 0:
     raise ValueError(f"config.data.neighbours={config.data.neighbours} must be >= 0")
   if not 0.0 <= config.data.tumour_fraction <= 1.0:
@@ -331,7 +332,7 @@ def _set_up(config, mesh) -> _Setup:
 
   if config.data.on_device:
     device_data = device_pipeline.put_on_devices(res, mesh)
-    train_iter = device_pipeline.HostBatches(pipeline.train_order(res, config))
+    train_iter = device_pipeline.host_batches(res, config)
   else:
     device_data = None
     train_iter = pipeline.train_dataset(res, config, jax.process_index(), jax.process_count())

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lgg_jax import parallel
-from lgg_jax.data import device_augment, pipeline, preprocess
+from lgg_jax.data import crops, device_augment, pipeline, preprocess
 
 
 def put_on_devices(res: pipeline.Resident, mesh) -> dict:
@@ -29,24 +29,35 @@ def put_on_devices(res: pipeline.Resident, mesh) -> dict:
 
 
 class HostBatches:
-  """What the host sends per step, this process's share of it: resident rows
-  and their positions in the data order. Its state is the step."""
+  """What the host sends per step, this process's share of it: resident rows,
+  their positions in the data order and, with a crop plan, each crop's
+  origin (`crops.CropPlan`, as the host path places them). Its state is the step."""
 
-  def __init__(self, order: pipeline.TrainOrder):
-    self.order, self.step = order, 0
+  def __init__(self, order: pipeline.TrainOrder, plan: crops.CropPlan | None = None):
+    self.order, self.plan, self.step = order, plan, 0
 
   def __next__(self) -> dict:
     batch = self.order.batch
     rows = parallel.local_rows(batch)
     positions = np.arange(self.step * batch, (self.step + 1) * batch, dtype=np.int32)
+    global_rows = self.order.rows(self.step)
     self.step += 1
-    return {"row": self.order.rows(self.step - 1)[rows], "position": positions[rows]}
+    sent = {"row": global_rows[rows], "position": positions[rows]}
+    if self.plan is not None:
+      sent["origin"] = self.plan.origins(global_rows[rows], positions[rows])
+    return sent
 
   def get_state(self) -> dict:
     return {"step": self.step}
 
   def set_state(self, saved: dict) -> None:
     self.step = int(saved["step"])
+
+
+def host_batches(res: pipeline.Resident, config) -> HostBatches:
+  """The host side of the on-device path: the data order and its crop plan."""
+  order = pipeline.train_order(res, config)
+  return HostBatches(order, pipeline.crop_plan(res, order, config))
 
 
 def missing_sequences(key, images: jax.Array, position: jax.Array, probability: float) -> jax.Array:
@@ -64,17 +75,36 @@ def missing_sequences(key, images: jax.Array, position: jax.Array, probability: 
   return preprocess.copy_flair(images, missing, xp=jnp)
 
 
+def cut_windows(images: jax.Array, origins: jax.Array, crop: int, context: int) -> jax.Array:
+  """`crops.cut_window` of each image of a (B, H, W, ...) batch at its (B, 2) origin."""
+  pad = [(0, 0), (context, context), (context, context)] + [(0, 0)] * (images.ndim - 3)
+  padded = jnp.pad(images, pad)
+  window = crop + 2 * context
+
+  def cut(image, origin):
+    start = (origin[0], origin[1]) + (0,) * (image.ndim - 2)
+    return jax.lax.dynamic_slice(image, start, (window, window) + image.shape[2:])
+
+  return jax.vmap(cut)(padded, origins)
+
+
 def make_prepare(config):
   """(device data, per-device batch of rows and positions) -> the model's batch."""
   augment = device_augment.make(config.augment)
   augment_key = jax.random.key(config.seed + 1)
   missing_key = jax.random.key(config.seed + 2)
   mode, probability = config.data.normalization, config.augment.missing_sequence_probability
+  crop, context = config.data.get("crop_size", 0), config.data.get("crop_context", 0)
 
   def prepare(data: dict, batch: dict) -> dict:
     images = preprocess.stack_rows(data["images"], data["neighbours"][batch["row"]], xp=jnp).astype(jnp.float32)
     masks = (data["masks"][batch["row"]] > 0).astype(jnp.float32)
+    if crop:
+      images = cut_windows(images, batch["origin"], crop, context)
+      masks = cut_windows(masks, batch["origin"], crop, context)
     images, masks = augment(augment_key, images, masks, batch["position"])
+    if crop:
+      images, masks = crops.centre(images, crop, context, axis=1), crops.centre(masks, crop, context, axis=1)
     images = preprocess.normalise(images, mode, data["stats"][data["patient"][batch["row"]]], xp=jnp)
     images = missing_sequences(missing_key, images, batch["position"], probability)
     return {"image": images, "mask": masks[..., None]}

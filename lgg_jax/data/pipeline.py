@@ -26,7 +26,7 @@ from jax.experimental import multihost_utils
 
 from lgg_jax.data import augment as augment_lib
 from lgg_jax.data import builder as builder_lib
-from lgg_jax.data import preprocess, splits, synthetic
+from lgg_jax.data import crops, preprocess, splits, synthetic
 
 
 @dataclasses.dataclass
@@ -178,10 +178,15 @@ class TrainOrder:
       self._permutations[key] = np.random.default_rng([self.seed, stream, cycle]).permutation(size)
     return self._permutations[key]
 
+  def is_tumour_position(self, position: int) -> bool:
+    """Whether the position is filled from the tumour stream."""
+    r = int(position) % self.batch
+    return ((r + 1) * self.per_batch) // self.batch > (r * self.per_batch) // self.batch
+
   def row(self, position: int) -> int:
     step, r = divmod(int(position), self.batch)
     tumour_before = (r * self.per_batch) // self.batch
-    if ((r + 1) * self.per_batch) // self.batch > tumour_before:  # a tumour row
+    if self.is_tumour_position(position):
       j = step * self.per_batch + tumour_before
       cycle, i = divmod(j, len(self.tumour_rows))
       return int(self.tumour_rows[self._permutation(1, cycle)[i]])
@@ -206,22 +211,38 @@ class _Stream(grain.MapDataset):
   def __getitem__(self, index):
     if isinstance(index, slice):
       return self.slice(index)
-    return self._order.row(index)
+    return index, self._order.row(index)
 
   def __str__(self):
     return "TrainOrder"
 
 
 class _Element:
-  """Resident row -> uint8 example: the slice stacked with its neighbours."""
+  """(position, resident row) -> uint8 example: the slice stacked with its
+  neighbours; with a crop plan, the window around the position's crop."""
 
-  def __init__(self, res: Resident):
-    self.res = res
+  def __init__(self, res: Resident, plan: crops.CropPlan | None = None):
+    self.res, self.plan = res, plan
 
-  def __call__(self, row: int) -> dict:
-    image = preprocess.stack_rows(self.res.images, self.res.neighbours[row])
-    return {"image": image, "mask": self.res.masks[row], "index": np.int32(self.res.records[row]),
-            "row": np.int32(row)}
+  def __call__(self, position_row: tuple[int, int]) -> dict:
+    position, row = position_row
+    image, mask = preprocess.stack_rows(self.res.images, self.res.neighbours[row]), self.res.masks[row]
+    if self.plan is not None:
+      origin = self.plan.origin(row, position)
+      image = crops.cut_window(image, origin, self.plan.crop, self.plan.context)
+      mask = crops.cut_window(mask, origin, self.plan.crop, self.plan.context)
+    return {"image": image, "mask": mask, "index": np.int32(self.res.records[row]), "row": np.int32(row)}
+
+
+class _Centre:
+  """The crop from the middle of the augmented window."""
+
+  def __init__(self, plan: crops.CropPlan):
+    self.plan = plan
+
+  def __call__(self, example: dict) -> dict:
+    cut = lambda a: np.ascontiguousarray(crops.centre(a, self.plan.crop, self.plan.context))
+    return {**example, "image": cut(example["image"]), "mask": cut(example["mask"])}
 
 
 class _Finish:
@@ -276,11 +297,22 @@ def train_order(res: Resident, config) -> TrainOrder:
                     config.data.tumour_fraction, config.seed)
 
 
+def crop_plan(res: Resident, order: TrainOrder, config) -> crops.CropPlan | None:
+  """Where the training crops sit (None: whole slices)."""
+  if not config.data.get("crop_size", 0):
+    return None
+  return crops.CropPlan(res.masks, order, config.data.crop_size, config.data.crop_context, config.seed)
+
+
 def train_dataset(res: Resident, config, process_index: int = 0, process_count: int = 1):
   """Infinite iterator of this process's rows of each global batch."""
   local_batch = config.global_batch_size // process_count
-  ds = _Stream(train_order(res, config)).map(_Element(res))
+  order = train_order(res, config)
+  plan = crop_plan(res, order, config)
+  ds = _Stream(order).map(_Element(res, plan))
   ds = ds.random_map(augment_lib.make(config.augment), seed=config.seed + 1)
+  if plan is not None:
+    ds = ds.map(_Centre(plan))
   ds = ds.map(_Finish(res, config.data.normalization))
   if config.augment.missing_sequence_probability > 0:
     ds = ds.random_map(_MissingSequences(config.augment.missing_sequence_probability), seed=config.seed + 2)

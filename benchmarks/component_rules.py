@@ -6,7 +6,8 @@ Reads the cross-validated probabilities that `benchmarks.cv_probabilities`
 saved (each dev patient predicted by the fold model that held it out) and
 scores every rule of `inference.COMPONENT_RANKS` with the shipped threshold
 and no TTA, per patient at 256x256: Dice, HD95, false positives on tumour-free
-slices, missed patients. Prints a markdown table, and for each confidence
+slices, missed patients, and the mean over patients with small tumours
+(fewer than SMALL_TUMOUR_PIXELS true pixels). Prints a markdown table, and for each confidence
 rule its paired per-patient Dice difference to "volume" with a 95% BCa
 bootstrap interval over patients, and the patients whose Dice it moves.
 
@@ -27,6 +28,8 @@ from absl import flags
 from benchmarks import cv_probabilities
 from experiments import run
 from lgg_jax import cli, config_defaults, evaluate, inference
+
+SMALL_TUMOUR_PIXELS = 10_000  # "small tumours": fewer true tumour pixels than this in the whole volume
 
 _PROBABILITIES = flags.DEFINE_string("probabilities", "cv_probabilities/recipe_cpu",
                                      "Folder written by benchmarks.cv_probabilities.")
@@ -54,12 +57,13 @@ def decide(differences: dict[str, dict]) -> str:
 
 
 def table(rows: dict[str, list[dict]]) -> tuple[list[str], dict[str, dict]]:
-  lines = ["| rank | patients | mean Dice [95% CI] | median | HD95 px | FP slices | missed | vs volume [95% CI] |",
-           "|---|---|---|---|---|---|---|---|"]
+  lines = ["| rank | patients | mean Dice [95% CI] | median | small tumours | HD95 px | FP slices | missed | "
+           "vs volume [95% CI] |", "|---|---|---|---|---|---|---|---|---|"]
   reference = np.array([r["dice"] for r in rows["volume"]])
   differences = {}
   for rank, patient_rows in rows.items():
     dice = np.array([r["dice"] for r in patient_rows])
+    small = np.array([r["true_pixels"] < SMALL_TUMOUR_PIXELS for r in patient_rows])
     hd = np.array([r["hd95_px"] for r in patient_rows], float)
     empty = sum(r["slices"] - r["tumour_slices"] for r in patient_rows)
     fp = sum(r["false_positive_slices"] for r in patient_rows) / max(empty, 1)
@@ -73,6 +77,7 @@ def table(rows: dict[str, list[dict]]) -> tuple[list[str], dict[str, dict]]:
                                        zip(patient_rows, reference, dice) if v != d]}
       versus = f"{diff.mean():+.3f} [{d_low:+.3f}, {d_high:+.3f}]"
     lines.append(f"| {rank} | {len(dice)} | {dice.mean():.3f} [{low:.3f}, {high:.3f}] | {np.median(dice):.3f} | "
+                 f"{dice[small].mean():.3f} ({small.sum()}) | "
                  f"{np.nanmean(hd):.1f} | {fp:.1%} | {int((dice < evaluate.MISSED_DICE).sum())} | {versus} |")
   return lines, differences
 

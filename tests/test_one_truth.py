@@ -128,6 +128,29 @@ def test_component_fraction_keeps_the_parts_of_a_multifocal_tumour():
   np.testing.assert_array_equal(inference.postprocess(volume.astype(np.float32), inference.Settings()), volume)
 
 
+def test_component_rank_by_confidence_keeps_a_confident_tumour_over_a_larger_doubtful_false_positive():
+  probabilities = np.zeros((6, 32, 32), np.float32)
+  probabilities[1:4, 2:14, 2:14] = 0.55   # 432 voxels, barely above the threshold: the false positive
+  probabilities[2:4, 20:28, 20:28] = 0.97  # 128 voxels, confident: the tumour
+  probabilities[2:4, 23:25, 23:25] = 0.99
+  base = inference.Settings(largest_component=True)
+  by_volume = inference.postprocess(probabilities, base)
+  assert by_volume.sum() == 432 and not by_volume[2, 22, 22]
+  by_max = inference.postprocess(probabilities, base.replace(component_rank="probability_max"))
+  assert by_max.sum() == 128 and by_max[2, 22, 22]
+  # Summed probability: 432 * 0.55 = 237.6 against about 124.5: the false positive still wins it,
+  # and with a fraction every component of at least that share of the top sum is kept.
+  assert inference.postprocess(probabilities, base.replace(component_rank="probability_sum")).sum() == 432
+  both = inference.postprocess(probabilities, base.replace(component_rank="probability_sum", component_fraction=0.5))
+  assert both.sum() == 432 + 128
+  with pytest.raises(ValueError, match="component_rank: want one of"):
+    inference.Settings(component_rank="biggest")
+  with pytest.raises(ValueError, match="give them"):
+    inference.keep_components(probabilities > 0.5, rank="probability_max")
+  # Older settings files lack the field: volume, as before.
+  assert inference.Settings.from_dict({"largest_component": True}, inference.Settings()).component_rank == "volume"
+
+
 def test_an_ensemble_has_one_setting_or_an_error_naming_its_members():
   @dataclasses.dataclass
   class Stub:

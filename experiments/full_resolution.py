@@ -15,6 +15,9 @@ Rows:
 Each trained row uses plain inference, as experiments/ensemble.py's e0, the
 runs of today's shipped ensemble, which f0 is compared with
 (`python -m benchmarks.rerun_noise --old=ensemble/e0-recipe --new=full_resolution/f0-crops`).
+Should show: what full-resolution crops are worth against the shipped runs
+(f0 vs e0), what deep supervision adds (f1 vs f0), and the new recipe's
+cross-validated figure with its shipped settings (f2), small tumours apart.
 Rules, stated before any fold was scored: an element counts as a gain only if
 its paired per-patient difference has a 95% interval excluding 0 and its
 mean exceeds the retraining noise floor (benchmarks/QUALITY.md: the same

@@ -6,8 +6,9 @@ python -m benchmarks.cv_probabilities --models=pretrained:recipe_cpu \
 For every member (a run folder or an export whose config names a patient
 fold), the patients of its fold's test split are predicted through the one
 inference path (`inference.Predictor`, no TTA, no post-processing) and saved
-as `<out>/<patient>.npz`: float32 probabilities (S, 256, 256), bool truth,
-and the member's fold. Post-processing rules (`benchmarks/component_rules.py`)
+as `<out>/<patient>.npz`: float32 probabilities (S, 256, 256), the
+probabilities of the left-right mirrored volume mirrored back (a second view,
+for the quality estimate), bool truth, and the member's fold. Post-processing rules (`benchmarks/component_rules.py`)
 and quality signals are then scored on these files without predicting again.
 A patient already saved is skipped, so an interrupted run resumes.
 """
@@ -33,7 +34,7 @@ def load_patient(path: pathlib.Path) -> dict:
   """One saved patient: probabilities, truth, fold."""
   with np.load(path) as saved:
     return {"patient": path.stem, "probabilities": saved["probabilities"], "truth": saved["truth"],
-            "fold": int(saved["fold"])}
+            "fold": int(saved["fold"]), "mirrored": saved["mirrored"] if "mirrored" in saved else None}
 
 
 def saved_patients(folder) -> list[pathlib.Path]:
@@ -53,8 +54,9 @@ def save_fold_probabilities(member: inference.Member, manual_dir: str, out: path
                                                     total=len(patients), desc=f"fold {config.split.fold}",
                                                     unit="patient"):
     partial = out / f"{patient}.partial.npz"
+    mirrored = predictor.mirrored_probabilities(data.volume(patient)[0])
     np.savez_compressed(partial, probabilities=probabilities.astype(np.float32), truth=truth,
-                        fold=np.int32(config.split.fold))
+                        mirrored=mirrored.astype(np.float32), fold=np.int32(config.split.fold))
     partial.rename(out / f"{patient}.npz")
     written.append(patient)
   return written

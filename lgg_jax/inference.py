@@ -214,16 +214,25 @@ class Predictor:
 
   def predict_volume(self, volume: np.ndarray) -> np.ndarray:
     """uint8 (S, 256, 256, 3) slices in slice order -> float32 (S, 256, 256)."""
+    total = np.zeros((len(volume),) + volume.shape[1:3], np.float32)
+    for probabilities in self.member_probabilities(volume):
+      total += probabilities
+    return total / len(self.members)
+
+  def member_probabilities(self, volume: np.ndarray) -> list[np.ndarray]:
+    """Each member's float32 (S, 256, 256) probabilities, before the ensemble's mean."""
     volume = np.asarray(volume)
     if volume.ndim != 4 or volume.shape[1:] != (preprocess.SOURCE_SIZE, preprocess.SOURCE_SIZE, 3):
       raise ValueError(f"expected uint8 slices (S, 256, 256, 3) in slice order, got shape {volume.shape}")
     if volume.dtype != np.uint8:
       raise ValueError(f"expected uint8 slices, got dtype {volume.dtype}")
-    total = np.zeros((len(volume),) + volume.shape[1:3], np.float32)
-    for member, step in zip(self.members, self._steps):
-      inputs = preprocess.model_inputs(volume, member.config.data)
-      total += self._member_probabilities(member, step, inputs)
-    return total / len(self.members)
+    return [self._member_probabilities(member, step, preprocess.model_inputs(volume, member.config.data))
+            for member, step in zip(self.members, self._steps)]
+
+  def mirrored_probabilities(self, volume: np.ndarray) -> np.ndarray:
+    """The probabilities of the left-right mirrored volume, mirrored back: a
+    second view of the patient for the quality estimate when there is no TTA."""
+    return self.predict_volume(np.ascontiguousarray(np.asarray(volume)[:, :, ::-1]))[:, :, ::-1]
 
   def masks(self, probabilities: np.ndarray) -> np.ndarray:
     return postprocess(probabilities, self.settings)

@@ -1,0 +1,145 @@
+"""How well the quality estimate finds the masks to doubt, cross-validated on the dev patients.
+
+python -m benchmarks.quality_estimate --probabilities=cv_probabilities/recipe_cpu [--write_rule=DIR]
+
+Reads `benchmarks.cv_probabilities`'s files (each dev patient predicted by
+the fold model that held it out, and its mirrored view), makes each mask
+with the shipped settings (threshold 0.5, no TTA, largest 3-D component),
+computes every single-model signal of `lgg_jax.quality` and the true Dice.
+
+The rule, written down before any signal was scored:
+  - Leave one fold out: for each of the 5 folds, the other 4 folds' patients
+    choose the signal (among quality.SINGLE_MODEL_SIGNALS) with the highest
+    Spearman rho against Dice (ties: the first listed), and the review
+    threshold t on it that maximises Youden's J (sensitivity + specificity - 1)
+    for finding Dice < 0.7, flagging a mask when its score < t (candidates:
+    the training patients' scores; ties: the smallest t). The held-out fold is
+    scored with that signal and threshold.
+  - Pooled over the 62 held-out scores: Spearman rho against Dice, ROC AUC for
+    Dice < 0.7, the share of patients below 0.7 that are flagged, and the
+    share of all patients flagged, each with a 95% percentile bootstrap
+    interval over patients (2,000 resamples, seed 0).
+  - The rule for single models is the same choice made on all 62 patients;
+    `--write_rule=DIR` writes it as DIR/quality.json.
+A mask under quality.MIN_VOXELS is "no tumour found": score 0, always flagged.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import scipy.stats
+from absl import flags
+
+from benchmarks import cv_probabilities
+from lgg_jax import cli, evaluate, inference, quality
+
+FAILURE_DICE = 0.7
+SHIPPED = inference.Settings(0.5, "none", True, 0.0, "volume")
+
+_PROBABILITIES = flags.DEFINE_string("probabilities", "cv_probabilities/recipe_cpu",
+                                     "Folder written by benchmarks.cv_probabilities (with mirrored views).")
+_WRITE_RULE = flags.DEFINE_string("write_rule", "", "Write the rule chosen on all patients to DIR/quality.json.")
+_JSON = flags.DEFINE_string("json", "", "Also write the per-patient signals here.")
+
+
+def patient_rows(saved: list[dict], settings: inference.Settings = SHIPPED) -> list[dict]:
+  rows = []
+  for s in saved:
+    if s["mirrored"] is None:
+      raise ValueError(f"{s['patient']}: no mirrored view saved (run benchmarks.cv_probabilities again)")
+    mask = inference.postprocess(s["probabilities"], settings)
+    view = inference.postprocess(s["mirrored"], settings)
+    row, _ = evaluate.score_patient(mask, s["truth"])
+    rows.append({"patient": s["patient"], "fold": s["fold"], "dice": row["dice"],
+                 "predicted_voxels": int(mask.sum()),
+                 **quality.signals(s["probabilities"], mask, settings, view_masks=[view])})
+  return rows
+
+
+def scores(rows: list[dict], signal: str) -> np.ndarray:
+  """The estimate: the signal, 0 for "no tumour found"."""
+  return np.array([0.0 if r["predicted_voxels"] < quality.MIN_VOXELS else r[signal] for r in rows])
+
+
+def choose(rows: list[dict]) -> quality.Rule:
+  """The stated rule: best Spearman signal, then the Youden-optimal threshold."""
+  dice = np.array([r["dice"] for r in rows])
+  rhos = [scipy.stats.spearmanr(scores(rows, s), dice).statistic for s in quality.SINGLE_MODEL_SIGNALS]
+  signal = quality.SINGLE_MODEL_SIGNALS[int(np.nanargmax(rhos))]
+  values, failed = scores(rows, signal), dice < FAILURE_DICE
+  best, threshold = -np.inf, 0.0
+  for t in sorted(set(values.tolist()) | {0.0, 1.0}):
+    flagged = values < t
+    j = (flagged[failed].mean() if failed.any() else 0.0) + ((~flagged)[~failed].mean() if (~failed).any() else 0.0) - 1
+    if j > best + 1e-12:
+      best, threshold = j, float(t)
+  return quality.Rule(signal, threshold, source=f"benchmarks/quality_estimate.py on {len(rows)} patients")
+
+
+def measures(score: np.ndarray, dice: np.ndarray, flagged: np.ndarray) -> dict:
+  failed = dice < FAILURE_DICE
+  auc = float("nan")
+  if failed.any() and (~failed).any():
+    auc = float(scipy.stats.mannwhitneyu(-score[failed], -score[~failed]).statistic / (failed.sum() * (~failed).sum()))
+  return {"rho": float(scipy.stats.spearmanr(score, dice).statistic), "auroc": auc,
+          "failures_flagged": float(flagged[failed].mean()) if failed.any() else float("nan"),
+          "flagged": float(flagged.mean())}
+
+
+def bootstrap(score, dice, flagged, rounds: int = 2000, seed: int = 0) -> dict:
+  rng = np.random.default_rng(seed)
+  draws = [measures(score[i], dice[i], flagged[i]) for i in
+           (rng.integers(0, len(dice), len(dice)) for _ in range(rounds))]
+  return {k: tuple(np.nanpercentile([d[k] for d in draws], [2.5, 97.5]).tolist()) for k in draws[0]}
+
+
+def cross_validate(rows: list[dict]) -> tuple[np.ndarray, np.ndarray, dict[int, quality.Rule]]:
+  score, flagged, rules = np.zeros(len(rows)), np.zeros(len(rows), bool), {}
+  folds = np.array([r["fold"] for r in rows])
+  for fold in sorted(set(folds.tolist())):
+    rule = choose([r for r, f in zip(rows, folds) if f != fold])
+    held = folds == fold
+    held_rows = [r for r, h in zip(rows, held) if h]
+    score[held] = scores(held_rows, rule.signal)
+    nothing = np.array([r["predicted_voxels"] < quality.MIN_VOXELS for r in held_rows])
+    flagged[held] = (score[held] < rule.review_threshold) | nothing
+    rules[fold] = rule
+  return score, flagged, rules
+
+
+def main(argv):
+  del argv
+  paths = cv_probabilities.saved_patients(_PROBABILITIES.value)
+  if not paths:
+    raise FileNotFoundError(f"{_PROBABILITIES.value}: no saved patients (run benchmarks.cv_probabilities first)")
+  rows = patient_rows([cv_probabilities.load_patient(p) for p in cli.progress(paths, desc="load", unit="patient")])
+  dice = np.array([r["dice"] for r in rows])
+  print(f"{len(rows)} patients, {int((dice < FAILURE_DICE).sum())} below Dice {FAILURE_DICE}")
+  print("\n| signal (all patients, no choice) | Spearman rho | ROC AUC (Dice < 0.7) |\n|---|---|---|")
+  for signal in quality.SINGLE_MODEL_SIGNALS:
+    m = measures(scores(rows, signal), dice, np.zeros(len(dice), bool))
+    print(f"| {signal} | {m['rho']:.3f} | {m['auroc']:.3f} |")
+  score, flagged, rules = cross_validate(rows)
+  m, ci = measures(score, dice, flagged), bootstrap(score, dice, flagged)
+  print("\nleave-one-fold-out choices: " + "; ".join(f"fold {k}: {r.signal} < {r.review_threshold:.3f}"
+                                                     for k, r in rules.items()))
+  print("\n| cross-validated estimate | value [95% CI] |\n|---|---|")
+  for key, label in (("rho", "Spearman rho vs Dice"), ("auroc", "ROC AUC, Dice < 0.7"),
+                     ("failures_flagged", "patients below 0.7 flagged"), ("flagged", "all patients flagged")):
+    print(f"| {label} | {m[key]:.3f} [{ci[key][0]:.3f}, {ci[key][1]:.3f}] |")
+  missed = [r["patient"] for r, f in zip(rows, flagged) if r["dice"] < FAILURE_DICE and not f]
+  print(f"\nfailures not flagged: {', '.join(missed) or 'none'}")
+  final = choose(rows)
+  print(f"rule on all {len(rows)} patients: {final.signal} < {final.review_threshold:.4f}")
+  if _WRITE_RULE.value:
+    print(f"wrote {final.save(_WRITE_RULE.value)}")
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump({"rows": rows, "cross_validated": m, "intervals": ci, "flagged": flagged.tolist(),
+                 "rule": final.__dict__}, f, indent=1)
+
+
+if __name__ == "__main__":
+  cli.run(main)

@@ -1,0 +1,126 @@
+"""How far to trust a patient's mask: a quality estimate from the model's own disagreement.
+
+Each estimate is a number in [0, 1] meant to track the patient's Dice, made
+without the truth from what the model itself says:
+  view_agreement       Dice between the mask and the mask of the left-right
+                       mirrored volume's prediction (one extra forward pass
+                       for a single model; the TTA views' own when it has them)
+  threshold_stability  Dice between the masks at thresholds 0.3 and 0.7: a
+                       mask that moves with the threshold is a doubtful one
+  confidence           mean probability inside the mask
+  kept_fraction        share of the above-threshold voxels the component
+                       step kept (1 without the step)
+  member_agreement     ensembles only: the members' mean Dice against the
+                       ensemble's mask
+`view_and_threshold` is the smaller of the first two. Which one a model's
+estimate uses, and the score under which a mask is flagged for review
+(`review_threshold`), are chosen by measurement (benchmarks/quality_estimate.py,
+benchmarks/QUALITY.md) and stored with the model (`QUALITY_FILE` of an
+export, the shipped ensemble's). A mask of fewer than `MIN_VOXELS` voxels is
+"no tumour found": score 0, always flagged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+import numpy as np
+
+from lgg_jax import inference, metrics
+
+QUALITY_FILE = "quality.json"
+MIN_VOXELS = 50  # a mask smaller than this (at 256x256) is reported as "no tumour found"
+LOW, HIGH = 0.3, 0.7  # the thresholds of threshold_stability
+SINGLE_MODEL_SIGNALS = ("view_agreement", "threshold_stability", "view_and_threshold", "confidence",
+                        "kept_fraction")
+SIGNALS = SINGLE_MODEL_SIGNALS + ("member_agreement",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """Which signal is the estimate, and the score under which a mask is flagged."""
+  signal: str = "view_and_threshold"
+  review_threshold: float = 0.7
+  source: str = "default"  # where the rule was measured
+
+  def __post_init__(self):
+    if self.signal not in SIGNALS:
+      raise ValueError(f"quality signal: want one of {SIGNALS}, got {self.signal!r}")
+    if not 0.0 <= self.review_threshold <= 1.0:
+      raise ValueError(f"review_threshold: want a score in [0, 1], got {self.review_threshold}")
+
+  @classmethod
+  def load(cls, folder) -> Rule | None:
+    """A model folder's rule (its QUALITY_FILE), or None when it has none."""
+    path = pathlib.Path(folder) / QUALITY_FILE
+    if not path.is_file():
+      return None
+    try:
+      saved = json.loads(path.read_text())
+      return cls(str(saved["signal"]), float(saved["review_threshold"]), str(saved.get("source", "")))
+    except (ValueError, KeyError, TypeError) as e:
+      raise ValueError(f"{path}: not a quality rule ({e}); want signal and review_threshold") from e
+
+  def save(self, folder) -> pathlib.Path:
+    path = pathlib.Path(folder) / QUALITY_FILE
+    path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+    return path
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+  score: float
+  review: bool
+  reason: str
+  predicted_voxels: int
+  signals: dict
+
+  def as_row(self) -> dict:
+    return {"quality": round(self.score, 4), "review": self.review, "review_reason": self.reason,
+            "predicted_voxels": self.predicted_voxels}
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+  return float(metrics.dice_from_counts((a & b).sum(), a.sum(), b.sum()))
+
+
+def signals(probabilities: np.ndarray, mask: np.ndarray, settings: inference.Settings,
+            view_masks: list[np.ndarray] = (), member_masks: list[np.ndarray] = ()) -> dict:
+  """Every signal that the inputs allow, each in [0, 1]; `view_masks`: the
+  post-processed masks of other views (mirrored passes); `member_masks`: an
+  ensemble's members' post-processed masks."""
+  probabilities, mask = np.asarray(probabilities), np.asarray(mask, bool)
+  above = probabilities >= settings.threshold
+  out = {"threshold_stability": _dice(probabilities >= LOW, probabilities >= HIGH),
+         "confidence": float(probabilities[mask].mean()) if mask.any() else 0.0,
+         "kept_fraction": float(mask.sum() / above.sum()) if above.any() else 1.0}
+  if len(view_masks):
+    out["view_agreement"] = float(np.mean([_dice(mask, v) for v in view_masks]))
+    out["view_and_threshold"] = min(out["view_agreement"], out["threshold_stability"])
+  if len(member_masks):
+    out["member_agreement"] = float(np.mean([_dice(mask, m) for m in member_masks]))
+  return out
+
+
+def estimate(probabilities: np.ndarray, mask: np.ndarray, settings: inference.Settings, rule: Rule,
+             view_masks: list[np.ndarray] = (), member_masks: list[np.ndarray] = ()) -> Estimate:
+  """The rule's estimate and flag for one patient's mask."""
+  found = signals(probabilities, mask, settings, view_masks, member_masks)
+  voxels = int(np.asarray(mask).sum())
+  if voxels < MIN_VOXELS:
+    return Estimate(0.0, True, f"no tumour found (mask of {voxels} voxels, under {MIN_VOXELS})", voxels, found)
+  if rule.signal not in found:
+    raise ValueError(f"quality signal {rule.signal!r} needs "
+                     + ("an ensemble's members" if rule.signal == "member_agreement" else "a mirrored view"))
+  score = float(np.clip(found[rule.signal], 0.0, 1.0))
+  review = score < rule.review_threshold
+  reason = (f"{rule.signal.replace('_', ' ')} {score:.2f} < {rule.review_threshold:.2f}" if review else "")
+  return Estimate(score, review, reason, voxels, found)
+
+
+def uncertainty(probabilities: np.ndarray) -> np.ndarray:
+  """Voxel-wise spread (standard deviation) of (K, S, H, W) probabilities of
+  members or views: float32 (S, H, W)."""
+  return np.asarray(probabilities, np.float32).std(axis=0)

@@ -22,6 +22,16 @@ The rule, written down before any signal was scored:
   - The rule for single models is the same choice made on all 62 patients;
     `--write_rule=DIR` writes it as DIR/quality.json.
 A mask under quality.MIN_VOXELS is "no tumour found": score 0, always flagged.
+
+The ensemble's rule (`--ensemble=pretrained:recipe_cpu --manual_dir=...`),
+stated before it was computed: the estimate is the members' agreement
+(quality.member_agreement) and its review threshold flags the same share of
+the dev patients as the cross-validated single-model estimate flags (the
+share's quantile of the ensemble's agreement over the dev patients). It
+cannot be cross-validated here: every dev patient trained four of the five
+members, so their agreement on dev patients is optimistic and this threshold
+flags more patients outside the project; the independent evaluation
+measures it.
 """
 
 from __future__ import annotations
@@ -42,6 +52,31 @@ _PROBABILITIES = flags.DEFINE_string("probabilities", "cv_probabilities/recipe_c
                                      "Folder written by benchmarks.cv_probabilities (with mirrored views).")
 _WRITE_RULE = flags.DEFINE_string("write_rule", "", "Write the rule chosen on all patients to DIR/quality.json.")
 _JSON = flags.DEFINE_string("json", "", "Also write the per-patient signals here.")
+_ENSEMBLE = flags.DEFINE_string("ensemble", "", "Also fix an ensemble's rule (e.g. pretrained:recipe_cpu).")
+_MANUAL_DIR = flags.DEFINE_string("manual_dir", "", "With --ensemble: the dev patients' folder.")
+_WRITE_ENSEMBLE_RULE = flags.DEFINE_string("write_ensemble_rule", "", "Write the ensemble's rule to DIR/quality.json.")
+
+
+def ensemble_agreement(models: str, manual_dir: str, patients: list[str]) -> dict[str, float]:
+  """The ensemble's members' agreement on each patient (its shipped settings)."""
+  from lgg_jax import Segmenter, pretrained  # noqa: F401 (the shared inference layer)
+  from lgg_jax.data import pipeline
+  seg = Segmenter.load(models)
+  config = seg.members[0].config.copy_and_resolve_references()
+  config.data.manual_dir, config.split.file = str(manual_dir), ""
+  data = pipeline.load(config)
+  agreement = {}
+  for patient in cli.progress(patients, desc="ensemble", unit="patient"):
+    assessed = seg.assess(data.volume(patient)[0])
+    agreement[patient] = assessed.estimate.signals["member_agreement"]
+  return agreement
+
+
+def share_threshold(values: np.ndarray, share: float) -> float:
+  """The threshold t that flags (values < t) the given share of `values`, to the nearest patient."""
+  count = int(round(share * len(values)))
+  ordered = np.sort(values)
+  return float(ordered[count]) if count < len(ordered) else float(ordered[-1]) + 1e-9
 
 
 def patient_rows(saved: list[dict], settings: inference.Settings = SHIPPED) -> list[dict]:
@@ -135,6 +170,22 @@ def main(argv):
   print(f"rule on all {len(rows)} patients: {final.signal} < {final.review_threshold:.4f}")
   if _WRITE_RULE.value:
     print(f"wrote {final.save(_WRITE_RULE.value)}")
+  if _ENSEMBLE.value:
+    if not _MANUAL_DIR.value:
+      raise ValueError("--ensemble needs --manual_dir (the dev patients)")
+    agreement = ensemble_agreement(_ENSEMBLE.value, _MANUAL_DIR.value, [r["patient"] for r in rows])
+    values = np.array([agreement[r["patient"]] for r in rows])
+    threshold = share_threshold(values, float(flagged.mean()))
+    ensemble_rule = quality.Rule("member_agreement", threshold,
+                                 f"benchmarks/quality_estimate.py: flags the cross-validated single-model share "
+                                 f"({flagged.mean():.3f}) of the {len(rows)} dev patients")
+    rho = scipy.stats.spearmanr(values, dice).statistic
+    print(f"\nensemble {_ENSEMBLE.value}: member agreement median {np.median(values):.3f} (range "
+          f"{values.min():.3f}-{values.max():.3f}; Spearman rho vs the held-out Dice {rho:.3f}, optimistic: the "
+          f"members trained on these patients); rule: member_agreement < {threshold:.4f} "
+          f"(flags {(values < threshold).mean():.3f} of the dev patients)")
+    if _WRITE_ENSEMBLE_RULE.value:
+      print(f"wrote {ensemble_rule.save(_WRITE_ENSEMBLE_RULE.value)}")
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump({"rows": rows, "cross_validated": m, "intervals": ci, "flagged": flagged.tolist(),

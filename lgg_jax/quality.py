@@ -69,6 +69,13 @@ class Rule:
     return path
 
 
+# Used where a model carries no quality.json: measured rules live in
+# benchmarks/QUALITY.md ("Which masks to doubt") with their commands.
+DEFAULT_SINGLE = Rule("view_and_threshold", 0.9174, "benchmarks/quality_estimate.py: the configs/recipe_cpu.py "
+                      "fold models cross-validated on the 62 dev patients")
+DEFAULT_ENSEMBLE = Rule("member_agreement", 0.7, "default: not measured for this ensemble")
+
+
 @dataclasses.dataclass(frozen=True)
 class Estimate:
   score: float

@@ -5,6 +5,7 @@
     seg = Segmenter.load("pretrained:recipe_cpu")     # the ensemble shipped with lgg_jax
     probabilities = seg.predict(volume)                # uint8 (S, 256, 256, 3), slices in order
     masks = seg.predict(volume, masks=True)            # bool, post-processed exactly as the model was scored
+    assessed = seg.assess(volume)                      # masks, probabilities, uncertainty map, quality estimate
 
 A thin wrapper over the inference layer: normalisation, input size and 2.5-D
 neighbours come from each model's own config, and masks from
@@ -16,6 +17,7 @@ BatchNorm statistics are restored.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -25,7 +27,7 @@ import numpy as np
 from flax import traverse_util
 from safetensors.numpy import load_file
 
-from lgg_jax import inference, parallel, pretrained, state
+from lgg_jax import inference, parallel, pretrained, quality, state
 
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "config.json"
@@ -101,20 +103,46 @@ def load_members(models, checkpoint: str = "best", mesh=None) -> list[inference.
   return [load_member(p, checkpoint, mesh) for p in paths]
 
 
+def quality_rule(models, member_count: int) -> quality.Rule:
+  """The quality rule stored with the models: a pretrained model's own
+  quality.json, else the first export's (a single model's), else the
+  defaults (quality.DEFAULT_ENSEMBLE or quality.DEFAULT_SINGLE)."""
+  items = [models] if isinstance(models, (str, os.PathLike)) else list(models)
+  folders = [pretrained.model_dir(i) for i in items if pretrained.is_pretrained_name(i)]
+  if member_count == 1:
+    folders += [pathlib.Path(i).expanduser() for i in items if not pretrained.is_pretrained_name(i)]
+  for folder in folders:
+    rule = quality.Rule.load(folder)
+    if rule is not None:
+      return rule
+  return quality.DEFAULT_ENSEMBLE if member_count > 1 else quality.DEFAULT_SINGLE
+
+
+@dataclasses.dataclass
+class Assessment:
+  """What `Segmenter.assess` returns for one patient."""
+  masks: np.ndarray          # bool (S, 256, 256), post-processed as the model was scored
+  probabilities: np.ndarray  # float32 (S, 256, 256)
+  uncertainty: np.ndarray    # float32 (S, 256, 256): the members' spread, or the two views' for one model
+  estimate: quality.Estimate
+
+
 class Segmenter:
   """Probabilities and masks for a patient's slices; several models: their
   mean, with one setting for the ensemble (`inference.ensemble_settings`)."""
 
-  def __init__(self, members: list[inference.Member], mesh=None):
+  def __init__(self, members: list[inference.Member], mesh=None, rule: quality.Rule | None = None):
     self.members = list(members)
     self.mesh = mesh or parallel.make_mesh()
     self.settings = inference.ensemble_settings(self.members)
+    self.rule = rule or (quality.DEFAULT_ENSEMBLE if len(self.members) > 1 else quality.DEFAULT_SINGLE)
     self._predictors = {}
 
   @classmethod
   def load(cls, path: str | os.PathLike | list, checkpoint: str = "best") -> Segmenter:
     mesh = parallel.make_mesh()
-    return cls(load_members(path, checkpoint, mesh), mesh)
+    members = load_members(path, checkpoint, mesh)
+    return cls(members, mesh, quality_rule(path, len(members)))
 
   @property
   def threshold(self) -> float:
@@ -132,10 +160,39 @@ class Segmenter:
     probabilities = self._probabilities(volume, settings.tta)
     return probabilities, inference.postprocess(probabilities, settings)
 
-  def _probabilities(self, volume: np.ndarray, tta: str) -> np.ndarray:
+  def _predictor(self, tta: str) -> inference.Predictor:
     if tta not in self._predictors:  # one compiled step per TTA mode
       self._predictors[tta] = inference.Predictor(self.members, self.mesh, self.settings.replace(tta=tta))
-    return self._predictors[tta].predict_volume(volume)
+    return self._predictors[tta]
+
+  def _probabilities(self, volume: np.ndarray, tta: str) -> np.ndarray:
+    return self._predictor(tta).predict_volume(volume)
+
+  def assess(self, volume: np.ndarray, **overrides) -> Assessment:
+    """Masks, probabilities, a voxel-wise uncertainty map and the quality
+    estimate of one patient (`lgg_jax.quality`). An ensemble's members are
+    run one by one, as for its mean: no extra pass; a single model runs once
+    more on the mirrored volume (its second view)."""
+    settings = self.settings.replace(**overrides)
+    predictor = self._predictor(settings.tta)
+    if len(self.members) > 1:
+      members = predictor.member_probabilities(volume)
+      probabilities = np.zeros_like(members[0])
+      for p in members:  # the order predict_volume sums in: the same probabilities bit for bit
+        probabilities += p
+      probabilities /= len(members)
+      masks = inference.postprocess(probabilities, settings)
+      spread = quality.uncertainty(np.stack(members))
+      estimate = quality.estimate(probabilities, masks, settings, self.rule,
+                                  member_masks=[inference.postprocess(p, settings) for p in members])
+    else:
+      probabilities = predictor.predict_volume(volume)
+      mirrored = predictor.mirrored_probabilities(volume)
+      masks = inference.postprocess(probabilities, settings)
+      spread = quality.uncertainty(np.stack([probabilities, mirrored]))
+      estimate = quality.estimate(probabilities, masks, settings, self.rule,
+                                  view_masks=[inference.postprocess(mirrored, settings)])
+    return Assessment(masks, probabilities, spread, estimate)
 
   def predict(self, volume: np.ndarray, *, masks: bool = False, tta: str | None = None,
               threshold: float | None = None, largest_component: bool | None = None,

@@ -25,7 +25,7 @@ import json
 import numpy as np
 from absl import flags
 
-from benchmarks import cv_probabilities
+from benchmarks import cv_files
 from experiments import run
 from lgg_jax import cli, config_defaults, evaluate, inference
 
@@ -84,10 +84,10 @@ def table(rows: dict[str, list[dict]]) -> tuple[list[str], dict[str, dict]]:
 
 def main(argv):
   del argv
-  paths = cv_probabilities.saved_patients(_PROBABILITIES.value)
+  paths = cv_files.saved_patients(_PROBABILITIES.value)
   if not paths:
     raise FileNotFoundError(f"{_PROBABILITIES.value}: no saved patients (run benchmarks.cv_probabilities first)")
-  rows = score_rules([cv_probabilities.load_patient(p) for p in cli.progress(paths, desc="load", unit="patient")],
+  rows = score_rules([cv_files.load_patient(p) for p in cli.progress(paths, desc="load", unit="patient")],
                      _THRESHOLD.value)
   lines, differences = table(rows)
   print("\n".join(lines))

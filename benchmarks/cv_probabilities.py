@@ -21,6 +21,7 @@ import pathlib
 import numpy as np
 from absl import flags
 
+from benchmarks import cv_files
 from lgg_jax import cli, inference, parallel, segmenter
 from lgg_jax.data import pipeline
 
@@ -28,17 +29,6 @@ _MODELS = flags.DEFINE_list("models", ["pretrained:recipe_cpu"], "Fold models: r
                             "pretrained name (its members).")
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", "", "The dev patients' kaggle_3m/ (or the folder above it).")
 _OUT = flags.DEFINE_string("out", "cv_probabilities", "Folder for <patient>.npz.")
-
-
-def load_patient(path: pathlib.Path) -> dict:
-  """One saved patient: probabilities, truth, fold."""
-  with np.load(path) as saved:
-    return {"patient": path.stem, "probabilities": saved["probabilities"], "truth": saved["truth"],
-            "fold": int(saved["fold"]), "mirrored": saved["mirrored"] if "mirrored" in saved else None}
-
-
-def saved_patients(folder) -> list[pathlib.Path]:
-  return sorted(pathlib.Path(folder).glob("TCGA_*.npz"))
 
 
 def save_fold_probabilities(member: inference.Member, manual_dir: str, out: pathlib.Path, mesh) -> list[str]:
@@ -78,7 +68,7 @@ def main(argv):
     folds[fold] = str(path)
     save_fold_probabilities(member, _MANUAL_DIR.value, out, mesh)
   (out / "models.json").write_text(json.dumps({"folds": folds}, indent=1))
-  print(f"{len(saved_patients(out))} patients in {out}")
+  print(f"{len(cv_files.saved_patients(out))} patients in {out}")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ import numpy as np
 import scipy.stats
 from absl import flags
 
-from benchmarks import cv_probabilities
+from benchmarks import cv_files
 from lgg_jax import cli, evaluate, inference, quality
 
 FAILURE_DICE = 0.7
@@ -146,10 +146,10 @@ def cross_validate(rows: list[dict]) -> tuple[np.ndarray, np.ndarray, dict[int, 
 
 def main(argv):
   del argv
-  paths = cv_probabilities.saved_patients(_PROBABILITIES.value)
+  paths = cv_files.saved_patients(_PROBABILITIES.value)
   if not paths:
     raise FileNotFoundError(f"{_PROBABILITIES.value}: no saved patients (run benchmarks.cv_probabilities first)")
-  rows = patient_rows([cv_probabilities.load_patient(p) for p in cli.progress(paths, desc="load", unit="patient")])
+  rows = patient_rows([cv_files.load_patient(p) for p in cli.progress(paths, desc="load", unit="patient")])
   dice = np.array([r["dice"] for r in rows])
   print(f"{len(rows)} patients, {int((dice < FAILURE_DICE).sum())} below Dice {FAILURE_DICE}")
   print("\n| signal (all patients, no choice) | Spearman rho | ROC AUC (Dice < 0.7) |\n|---|---|---|")

@@ -32,13 +32,14 @@ evaluation/<name>/summary.json, per_patient.csv and table.md. Metrics (see
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import pathlib
 from collections.abc import Iterable
 
 import numpy as np
 
-from lgg_jax import cli, inference, metrics, parallel, segmenter
+from lgg_jax import cli, inference, metrics, parallel, quality, segmenter
 from lgg_jax.data import pipeline
 
 MISSED_DICE = 0.1
@@ -175,9 +176,22 @@ def evaluate_run(models, *, checkpoint="best", split="test", manual_dir="", tta=
   else:
     indices = getattr(data.split, split)
   patients = data.patients(indices)
-  summary, rows = score(cli.progress(predictor.predict_patients(data, patients), total=len(patients),
-                                     desc="evaluate", unit="patient"),
+  seg = segmenter.Segmenter(members, mesh, segmenter.quality_rule(models, len(members)))
+  estimates = {}
+
+  def assessed():  # the probabilities predict gives, with each mask's quality estimate
+    for patient in patients:
+      volume, truth = data.volume(patient)
+      result = seg.assess(volume, **settings.as_dict())
+      estimates[patient] = result.estimate
+      yield patient, result.probabilities, truth
+
+  summary, rows = score(cli.progress(assessed(), total=len(patients), desc="evaluate", unit="patient"),
                         settings, config.evaluation, held_out_slices(data, indices))
+  for row in rows:
+    row.update(estimates[row["patient"]].as_row())
+  summary["quality"] = {**quality.summarise([r["quality"] for r in rows], [r["dice"] for r in rows],
+                                            [r["review"] for r in rows]), "rule": dataclasses.asdict(seg.rule)}
   summary.update(checkpoint_steps=[m.step for m in members], split="external" if manual_dir else split,
                  inference=settings.as_dict(), tta=settings.tta, runs=[str(m.source) for m in members],
                  dataset=data.manual_dir)

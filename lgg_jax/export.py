@@ -8,6 +8,7 @@ DIR gets
   weights.safetensors  parameters and BatchNorm statistics only ("params/...", "model_state/...")
   inference.json       how probabilities become masks, as the run was scored (threshold, TTA,
                        component step; `--tta` etc. override them), and the checkpoint step
+  quality.json         the quality estimate's signal and `review_threshold` (lgg_jax.quality)
   forward.jax          a serialized `jax.export` (StableHLO) of the forward pass, for the cpu
                        and cuda platforms, batch size symbolic, weights inside, plain XLA
                        convolutions: float32 model inputs (b, size, size, channels), prepared
@@ -39,10 +40,14 @@ import jax.numpy as jnp
 from absl import flags
 from safetensors.numpy import save_file
 
-from lgg_jax import cli, inference, segmenter, state, steps
+from lgg_jax import cli, inference, quality, segmenter, state, steps
 from lgg_jax.data import preprocess
 
 FORWARD_FILE = "forward.jax"
+# What an export's quality.json says: the single-model rule measured on the recipe's fold models.
+EXPORT_QUALITY_RULE = quality.Rule(quality.DEFAULT_SINGLE.signal, quality.DEFAULT_SINGLE.review_threshold,
+                                   "the single-model default (" + quality.DEFAULT_SINGLE.source + "), not "
+                                   "measured on this model")
 PLATFORMS = ("cpu", "cuda")
 
 
@@ -105,7 +110,12 @@ def model_card(member: inference.Member, summary: dict) -> str:
       f"- masks (inference.json, what `Segmenter` and `predict` apply): threshold {settings.threshold:.2f} "
       f"({inf.get('threshold_chosen_on', 'config')}); TTA {settings.tta}; largest 3-D component "
       f"{settings.largest_component}"
-      + (f", also components >= {settings.component_fraction:g} of it" if settings.component_fraction else ""),
+      + (f", also components >= {settings.component_fraction:g} of it" if settings.component_fraction else "")
+      + (f", ranked by {settings.component_rank.replace('_', ' ')}" if settings.component_rank != "volume" else ""),
+      f"- review flag (quality.json, `review_threshold`): a mask whose {EXPORT_QUALITY_RULE.signal.replace('_', ' ')} "
+      f"is below {EXPORT_QUALITY_RULE.review_threshold:g}, or with no tumour found, is flagged for review "
+      "(lgg_jax.quality; the rule was measured on configs/recipe_cpu.py's fold models, benchmarks/QUALITY.md, "
+      "not on this model)",
       "- the test figures below were scored with: " + ", ".join(
           f"{k} {inf[k]}" for k in inference.Settings.FIELDS if k in inf), "",
       "## Data and split", "",
@@ -176,6 +186,7 @@ def export_run(workdir, out, checkpoint: str = "best", forward: bool = True, **o
         {**member.settings.as_dict(), "step": member.step,
          "input_size": member.config.data.image_size, "input_channels": state.in_channels(member.config)},
         indent=2))
+    EXPORT_QUALITY_RULE.save(partial)
     if lowered is not None:
       (partial / FORWARD_FILE).write_bytes(lowered.serialize())
     (partial / "model_card.md").write_text(model_card(member, summary))

@@ -356,12 +356,23 @@ def predict(models, input_path, out, *, checkpoint="best", tta=None, threshold=N
   out = pathlib.Path(out)
   results = []
   for case in cli.progress(cases, desc="predict", unit="case"):
-    probs, pred = seg.segment(case.images, **settings.as_dict())
-    results.append(write_case(case, probs, pred, settings, out))
+    assessed = seg.assess(case.images, **settings.as_dict())
+    result = write_case(case, assessed.probabilities, assessed.masks, settings, out)
+    results.append({**result, **assessed.estimate.as_row()})
   if cli.is_main_process():
     (out / "predictions.json").write_text(json.dumps(
-        {"models": [m.source for m in seg.members], "inference": settings.as_dict(), "cases": results}, indent=2))
+        {"models": [m.source for m in seg.members], "inference": settings.as_dict(),
+         "quality_rule": dataclasses.asdict(seg.rule), "cases": results}, indent=2))
   return results
+
+
+def review_lines(results: list[dict]) -> list[str]:
+  """The end of predict's terminal output: the masks to look at, by name."""
+  flagged = [r for r in results if r["review"]]
+  if not flagged:
+    return [f"review: none of the {len(results)} masks is flagged"]
+  return [f"review: {len(flagged)} of {len(results)} masks flagged; look at these first:"] + [
+      f"  {r['case']}: {r['review_reason']}" for r in sorted(flagged, key=lambda r: r["quality"])]
 
 
 def main(argv):
@@ -372,6 +383,7 @@ def main(argv):
   results = predict(models, _INPUT.value, _OUT.value, checkpoint=_CHECKPOINT.value, **_INFERENCE())
   for r in results:
     print(json.dumps(r))
+  print("\n".join(review_lines(results)))
 
 
 if __name__ == "__main__":

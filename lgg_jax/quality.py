@@ -27,6 +27,7 @@ import json
 import pathlib
 
 import numpy as np
+import scipy.stats
 
 from lgg_jax import inference, metrics
 
@@ -125,6 +126,27 @@ def estimate(probabilities: np.ndarray, mask: np.ndarray, settings: inference.Se
   review = score < rule.review_threshold
   reason = (f"{rule.signal.replace('_', ' ')} {score:.2f} < {rule.review_threshold:.2f}" if review else "")
   return Estimate(score, review, reason, voxels, found)
+
+
+FAILURE_DICE = 0.7  # what the review flag is meant to find
+
+
+def summarise(scores, dice, review) -> dict:
+  """How the estimates of scored patients track their true Dice: Spearman
+  rho, ROC AUC for finding Dice < FAILURE_DICE, and the shares flagged."""
+  scores, dice, review = np.asarray(scores, float), np.asarray(dice, float), np.asarray(review, bool)
+  failed = dice < FAILURE_DICE
+  out = {"patients": int(len(dice)), "below_0.7": int(failed.sum()), "flagged": int(review.sum()),
+         "flagged_share": float(review.mean()) if len(dice) else float("nan"),
+         "failures_flagged_share": float(review[failed].mean()) if failed.any() else float("nan"),
+         "spearman_rho": float("nan"), "roc_auc": float("nan")}
+  if len(dice) > 2 and np.ptp(scores) > 0 and np.ptp(dice) > 0:
+    out["spearman_rho"] = float(scipy.stats.spearmanr(scores, dice).statistic)
+  if failed.any() and (~failed).any():
+    wins = (scores[failed][:, None] < scores[~failed][None]).mean() + \
+        0.5 * (scores[failed][:, None] == scores[~failed][None]).mean()
+    out["roc_auc"] = float(wins)
+  return out
 
 
 def uncertainty(probabilities: np.ndarray) -> np.ndarray:

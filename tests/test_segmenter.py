@@ -69,7 +69,7 @@ def test_export_round_trip_and_ensemble(run, exported):
   data, patient = _patient(config)
   volume, _ = data.volume(patient)
   assert {p.name for p in exported.iterdir()} == {"config.json", "weights.safetensors", "inference.json",
-                                                  "forward.jax", "model_card.md"}
+                                                  "forward.jax", "model_card.md", "quality.json"}
   card = (exported / "model_card.md").read_text()
   assert "Not a medical device" in card and patient in card and "patient_dice" in card
   from_run, from_export = Segmenter.load(workdir), Segmenter.load(exported)

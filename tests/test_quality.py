@@ -1,0 +1,120 @@
+"""The quality estimate: planted failures caught, empty masks reported, the
+rule read from a model folder, and `Segmenter.assess` against `segment`."""
+
+import json
+
+import numpy as np
+import pytest
+
+from lgg_jax import Segmenter, inference, quality, segmenter
+
+SHIPPED = inference.Settings(0.5, "none", True, 0.0)
+
+
+def _blob(shape, corner, size, value):
+  out = np.zeros(shape, np.float32)
+  (z, y, x), (dz, dy, dx) = corner, size
+  out[z:z + dz, y:y + dy, x:x + dx] = value
+  return out
+
+
+def test_a_confident_false_positive_kept_by_the_component_step_is_flagged_by_the_members():
+  """The outside patient that scored 0: the largest blob is a confident false
+  positive, so the component step deletes the tumour. Three members see the
+  false positive as well, two the tumour alone: those two disagree with the mask."""
+  shape = (8, 64, 64)
+  tumour = _blob(shape, (2, 40, 40), (3, 10, 10), 0.95)           # 300 voxels
+  false_positive = _blob(shape, (1, 5, 5), (5, 12, 12), 0.97)     # 720 voxels
+  members = [np.maximum(tumour, false_positive)] * 3 + [tumour] * 2
+  probabilities = np.mean(members, axis=0)  # the false positive at 0.58, the tumour at 0.95
+  mask = inference.postprocess(probabilities, SHIPPED)
+  assert mask[1:6, 5:17, 5:17].all() and not mask[2:5, 40:50, 40:50].any()  # the tumour is gone
+  rule = quality.Rule("member_agreement", 0.7)
+  estimate = quality.estimate(probabilities, mask, SHIPPED, rule,
+                              member_masks=[inference.postprocess(m, SHIPPED) for m in members])
+  assert estimate.review and estimate.score == pytest.approx(0.6) and "member agreement" in estimate.reason
+  # The same mask with members that agree is not flagged.
+  agreeing = quality.estimate(probabilities, mask, SHIPPED, rule, member_masks=[mask] * 5)
+  assert not agreeing.review and agreeing.score == 1.0
+  assert estimate.signals["kept_fraction"] == pytest.approx(720 / 1020)
+
+
+def test_a_mask_that_moves_with_the_threshold_or_the_view_is_flagged():
+  shape = (6, 32, 32)
+  certain = _blob(shape, (1, 8, 8), (4, 10, 10), 0.99)
+  doubtful = certain.copy()
+  doubtful[1:5, 8:18, 13:18] = 0.55  # half the blob barely above 0.5
+  rule = quality.DEFAULT_SINGLE
+  sure = quality.estimate(certain, certain >= 0.5, SHIPPED, rule, view_masks=[certain >= 0.5])
+  assert not sure.review and sure.score == 1.0
+  moving = quality.estimate(doubtful, doubtful >= 0.5, SHIPPED, rule, view_masks=[doubtful >= 0.5])
+  assert moving.review and moving.signals["threshold_stability"] == pytest.approx(2 * 200 / (400 + 200))
+  mirrored_off = certain >= 0.5
+  mirrored_off = np.roll(mirrored_off, 6, axis=2)
+  shifted = quality.estimate(certain, certain >= 0.5, SHIPPED, rule, view_masks=[mirrored_off])
+  assert shifted.review and shifted.signals["view_agreement"] < 0.5
+
+
+def test_an_empty_or_tiny_mask_is_reported_as_no_tumour_found():
+  probabilities = np.zeros((4, 32, 32), np.float32)
+  nothing = quality.estimate(probabilities, probabilities > 0.5, SHIPPED, quality.DEFAULT_SINGLE,
+                             view_masks=[probabilities > 0.5])
+  assert nothing.review and nothing.score == 0.0 and nothing.reason.startswith("no tumour found")
+  assert nothing.predicted_voxels == 0
+  probabilities[1, 3:5, 3:5] = 0.9  # 4 voxels
+  tiny = quality.estimate(probabilities, probabilities > 0.5, SHIPPED, quality.DEFAULT_SINGLE,
+                          view_masks=[probabilities > 0.5])
+  assert tiny.review and "4 voxels" in tiny.reason and tiny.as_row()["predicted_voxels"] == 4
+
+
+def test_the_rule_is_read_from_a_model_folder_and_a_bad_one_is_named(tmp_path):
+  assert quality.Rule.load(tmp_path) is None
+  quality.Rule("view_agreement", 0.83, "test").save(tmp_path)
+  assert quality.Rule.load(tmp_path) == quality.Rule("view_agreement", 0.83, "test")
+  assert segmenter.quality_rule([str(tmp_path)], 1) == quality.Rule("view_agreement", 0.83, "test")
+  assert segmenter.quality_rule([str(tmp_path), str(tmp_path)], 2) == quality.DEFAULT_ENSEMBLE
+  (tmp_path / quality.QUALITY_FILE).write_text(json.dumps({"signal": "vibes", "review_threshold": 0.5}))
+  with pytest.raises(ValueError, match="quality signal"):
+    quality.Rule.load(tmp_path)
+  (tmp_path / quality.QUALITY_FILE).write_text("{}")
+  with pytest.raises(ValueError, match=f"{quality.QUALITY_FILE}: not a quality rule"):
+    quality.Rule.load(tmp_path)
+  with pytest.raises(ValueError, match="review_threshold"):
+    quality.Rule("view_agreement", 1.5)
+
+
+def test_summary_of_estimates_against_true_dice():
+  scores = np.array([0.1, 0.2, 0.9, 0.95, 0.97])
+  dice = np.array([0.3, 0.5, 0.8, 0.9, 0.92])
+  summary = quality.summarise(scores, dice, scores < 0.5)
+  assert summary["roc_auc"] == 1.0 and summary["spearman_rho"] == pytest.approx(1.0)
+  assert summary["failures_flagged_share"] == 1.0 and summary["flagged_share"] == pytest.approx(0.4)
+
+
+def test_assess_gives_segment_s_masks_and_probabilities_with_a_spread_and_an_estimate(tmp_path, tiny_dataset):
+  from conftest import tiny_config
+  from lgg_jax import export, train
+  from lgg_jax.data import pipeline
+  config = tiny_config(tmp_path, manual_dir=tiny_dataset.parent)
+  config.write_report = False
+  train.train_and_evaluate(config, tmp_path / "run")
+  data = pipeline.load(config)
+  volume, _ = data.volume(data.patients(data.split.test)[0])
+  single = Segmenter.load(tmp_path / "run")
+  assessed = single.assess(volume)
+  probabilities, masks = single.segment(volume)
+  np.testing.assert_array_equal(assessed.probabilities, probabilities)
+  np.testing.assert_array_equal(assessed.masks, masks)
+  assert assessed.uncertainty.shape == masks.shape and assessed.uncertainty.dtype == np.float32
+  mirrored = single._predictor("none").mirrored_probabilities(volume)
+  np.testing.assert_allclose(assessed.uncertainty, np.std([probabilities, mirrored], axis=0), atol=1e-6)
+  assert 0.0 <= assessed.estimate.score <= 1.0 and single.rule == quality.DEFAULT_SINGLE
+  # An export carries its rule; an ensemble assesses with its members' agreement and the mean's masks.
+  exported = export.export_run(tmp_path / "run", tmp_path / "export", forward=False)
+  quality.Rule("threshold_stability", 0.5, "test").save(exported)
+  assert Segmenter.load(exported).rule.signal == "threshold_stability"
+  pair = Segmenter.load([tmp_path / "run", exported])
+  both = pair.assess(volume)
+  np.testing.assert_array_equal(both.probabilities, pair.predict(volume))
+  assert "member_agreement" in both.estimate.signals and pair.rule == quality.DEFAULT_ENSEMBLE
+  np.testing.assert_allclose(both.uncertainty, 0.0, atol=1e-6)  # the same weights twice: no spread

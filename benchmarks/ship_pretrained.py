@@ -15,6 +15,12 @@ not the one its training row's result file was scored from
 (`--training_row`), if the row's folds were scored with different settings,
 or if the model outgrows the 15 MB budget. `--folds` ships the folds
 trained so far (the card says how many of the five).
+
+The review flag of the quality estimate, measured after shipping, is added to
+a shipped model in place (no runs needed: it starts from the shipped folder):
+  python -m benchmarks.ship_pretrained --add_quality_rule=RULE.json
+writes quality.json (the rule benchmarks/quality_estimate.py wrote), the
+card's "Which masks to doubt" section, and SHA256SUMS again.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import numpy as np
 from absl import flags
 
 from experiments import run
-from lgg_jax import cli, evaluate, export, inference, pretrained
+from lgg_jax import cli, evaluate, export, inference, pretrained, quality
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FOLDS = (0, 1, 2, 3, 4)
@@ -260,8 +266,47 @@ def ship(source: Source, out: pathlib.Path, commit: str) -> list[str]:
   return lines
 
 
+QUALITY_HEADING = "## Which masks to doubt"
+
+
+def quality_section(rule: quality.Rule) -> str:
+  return "\n".join([
+      QUALITY_HEADING, "",
+      "Every mask gets a quality estimate in [0, 1] (`lgg_jax.quality`; `Segmenter.assess`, "
+      "`predictions.json`, the end of `predict`'s output, evaluate's `per_patient.csv`). For this ensemble "
+      f"it is the members' agreement: the mean Dice of each member's mask against the ensemble's. A mask "
+      f"is flagged for review when it is below `review_threshold` = {rule.review_threshold:.4f} "
+      f"(quality.json), or when no tumour is found (a mask under {quality.MIN_VOXELS} voxels).",
+      "",
+      f"How the threshold was fixed: {rule.source}, by a rule stated before it was computed. The members' "
+      "agreement cannot be cross-validated on the dev patients (each trained four of the five members), so "
+      "their agreement there is optimistic and this threshold flags more patients outside the project; the "
+      "independent evaluation measures it. The single-model estimate it is matched to is cross-validated: "
+      "benchmarks/QUALITY.md, \"Which masks to doubt\".", ""])
+
+
+def add_quality_rule(out: pathlib.Path, rule_file: pathlib.Path) -> list[str]:
+  """quality.json, the card's section and SHA256SUMS of a shipped model, in place."""
+  rule = quality.Rule.load(rule_file.parent) if rule_file.name == quality.QUALITY_FILE else None
+  if rule is None:
+    saved = json.loads(rule_file.read_text())
+    rule = quality.Rule(saved["signal"], float(saved["review_threshold"]), saved.get("source", ""))
+  pretrained.verify(out)
+  rule.save(out)
+  card = (out / "model_card.md").read_text()
+  if QUALITY_HEADING in card:
+    card = card[:card.index(QUALITY_HEADING)].rstrip("\n") + "\n"
+  (out / "model_card.md").write_text(card.rstrip("\n") + "\n\n" + quality_section(rule))
+  pretrained.write_checksums(out)
+  return [f"{out}: quality.json ({rule.signal} < {rule.review_threshold:.4f}), model card and SHA256SUMS written"]
+
+
 def main(argv):
   del argv
+  if _ADD_QUALITY_RULE.value:
+    for line in add_quality_rule(pathlib.Path(_OUT.value), pathlib.Path(_ADD_QUALITY_RULE.value)):
+      print(line)
+    return
   source = Source(runs=pathlib.Path(_RUNS.value), results=pathlib.Path(_RESULTS.value), row=_ROW.value,
                   training_row=_TRAINING_ROW.value, folds=tuple(int(k) for k in _FOLDS.value))
   for line in ship(source, pathlib.Path(_OUT.value), _COMMIT.value):
@@ -280,4 +325,6 @@ if __name__ == "__main__":
   _FOLDS = flags.DEFINE_list("folds", [str(k) for k in FOLDS], "The folds shipped.")
   _OUT = flags.DEFINE_string("out", str(REPO / "lgg_jax" / "pretrained" / "recipe_cpu"), "Model folder.")
   _COMMIT = flags.DEFINE_string("commit", "", "The commit the model is shipped at (for the card).")
+  _ADD_QUALITY_RULE = flags.DEFINE_string("add_quality_rule", "", "Only add this quality rule (a quality.json) "
+                                          "to the shipped model in --out, in place.")
   cli.run(main)

@@ -207,6 +207,10 @@ def _display_volume(path: pathlib.Path, image, role: str) -> np.ndarray:
     data = np.asarray(image.dataobj, np.float32)
   except Exception as e:
     raise DataError(f"{path}: unreadable NIfTI ({type(e).__name__}: {e})") from e
+  bad = ~np.isfinite(data)
+  if bad.any():  # NaN after registration would make the scale NaN and the whole volume empty
+    logging.warning("%s: %d non-finite voxel(s) (NaN or infinite) set to 0", path, int(bad.sum()))
+    data = np.where(bad, 0.0, data).astype(np.float32)
   if role != "mask" and image.get_data_dtype() != np.uint8:
     data = np.stack([_scale(c) for c in np.moveaxis(data, -1, 0)], -1) if role == _STACK else _scale(data)
   to_ras = nib.orientations.ornt_transform(nib.io_orientation(image.affine), _RAS)

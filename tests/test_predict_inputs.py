@@ -218,3 +218,26 @@ def test_a_folder_of_nifti_case_folders_gives_one_case_each(tmp_path):
   cases = predict.find_cases(tmp_path / "scans")
   assert [c.name for c in cases] == ["a", "b"]
   assert _channel_values(cases[0]) == [60, 60, 60] and _channel_values(cases[1]) == [10, 50, 30]
+
+
+def test_a_nan_voxel_after_registration_is_zeroed_with_a_warning_not_an_empty_volume(tmp_path, caplog):
+  volume = np.random.default_rng(0).uniform(0, 1000, SHAPE).astype(np.float32)
+  clean = predict.find_cases(_save(tmp_path / "clean" / "flair.nii.gz", volume))[0]
+  volume[3, 4, 1] = np.nan
+  volume[5, 5, 2] = np.inf
+  path = _save(tmp_path / "nan" / "flair.nii.gz", volume)
+  with caplog.at_level(logging.WARNING):
+    [case] = predict.find_cases(path)
+  assert any(str(path) in m and "2 non-finite voxel(s)" in m for m in _warnings(caplog))
+  assert case.images.max() == 255 and case.images[..., 1].mean() > 0.9 * clean.images[..., 1].mean()
+
+
+def test_a_float_tiff_slice_is_an_error_naming_the_file(tmp_path):
+  tifffile = pytest.importorskip("tifffile")
+  folder = tmp_path / "patient"
+  folder.mkdir()
+  image = np.zeros((256, 256, 3), np.float32)
+  image[0, 0, 0] = np.nan
+  tifffile.imwrite(folder / "patient_1.tif", image)
+  with pytest.raises(DataError, match="patient_1.tif: dtype float32, expected uint8"):
+    predict.find_cases(folder)

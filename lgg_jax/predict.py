@@ -31,6 +31,9 @@ PATH may be
 
 Per case it writes: the predicted masks (PNG per slice, or `<case>_mask.nii.gz`
 in the input's grid and orientation, with its affine and qform/sform codes),
+with `--save_probabilities` the mean probability and the voxel-wise
+uncertainty as float32 NIfTI (in the input's grid for NIfTI input; for slice
+folders a RAS+ volume of 1 x 1 x 1 voxels, slices in order),
 overlay PNGs (truth green when given,
 prediction red), `<case>.gif` through the slices, and `<case>_panel.png`
 (image / truth / probability / thresholded mask on the slice with the most
@@ -265,23 +268,40 @@ def _nifti_case(folder: pathlib.Path) -> Case | None:
   return _nifti_volumes(folder.name, folder, _nifti_roles(files, alone=len(files) == 1))
 
 
-def write_nifti_mask(case: Case, pred: np.ndarray, path: pathlib.Path) -> None:
-  """The masks back in the input's grid, orientation, affine and qform/sform codes."""
+def write_nifti_volume(case: Case, slices: np.ndarray, path: pathlib.Path) -> None:
+  """(S, 256, 256) display slices of a case as NIfTI: for NIfTI input, back in
+  the input's grid, orientation, affine and qform/sform codes (bool masks
+  resized by nearest neighbour, float32 maps bilinearly); for slice folders,
+  a RAS+ volume of 1 x 1 x 1 voxels, slices in order, shown as the PNGs are."""
+  dtype = np.uint8 if slices.dtype == bool else np.float32
+  slices = slices.astype(dtype)
   reference = case.nifti
+  if reference is None:
+    image = nib.Nifti1Image(from_display_slices(slices), np.eye(4))
+    image.set_qform(np.eye(4), code=1)
+    image.set_sform(np.eye(4), code=1)
+    nib.save(image, str(path))
+    return
   orientation = nib.io_orientation(reference.affine)
   ras_shape = nib.orientations.apply_orientation(np.zeros(reference.shape[:3], bool),
                                                  nib.orientations.ornt_transform(orientation, _RAS)).shape
   rows, columns = ras_shape[1], ras_shape[0]  # display slices are (Y, X)
-  slices = np.stack([cv2.resize(p.astype(np.uint8), (columns, rows), interpolation=cv2.INTER_NEAREST)
-                     for p in pred])
+  interpolation = cv2.INTER_NEAREST if dtype == np.uint8 else cv2.INTER_LINEAR
+  slices = np.stack([cv2.resize(p, (columns, rows), interpolation=interpolation) for p in slices])
   from_ras = nib.orientations.ornt_transform(_RAS, orientation)
-  volume = nib.orientations.apply_orientation(from_display_slices(slices), from_ras).astype(np.uint8)
+  volume = nib.orientations.apply_orientation(from_display_slices(slices), from_ras).astype(dtype)
   header = reference.header.copy()
-  header.set_data_dtype(np.uint8)
+  header.set_data_dtype(dtype)
+  header.set_slope_inter(1.0, 0.0)
   image = nib.Nifti1Image(volume, reference.affine, header=header)
   image.set_qform(reference.get_qform(), code=int(reference.header["qform_code"]))
   image.set_sform(reference.get_sform(), code=int(reference.header["sform_code"]))
   nib.save(image, str(path))
+
+
+def write_nifti_mask(case: Case, pred: np.ndarray, path: pathlib.Path) -> None:
+  """The masks back in the input's grid, orientation, affine and qform/sform codes."""
+  write_nifti_volume(case, np.asarray(pred, bool), path)
 
 
 def find_cases(path: str | os.PathLike) -> list[Case]:
@@ -348,11 +368,14 @@ def write_case(case: Case, probs: np.ndarray, pred: np.ndarray, settings, out: p
 
 
 def predict(models, input_path, out, *, checkpoint="best", tta=None, threshold=None, largest_component=None,
-            component_fraction=None, component_rank=None) -> list[dict]:
+            component_fraction=None, component_rank=None, save_probabilities=False) -> list[dict]:
   """Masks, overlays, GIFs and panels for every case under `input_path`.
   `models`: a run folder, an export or a pretrained name, or a list of them
   (their mean probability). Masks come from the one inference path with the
-  models' own settings; a given setting overrides theirs."""
+  models' own settings; a given setting overrides theirs. Every case gets the
+  quality estimate (`Segmenter.assess`); `save_probabilities` also writes its
+  mean probability and uncertainty (members' or views' spread) as float32
+  NIfTI, `<case>_probabilities.nii.gz` and `<case>_uncertainty.nii.gz`."""
   cases = find_cases(input_path)  # validate input before loading the model
   seg = segmenter.Segmenter.load(models, checkpoint)
   settings = seg.settings.replace(tta=tta or None, threshold=threshold, largest_component=largest_component,
@@ -362,6 +385,9 @@ def predict(models, input_path, out, *, checkpoint="best", tta=None, threshold=N
   for case in cli.progress(cases, desc="predict", unit="case"):
     assessed = seg.assess(case.images, **settings.as_dict())
     result = write_case(case, assessed.probabilities, assessed.masks, settings, out)
+    if save_probabilities:
+      write_nifti_volume(case, assessed.probabilities, out / case.name / f"{case.name}_probabilities.nii.gz")
+      write_nifti_volume(case, assessed.uncertainty, out / case.name / f"{case.name}_uncertainty.nii.gz")
     results.append({**result, **assessed.estimate.as_row()})
   if cli.is_main_process():
     (out / "predictions.json").write_text(json.dumps(
@@ -384,7 +410,8 @@ def main(argv):
   models = segmenter.cli_models(_MODEL.value) if _MODEL.value else _WORKDIR.value
   if not models:
     raise ValueError("give --model=EXPORT|pretrained[,...] or --workdir=RUN[,...]")
-  results = predict(models, _INPUT.value, _OUT.value, checkpoint=_CHECKPOINT.value, **_INFERENCE())
+  results = predict(models, _INPUT.value, _OUT.value, checkpoint=_CHECKPOINT.value,
+                    save_probabilities=_SAVE_PROBABILITIES.value, **_INFERENCE())
   for r in results:
     print(json.dumps(r))
   print("\n".join(review_lines(results)))
@@ -397,5 +424,7 @@ if __name__ == "__main__":
   _OUT = flags.DEFINE_string("out", "predictions", "Output folder.")
   _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
   _INFERENCE = cli.define_inference_flags()
+  _SAVE_PROBABILITIES = flags.DEFINE_bool("save_probabilities", False, "Also write each case's mean probability "
+                                          "and voxel-wise uncertainty as float32 NIfTI.")
   flags.mark_flags_as_required(["input"])
   cli.run(main)

@@ -91,16 +91,24 @@ def test_summary_of_estimates_against_true_dice():
   assert summary["failures_flagged_share"] == 1.0 and summary["flagged_share"] == pytest.approx(0.4)
 
 
-def test_assess_gives_segment_s_masks_and_probabilities_with_a_spread_and_an_estimate(tmp_path, tiny_dataset):
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_dataset):
   from conftest import tiny_config
-  from lgg_jax import export, train
-  from lgg_jax.data import pipeline
-  config = tiny_config(tmp_path, manual_dir=tiny_dataset.parent)
+  from lgg_jax import train
+  root = tmp_path_factory.mktemp("quality_run")
+  config = tiny_config(root, manual_dir=tiny_dataset.parent)
   config.write_report = False
-  train.train_and_evaluate(config, tmp_path / "run")
+  train.train_and_evaluate(config, root / "run")
+  return root, config
+
+
+def test_assess_gives_segment_s_masks_and_probabilities_with_a_spread_and_an_estimate(tiny_run):
+  from lgg_jax import export
+  from lgg_jax.data import pipeline
+  root, config = tiny_run
   data = pipeline.load(config)
   volume, _ = data.volume(data.patients(data.split.test)[0])
-  single = Segmenter.load(tmp_path / "run")
+  single = Segmenter.load(root / "run")
   assessed = single.assess(volume)
   probabilities, masks = single.segment(volume)
   np.testing.assert_array_equal(assessed.probabilities, probabilities)
@@ -110,11 +118,48 @@ def test_assess_gives_segment_s_masks_and_probabilities_with_a_spread_and_an_est
   np.testing.assert_allclose(assessed.uncertainty, np.std([probabilities, mirrored], axis=0), atol=1e-6)
   assert 0.0 <= assessed.estimate.score <= 1.0 and single.rule == quality.DEFAULT_SINGLE
   # An export carries its rule; an ensemble assesses with its members' agreement and the mean's masks.
-  exported = export.export_run(tmp_path / "run", tmp_path / "export", forward=False)
+  exported = export.export_run(root / "run", root / "export", forward=False)
+  assert quality.Rule.load(exported).review_threshold == quality.DEFAULT_SINGLE.review_threshold
+  assert Segmenter.load(exported).rule.review_threshold == quality.DEFAULT_SINGLE.review_threshold
   quality.Rule("threshold_stability", 0.5, "test").save(exported)
   assert Segmenter.load(exported).rule.signal == "threshold_stability"
-  pair = Segmenter.load([tmp_path / "run", exported])
+  pair = Segmenter.load([root / "run", exported])
   both = pair.assess(volume)
   np.testing.assert_array_equal(both.probabilities, pair.predict(volume))
   assert "member_agreement" in both.estimate.signals and pair.rule == quality.DEFAULT_ENSEMBLE
   np.testing.assert_allclose(both.uncertainty, 0.0, atol=1e-6)  # the same weights twice: no spread
+
+
+def test_predict_saves_probabilities_and_uncertainty_in_the_input_grid_and_flags_in_its_rows(
+    tiny_run, tiny_dataset, tmp_path):
+  import nibabel as nib
+  from lgg_jax import predict
+  root, _ = tiny_run
+  seg = Segmenter.load(root / "run")
+  folder = sorted(p for p in tiny_dataset.iterdir() if p.is_dir())[0]
+  results = predict.predict(root / "run", folder, tmp_path / "slices", save_probabilities=True)
+  [case] = predict.find_cases(folder)
+  assessed = seg.assess(case.images)
+  written = {kind: nib.load(str(tmp_path / "slices" / case.name / f"{case.name}_{kind}.nii.gz"))
+             for kind in ("probabilities", "uncertainty")}
+  for kind, expected in (("probabilities", assessed.probabilities), ("uncertainty", assessed.uncertainty)):
+    image = written[kind]
+    assert image.get_data_dtype() == np.float32 and np.allclose(image.affine, np.eye(4))
+    assert image.shape == (256, 256, len(case.images))
+    np.testing.assert_array_equal(predict.to_display_slices(np.asarray(image.dataobj)), expected)
+  saved = json.loads((tmp_path / "slices" / "predictions.json").read_text())
+  assert saved["cases"][0]["quality"] == pytest.approx(assessed.estimate.score, abs=1e-4)
+  assert saved["cases"][0]["review"] == assessed.estimate.review == results[0]["review"]
+  assert saved["quality_rule"]["review_threshold"] == quality.DEFAULT_SINGLE.review_threshold
+  lines = predict.review_lines(results)
+  assert (case.name in lines[1]) if assessed.estimate.review else ("none of the 1" in lines[0])
+  # NIfTI input: the maps come back in the input's grid and affine.
+  affine = np.diag([0.9, 0.9, 3.0, 1.0])
+  affine[:3, 3] = (-10, 20, 5)
+  flair = np.moveaxis(case.images[..., 1], 0, -1)[::4, ::4].astype(np.float32)  # (64, 64, S)
+  nib.save(nib.Nifti1Image(flair, affine), str(tmp_path / "flair.nii.gz"))
+  predict.predict(root / "run", tmp_path / "flair.nii.gz", tmp_path / "nifti", save_probabilities=True)
+  image = nib.load(str(tmp_path / "nifti" / "flair" / "flair_probabilities.nii.gz"))
+  assert image.shape == flair.shape and np.allclose(image.affine, affine)
+  values = np.asarray(image.dataobj)
+  assert values.dtype == np.float32 and 0.0 <= values.min() and values.max() <= 1.0

@@ -77,7 +77,31 @@ def measure(models: list[str], volume: np.ndarray, ttas: list[str], repeats: int
       times.append(time.perf_counter() - started)
     rows.append({"tta": tta, "first_s": times[0], "patient_s": statistics.median(times[1:])})
   return {"members": len(seg.members), "bytes": _files_bytes(on_disk), "load_s": load_s,
-          "settings": seg.settings.as_dict(), "rows": rows}
+          "settings": seg.settings.as_dict(), "rows": rows, "predict": time_predict(seg, volume, repeats)}
+
+
+def time_predict(seg, volume: np.ndarray, repeats: int) -> list[dict]:
+  """What a user waits per patient in `predict`: Segmenter.assess (the quality
+  estimate's members or mirrored pass included) and every file written (masks,
+  overlays, GIF, panel, predictions.json), without and with --save_probabilities;
+  the shipped settings, after a first patient that compiles."""
+  case = predict.Case("speed", [f"slice_{i + 1}" for i in range(len(volume))], volume, None)
+  rows = []
+  with tempfile.TemporaryDirectory(prefix="segment_speed_") as tmp:
+    for save in (False, True):
+      times = []
+      for r in range(repeats + 1):
+        started = time.perf_counter()
+        predict.predict_cases(seg, [case], pathlib.Path(tmp) / f"{save}{r}", seg.settings, save_probabilities=save)
+        times.append(time.perf_counter() - started)
+      assess = []
+      for _ in range(repeats):
+        started = time.perf_counter()
+        seg.assess(volume)
+        assess.append(time.perf_counter() - started)
+      rows.append({"save_probabilities": save, "patient_s": statistics.median(times[1:]),
+                   "assess_s": statistics.median(assess)})
+  return rows
 
 
 def main(argv):
@@ -90,6 +114,11 @@ def main(argv):
   print("| TTA | first patient (compiles), s | per patient after, s (median) |\n|---|---|---|")
   for row in result["rows"]:
     print(f"| {row['tta']} | {row['first_s']:.1f} | {row['patient_s']:.1f} |")
+  print("\n| predict, shipped settings | per patient with every file written, s (median) | of it Segmenter.assess, s |"
+        "\n|---|---|---|")
+  for row in result["predict"]:
+    print(f"| {'--save_probabilities' if row['save_probabilities'] else 'default'} | {row['patient_s']:.1f} | "
+          f"{row['assess_s']:.1f} |")
 
 
 if __name__ == "__main__":

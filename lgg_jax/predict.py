@@ -380,7 +380,12 @@ def predict(models, input_path, out, *, checkpoint="best", tta=None, threshold=N
   seg = segmenter.Segmenter.load(models, checkpoint)
   settings = seg.settings.replace(tta=tta or None, threshold=threshold, largest_component=largest_component,
                                   component_fraction=component_fraction, component_rank=component_rank)
-  out = pathlib.Path(out)
+  return predict_cases(seg, cases, pathlib.Path(out), settings, save_probabilities)
+
+
+def predict_cases(seg: segmenter.Segmenter, cases: list[Case], out: pathlib.Path, settings,
+                  save_probabilities: bool = False) -> list[dict]:
+  """What `predict` writes, for cases already read and a model already loaded."""
   results = []
   for case in cli.progress(cases, desc="predict", unit="case"):
     assessed = seg.assess(case.images, **settings.as_dict())

@@ -160,6 +160,21 @@ def test_threshold_from_validation_and_tta_are_what_they_say(trained_run):
                              np.mean(rotations, axis=0), atol=2e-5)
 
 
+def test_evaluation_gives_each_patient_the_quality_estimate_beside_its_true_dice(trained_run, tmp_path):
+  import csv
+  workdir, _, summary = trained_run
+  result = evaluate.evaluate_run(workdir, checkpoint="best", split="test", out=tmp_path / "eval")
+  with open(tmp_path / "eval" / "per_patient.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert {"dice", "quality", "review", "review_reason", "predicted_voxels"} <= set(rows[0])
+  assert all(0.0 <= float(r["quality"]) <= 1.0 for r in rows)
+  saved = json.loads((tmp_path / "eval" / "summary.json").read_text())["quality"]
+  assert saved["patients"] == len(rows) == summary["test"]["patients"]
+  assert saved["flagged"] == sum(r["review"] == "True" for r in rows)
+  assert saved["rule"]["signal"] == "view_and_threshold"
+  assert result["patient_dice"] == pytest.approx(summary["test_dice"], abs=1e-6)
+
+
 def test_runs_from_before_newer_settings_still_evaluate(trained_run, tmp_path):
   workdir, _, summary = trained_run
   old = tmp_path / "old_run"

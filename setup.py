@@ -49,7 +49,8 @@ setup(
     ],
     extras_require={
         # medpy (GPL) is only the tests' reference for HD95, never a dependency.
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "medpy==0.5.2", "tensorboard>=2.15"],
+        # wheel: the shipped-model test builds a wheel (setuptools before 70.1 needs it for bdist_wheel).
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "medpy==0.5.2", "tensorboard>=2.15", "wheel>=0.40"],
         # .pth encoder weights (torchvision's file); .safetensors needs neither.
         "torch": ["torch>=2.4", "torchvision>=0.19"],
     },

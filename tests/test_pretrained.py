@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from benchmarks import ship_pretrained
-from lgg_jax import Segmenter, export, pretrained, train
+from lgg_jax import Segmenter, export, inference, pretrained, train
 from lgg_jax.data import pipeline
 from conftest import tiny_config
 
@@ -194,9 +194,9 @@ def test_shipping_exports_every_fold_with_the_rows_settings(tiny_export, tmp_pat
   members = pretrained.resolve(pretrained.RECIPE_CPU, tmp_path / "pretrained")
   assert [m.name for m in members] == [f"fold{k}" for k in ship_pretrained.FOLDS]
   assert not (members[0] / "forward.jax").exists()
-  assert Segmenter.load(members).settings.as_dict() == settings
+  assert Segmenter.load(members).settings == inference.Settings(**settings)
   shipped = json.loads((out / "shipped.json").read_text())
-  assert shipped["row"] == "s9-test" and shipped["settings"] == settings
+  assert shipped["row"] == "s9-test" and shipped["settings"] == inference.Settings(**settings).as_dict()
   assert shipped["members"]["fold3"].endswith("results/s9-test-fold3-seed0.json")
   card = (out / "model_card.md").read_text()
   assert "3-view flip" in card and "at least 0.2 of its size" in card and "abc123" in card

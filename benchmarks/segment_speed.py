@@ -34,6 +34,40 @@ _INPUT = flags.DEFINE_string("input", "", "A patient folder (empty: the dev pati
                              "a synthetic one).")
 _TTA = flags.DEFINE_list("tta", ["none", "flips", "dihedral"], "TTA modes to time.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed patients per TTA mode after the first.")
+_ONNX = flags.DEFINE_bool("onnx", False, "Also time the first model's ONNX export in onnxruntime against its JAX "
+                          "forward pass on the same inputs (needs the [onnx] extra).")
+
+
+def time_onnx(models: list[str], volume: np.ndarray, repeats: int) -> dict:
+  """One member, a patient's slices to probabilities at 256x256: onnxruntime
+  (CPU provider, default threads) with onnx_predict.py's preparation against
+  the library's inference path (no TTA)."""
+  import onnxruntime as ort
+  from lgg_jax import inference, onnx_export, onnx_predict
+  seg = segmenter.Segmenter.load(segmenter.cli_models(models))
+  member = seg.members[0]
+  predictor = inference.Predictor(member, settings=member.settings.replace(tta="none"))
+  with tempfile.TemporaryDirectory(prefix="segment_speed_onnx_") as tmp:
+    started = time.perf_counter()
+    path = onnx_export.export_onnx(member, pathlib.Path(tmp) / "model.onnx")
+    convert_s = time.perf_counter() - started
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    runs = {"onnxruntime": lambda: session.run(None, {"images": onnx_predict.prepare(volume, meta)})[0],
+            "jax": lambda: predictor.predict_volume(volume)}
+    times = {}
+    for name, run in runs.items():
+      run()  # the first call compiles (jax) or plans (onnxruntime)
+      samples = []
+      for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        samples.append(time.perf_counter() - started)
+      times[name] = statistics.median(samples)
+    difference = float(np.abs(runs["onnxruntime"]() - runs["jax"]()).max())
+  return {"member": member.source, "convert_s": convert_s, "max_difference": difference, **times}
 
 
 def _files_bytes(paths) -> int:
@@ -119,6 +153,12 @@ def main(argv):
   for row in result["predict"]:
     print(f"| {'--save_probabilities' if row['save_probabilities'] else 'default'} | {row['patient_s']:.1f} | "
           f"{row['assess_s']:.1f} |")
+  if _ONNX.value:
+    onnx = time_onnx(_MODEL.value, volume, _REPEATS.value)
+    print(f"\n| {onnx['member']}: {len(volume)} slices to probabilities | s (median) |\n|---|---|\n"
+          f"| JAX (the library's inference path) | {onnx['jax']:.2f} |\n"
+          f"| onnxruntime (onnx_predict.prepare + the graph) | {onnx['onnxruntime']:.2f} |\n\n"
+          f"conversion {onnx['convert_s']:.1f} s; largest probability difference {onnx['max_difference']:.1e}")
 
 
 if __name__ == "__main__":

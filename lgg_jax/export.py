@@ -1,7 +1,8 @@
 """Export a trained run as a model that needs neither the training state nor,
 for its forward pass, this codebase.
 
-python -m lgg_jax.export --workdir=RUN [--checkpoint=best] --out=DIR
+python -m lgg_jax.export --workdir=RUN [--checkpoint=best] --out=DIR [--onnx]
+python -m lgg_jax.export --model=pretrained --onnx --out=DIR   # one DIR/<member>.onnx per shipped member
 
 DIR gets
   config.json          the run's config (what `Segmenter.load(DIR)` rebuilds the model from)
@@ -40,7 +41,7 @@ import jax.numpy as jnp
 from absl import flags
 from safetensors.numpy import save_file
 
-from lgg_jax import cli, inference, quality, segmenter, state, steps
+from lgg_jax import cli, inference, onnx_export, quality, segmenter, state, steps
 from lgg_jax.data import preprocess
 
 FORWARD_FILE = "forward.jax"
@@ -160,11 +161,13 @@ def _ordinary_modes(folder: pathlib.Path) -> None:
     path.chmod(0o666 & ~umask)
 
 
-def export_run(workdir, out, checkpoint: str = "best", forward: bool = True, **overrides) -> pathlib.Path:
+def export_run(workdir, out, checkpoint: str = "best", forward: bool = True, onnx: bool = False,
+               **overrides) -> pathlib.Path:
   """The run's checkpoint as an export; `overrides` (threshold, tta,
   largest_component, component_fraction) replace the settings the run was
   scored with in inference.json. `forward=False` leaves out forward.jax
-  (it holds a second copy of the weights)."""
+  (it holds a second copy of the weights). `onnx=True` adds model.onnx
+  and onnx_predict.py (lgg_jax.onnx_export; needs the [onnx] extra)."""
   workdir, out = pathlib.Path(workdir).expanduser().resolve(), pathlib.Path(out).expanduser().resolve()
   if out.exists() and any(out.iterdir()):
     raise FileExistsError(f"--out={out} exists and is not empty")
@@ -187,9 +190,12 @@ def export_run(workdir, out, checkpoint: str = "best", forward: bool = True, **o
          "input_size": member.config.data.image_size, "input_channels": state.in_channels(member.config)},
         indent=2))
     EXPORT_QUALITY_RULE.save(partial)
+    if onnx:
+      onnx_export.export_onnx(member, partial / onnx_export.ONNX_FILE)
+      onnx_export.copy_predict_script(partial)
     if lowered is not None:
       (partial / FORWARD_FILE).write_bytes(lowered.serialize())
-    (partial / "model_card.md").write_text(model_card(member, summary))
+    (partial / "model_card.md").write_text(model_card(member, summary) + (ONNX_CARD if onnx else ""))
     _ordinary_modes(partial)
     if out.exists():
       out.rmdir()
@@ -200,9 +206,46 @@ def export_run(workdir, out, checkpoint: str = "best", forward: bool = True, **o
   return out
 
 
+ONNX_CARD = """
+## ONNX
+
+`model.onnx` is the forward pass from the normalised model input to the
+probabilities at 256x256: float32 NHWC (batch, input_size, input_size,
+3 * (2k + 1)) -> (batch, 256, 256), batch symbolic. Pre-processing stays
+outside the graph: resize each 256x256 slice to the input size (area
+interpolation), normalise as the graph's metadata says (`lgg_jax.*` keys),
+stack each slice with its k neighbours on each side (edge slices repeat;
+channels pre-contrast, FLAIR, post-contrast of slice s-k first). Threshold
+the probabilities at `lgg_jax.threshold`; the 3-D component step of
+inference.json is not in the graph. `onnx_predict.py` does all of it with
+numpy and onnxruntime only.
+"""
+
+
+def export_members_onnx(models, out) -> list[pathlib.Path]:
+  """Each member of exports or a pretrained model as <out>/<member>.onnx, with onnx_predict.py."""
+  out = pathlib.Path(out).expanduser()
+  out.mkdir(parents=True, exist_ok=True)
+  written = []
+  for path in segmenter.model_paths(segmenter.cli_models(list(models))):
+    member = segmenter.load_member(path)
+    written.append(onnx_export.export_onnx(member, out / f"{pathlib.Path(path).name}.onnx"))
+  onnx_export.copy_predict_script(out)
+  return written
+
+
 def main(argv):
   del argv
-  out = export_run(_WORKDIR.value, _OUT.value, _CHECKPOINT.value, forward=_FORWARD.value, **_INFERENCE())
+  if _MODEL.value:
+    if not _ONNX.value:
+      raise ValueError("--model exports models that are already exported: give --onnx (or use --workdir=RUN)")
+    written = export_members_onnx(_MODEL.value, _OUT.value)
+    print(f"exported to {_OUT.value}: {', '.join(p.name for p in written)} and {onnx_export.PREDICT_SCRIPT.name}")
+    return
+  if not _WORKDIR.value:
+    raise ValueError("give --workdir=RUN (or --model=EXPORT|pretrained with --onnx)")
+  out = export_run(_WORKDIR.value, _OUT.value, _CHECKPOINT.value, forward=_FORWARD.value, onnx=_ONNX.value,
+                   **_INFERENCE())
   print(f"exported to {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
 
 
@@ -212,5 +255,8 @@ if __name__ == "__main__":
   _OUT = flags.DEFINE_string("out", None, "Folder to write (must not exist, or be empty).")
   _FORWARD = flags.DEFINE_bool("forward", True, "Write forward.jax (--noforward: leave it out).")
   _INFERENCE = cli.define_inference_flags("keep the run's")
-  flags.mark_flags_as_required(["workdir", "out"])
+  _ONNX = flags.DEFINE_bool("onnx", False, "Also write model.onnx and onnx_predict.py (needs the [onnx] extra).")
+  _MODEL = flags.DEFINE_list("model", None, "Instead of --workdir, with --onnx: exports or 'pretrained' (the "
+                             "shipped ensemble), one <member>.onnx each.")
+  flags.mark_flags_as_required(["out"])
   cli.run(main)

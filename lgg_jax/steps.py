@@ -88,6 +88,15 @@ def upsample_probabilities(probs: jax.Array, size: int) -> jax.Array:
   return jax.image.resize(probs, (probs.shape[0], size, size), "linear")
 
 
+@functools.lru_cache(maxsize=8)
+def upsample_matrix(size: int, out_size: int) -> jax.Array:
+  """(out_size, size) matrix M with M @ p @ M.T = upsample_probabilities(p):
+  column j is the resize of the j-th unit vector. The ONNX graph upsamples
+  this way (jax.image.resize does not convert with a symbolic batch)."""
+  basis = jnp.eye(size, dtype=jnp.float32)[None]
+  return jax.image.resize(basis, (1, out_size, size), "linear")[0]
+
+
 def _dihedral_views(tta: str):
   """(forward, inverse) pairs on the spatial axes of NHWC arrays."""
   choices.check("config.inference.tta", tta, TTA_MODES)

@@ -68,7 +68,7 @@ class DoubleConv(nnx.Module):
 
 
 def max_pool2(x):
-  return nnx.max_pool(x, (2, 2), strides=(2, 2))
+  return nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2))  # keywords: jax2onnx patches it so
 
 
 CONV_IMPLS = ("auto", "xla", "cpu")

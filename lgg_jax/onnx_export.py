@@ -9,13 +9,20 @@ written as two matrix products (`steps.upsample_matrix`: the same numbers as
 `jax.image.resize`, which jax2onnx cannot take with a symbolic batch).
 Normalisation and the 2.5-D stacking stay outside the graph; the graph's
 metadata (`lgg_jax.*`) says what to feed, and `onnx_predict.py` (numpy and
-onnxruntime only) does it. The U-Net and FPN convert; the ResNeXt-UNet's
-conversion is refused with an error naming it (jax2onnx mixes NHWC and NCHW
-layouts in its strided residual blocks, and onnxruntime rejects the graph).
+onnxruntime only) does it.
+
+jax2onnx 0.17.1's `remove_redundant_transpose_pairs` optimisation leaves a
+tensor that is both one block's output and later blocks' input in the wrong
+layout (NCHW where NHWC is meant): the ResNeXt-UNet's graph was rejected by
+onnxruntime, and a tiny encoder's first features came out silently wrong. The
+conversion runs without that one pass (`_without_transpose_pair_pass`), for
+every model: the graph keeps some transposes it could drop, and every model
+family gives the library's probabilities (tests/test_onnx.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import pathlib
 import shutil
@@ -28,7 +35,8 @@ from lgg_jax.data import preprocess
 
 ONNX_FILE = "model.onnx"
 PREDICT_SCRIPT = pathlib.Path(__file__).with_name("onnx_predict.py")
-CONVERTS = ("unet", "fpn")
+CONVERTS = ("unet", "fpn", "resnext_unet")
+_MISLAYOUT_PASS = "remove_redundant_transpose_pairs"
 INSTALL = 'pip install -e ".[onnx]"'
 
 
@@ -38,6 +46,33 @@ def _jax2onnx():
   except ImportError as e:
     raise ImportError(f"ONNX export needs jax2onnx and onnx: {INSTALL} ({e})") from e
   return jax2onnx
+
+
+@contextlib.contextmanager
+def _without_transpose_pair_pass():
+  """jax2onnx's optimiser passes without the one that breaks layouts (module docstring).
+  A private list of a pinned version: if it is gone, convert as jax2onnx does (the tests check)."""
+  try:
+    from jax2onnx.converter import ir_optimizations
+    saved = ir_optimizations._OPTIMIZER_PASSES
+  except (ImportError, AttributeError):
+    yield
+    return
+  ir_optimizations._OPTIMIZER_PASSES = tuple(p for p in saved if getattr(p, "name", "") != _MISLAYOUT_PASS)
+  try:
+    yield
+  finally:
+    ir_optimizations._OPTIMIZER_PASSES = saved
+
+
+def _model_frame(error: BaseException) -> str:
+  """' at lgg_jax/models/<file>:<line> (<function>)', the innermost model code the error passed through."""
+  import traceback
+  frames = [f for f in traceback.extract_tb(error.__traceback__) if "/lgg_jax/models/" in f.filename]
+  if not frames:
+    return ""
+  frame = frames[-1]
+  return f" at lgg_jax/models/{frame.filename.split('/lgg_jax/models/')[-1]}:{frame.lineno} ({frame.name})"
 
 
 def probability_function(member: inference.Member):
@@ -72,19 +107,19 @@ def export_onnx(member: inference.Member, path) -> pathlib.Path:
   jax2onnx = _jax2onnx()
   version = importlib.metadata.version("jax2onnx")
   if name not in CONVERTS:
-    raise ValueError(f"model {name!r} ({member.source}) does not convert to ONNX with jax2onnx {version}: its "
-                     "strided residual blocks come out with mixed NHWC/NCHW layouts that onnxruntime rejects; "
-                     f"models that convert: {', '.join(CONVERTS)}")
+    raise ValueError(f"model {name!r} ({member.source}) has no ONNX export with jax2onnx {version} (models "
+                     f"that convert: {', '.join(CONVERTS)})")
   import onnx
   path = pathlib.Path(path)
   size, channels = member.config.data.image_size, state.in_channels(member.config)
   try:
-    model = jax2onnx.to_onnx(probability_function(member), [("B", size, size, channels)], return_mode="proto",
-                             model_name=f"lgg_jax_{name}", input_names=["images"],
-                             output_names=["probabilities"])
+    with _without_transpose_pair_pass():
+      model = jax2onnx.to_onnx(probability_function(member), [("B", size, size, channels)], return_mode="proto",
+                               model_name=f"lgg_jax_{name}", input_names=["images"],
+                               output_names=["probabilities"])
   except Exception as e:  # the converter raises many types for a layer it cannot take
-    raise ValueError(f"model {name!r} ({member.source}) did not convert with jax2onnx {version}: "
-                     f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    raise ValueError(f"model {name!r} ({member.source}) did not convert with jax2onnx {version}"
+                     f"{_model_frame(e)}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
   for key, value in metadata(member).items():
     entry = model.metadata_props.add()
     entry.key, entry.value = key, value

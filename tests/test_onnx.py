@@ -61,7 +61,8 @@ def _tiny_member(name: str, norm: str = "none", neighbours: int = 1) -> inferenc
   return inference.Member(config, graphdefs["eval"], variables, 0, f"tiny {name}")
 
 
-@pytest.mark.parametrize("name, norm", [("unet", "none"), ("unet", "batch"), ("fpn", "none")])
+@pytest.mark.parametrize("name, norm", [("unet", "none"), ("unet", "batch"), ("fpn", "none"),
+                                        ("resnext_unet", "batch")])
 def test_onnxruntime_gives_the_librarys_probabilities(tmp_path, name, norm):
   member = _tiny_member(name, norm)
   path = onnx_export.export_onnx(member, tmp_path / "model.onnx")
@@ -86,10 +87,32 @@ def test_the_upsampling_matrix_is_the_librarys_resize():
                              steps.upsample_probabilities(probabilities, 256), atol=1e-6)
 
 
-def test_a_model_that_does_not_convert_is_an_error_naming_it_and_the_converter():
-  member = _tiny_member("resnext_unet")
-  with pytest.raises(ValueError, match=r"'resnext_unet'.*jax2onnx 0\.\d+"):
-    onnx_export.export_onnx(member, "/nonexistent/model.onnx")
+def test_a_layer_that_does_not_convert_is_an_error_naming_it_and_the_converter(tmp_path, monkeypatch):
+  import jax2onnx
+  member = _tiny_member("unet")
+
+  def refuse(fn, *args, **kwargs):  # as a converter fails inside a layer: through the model's code
+    from lgg_jax.models import layers
+    original = layers.max_pool2
+
+    def no_handler(x):
+      raise NotImplementedError("No ONNX handler for primitive 'reduce_window_max'")
+
+    monkeypatch.setattr(layers, "max_pool2", no_handler)
+    monkeypatch.setattr("lgg_jax.models.unet.max_pool2", no_handler)
+    try:
+      fn(np.zeros((1, 32, 32, 9), np.float32))
+    finally:
+      layers.max_pool2 = original
+
+  monkeypatch.setattr(jax2onnx, "to_onnx", refuse)
+  with pytest.raises(ValueError, match=r"'unet'.*did not convert with jax2onnx [0-9.]+ at "
+                     r"lgg_jax/models/unet\.py:\d+ \(__call__\).*reduce_window_max"):
+    onnx_export.export_onnx(member, tmp_path / "model.onnx")
+  assert not list(tmp_path.iterdir())  # nothing half-written
+  member.config.model.name = "vnet"
+  with pytest.raises(ValueError, match=r"'vnet'.*no ONNX export with jax2onnx"):
+    onnx_export.export_onnx(member, tmp_path / "model.onnx")
 
 
 def test_without_the_extra_the_error_names_the_pip_command(monkeypatch):

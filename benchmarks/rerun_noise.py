@@ -4,6 +4,7 @@ again for the shipped ensemble (experiments/results/ensemble/), scored with
 the same inference settings, per patient.
 
 python -m benchmarks.rerun_noise [--old=r9-recipe --new=e1-recipe-settings]
+python -m benchmarks.rerun_noise --old=ensemble/e0-recipe --new=full_resolution/f0-crops   # any two rows
 
 Prints, per fold finished in both and over all of them, each side's mean
 per-patient Dice and the paired difference (new - old) with its bootstrap
@@ -62,13 +63,19 @@ def compare(old: tuple[str, str], new: tuple[str, str]) -> list[str]:
   return lines
 
 
+def _row(value: str, sweep: str) -> tuple[str, str]:
+  """'row' (of the default sweep) or 'sweep/row'."""
+  return tuple(value.split("/", 1)) if "/" in value else (sweep, value)
+
+
 def main(argv):
   del argv
-  for line in compare(("recipe", _OLD.value), ("ensemble", _NEW.value)):
+  for line in compare(_row(_OLD.value, "recipe"), _row(_NEW.value, "ensemble")):
     print(line)
 
 
 if __name__ == "__main__":
-  _OLD = flags.DEFINE_string("old", "r9-recipe", "Row of experiments/results/recipe/.")
-  _NEW = flags.DEFINE_string("new", "e1-recipe-settings", "Row of experiments/results/ensemble/ (same settings).")
+  _OLD = flags.DEFINE_string("old", "r9-recipe", "Row of experiments/results/recipe/, or SWEEP/ROW.")
+  _NEW = flags.DEFINE_string("new", "e1-recipe-settings", "Row of experiments/results/ensemble/ (same settings), "
+                             "or SWEEP/ROW (e.g. full_resolution/f0-crops against ensemble/e0-recipe).")
   cli.run(main)

@@ -58,7 +58,7 @@ _WRITE_ENSEMBLE_RULE = flags.DEFINE_string("write_ensemble_rule", "", "Write the
 
 
 def ensemble_agreement(models: str, manual_dir: str, patients: list[str]) -> dict[str, float]:
-  """The ensemble's members' agreement on each patient (its shipped settings)."""
+  """The ensemble's members' agreement on each patient (its shipped settings), 0 where it finds no tumour."""
   from lgg_jax import Segmenter, pretrained  # noqa: F401 (the shared inference layer)
   from lgg_jax.data import pipeline
   seg = Segmenter.load(models)
@@ -67,8 +67,10 @@ def ensemble_agreement(models: str, manual_dir: str, patients: list[str]) -> dic
   data = pipeline.load(config)
   agreement = {}
   for patient in cli.progress(patients, desc="ensemble", unit="patient"):
-    assessed = seg.assess(data.volume(patient)[0])
-    agreement[patient] = assessed.estimate.signals["member_agreement"]
+    estimate = seg.assess(data.volume(patient)[0]).estimate
+    # "No tumour found" is flagged whatever the agreement: it counts as a score of 0 here too.
+    agreement[patient] = 0.0 if estimate.predicted_voxels < quality.MIN_VOXELS else \
+        estimate.signals["member_agreement"]
   return agreement
 
 

@@ -267,14 +267,18 @@ def ship(source: Source, out: pathlib.Path, commit: str) -> list[str]:
 
 
 QUALITY_HEADING = "## Which masks to doubt"
+SIGNAL_WORDS = {"member_agreement": "the members' agreement: the mean Dice of each member's mask against the "
+                                    "ensemble's",
+                "view_and_threshold": "the smaller of two agreements: the mask against the mirrored volume's, "
+                                      "and the masks at thresholds 0.3 and 0.7"}
 
 
 def quality_section(rule: quality.Rule) -> str:
   return "\n".join([
       QUALITY_HEADING, "",
       "Every mask gets a quality estimate in [0, 1] (`lgg_jax.quality`; `Segmenter.assess`, "
-      "`predictions.json`, the end of `predict`'s output, evaluate's `per_patient.csv`). For this ensemble "
-      f"it is the members' agreement: the mean Dice of each member's mask against the ensemble's. A mask "
+      "`predictions.json`, the end of `predict`'s output, evaluate's `per_patient.csv`). For this model "
+      f"it is {SIGNAL_WORDS.get(rule.signal, rule.signal.replace('_', ' '))}. A mask "
       f"is flagged for review when it is below `review_threshold` = {rule.review_threshold:.4f} "
       f"(quality.json), or when no tumour is found (a mask under {quality.MIN_VOXELS} voxels).",
       "",

@@ -176,7 +176,7 @@ def evaluate_run(models, *, checkpoint="best", split="test", manual_dir="", tta=
   else:
     indices = getattr(data.split, split)
   patients = data.patients(indices)
-  seg = segmenter.Segmenter(members, mesh, segmenter.quality_rule(models, len(members)))
+  seg = segmenter.Segmenter(members, mesh, segmenter.quality_rule(models, len(members)), settings)
   estimates = {}
 
   def assessed():  # the probabilities predict gives, with each mask's quality estimate

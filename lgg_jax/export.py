@@ -216,9 +216,11 @@ outside the graph: resize each 256x256 slice to the input size (area
 interpolation), normalise as the graph's metadata says (`lgg_jax.*` keys),
 stack each slice with its k neighbours on each side (edge slices repeat;
 channels pre-contrast, FLAIR, post-contrast of slice s-k first). Threshold
-the probabilities at `lgg_jax.threshold`; the 3-D component step of
-inference.json is not in the graph. `onnx_predict.py` does all of it with
-numpy and onnxruntime only.
+the probabilities at `lgg_jax.threshold`; test-time augmentation and the
+3-D component step of inference.json are not in the graph (with TTA in
+inference.json, average the graph's outputs over the flipped inputs, each
+flipped back). `onnx_predict.py` does the rest with numpy and onnxruntime
+only, without TTA.
 """
 
 

@@ -98,6 +98,7 @@ def metadata(member: inference.Member) -> dict[str, str]:
           "lgg_jax.normalization": str(data.normalization),
           "lgg_jax.percentiles": ",".join(str(float(p)) for p in data.normalization_percentiles),
           "lgg_jax.threshold": str(member.settings.threshold), "lgg_jax.output": "probabilities (b, 256, 256)",
+          "lgg_jax.tta": f"none in the graph (the model was scored with {member.settings.tta})",
           "lgg_jax.model": str(member.config.model.name)}
 
 

@@ -19,10 +19,13 @@ import onnxruntime as ort
 def prepare(volume: np.ndarray, meta: dict) -> np.ndarray:
   """uint8 (S, 256, 256, 3) -> float32 (S, size, size, 3 * (2k + 1)), NHWC."""
   size, k = int(meta["lgg_jax.input_size"]), int(meta["lgg_jax.neighbours"])
-  if size != volume.shape[1]:  # OpenCV's area interpolation for an integer factor: the block mean, halves up
+  if size != volume.shape[1]:  # OpenCV's area interpolation for an integer factor: the block mean, rounded
     f = volume.shape[1] // size
-    total = volume.reshape(len(volume), size, f, size, f, 3).astype(np.int32).sum(axis=(2, 4))
-    volume = ((total + f * f // 2) // (f * f)).astype(np.uint8)
+    if f * size != volume.shape[1]:
+      raise ValueError(f"input size {size} does not divide {volume.shape[1]}: resize with OpenCV's INTER_AREA")
+    total = volume.reshape(len(volume), size, f, size, f, 3).astype(np.int64).sum(axis=(2, 4))
+    # OpenCV rounds halves up for a factor of 2 and to even for larger factors.
+    volume = ((total + 2) // 4 if f == 2 else np.rint(total / (f * f))).astype(np.uint8)
   x = volume.astype(np.float32)
   mode = meta["lgg_jax.normalization"]
   if mode == "unit":
@@ -31,9 +34,11 @@ def prepare(volume: np.ndarray, meta: dict) -> np.ndarray:
     x = (x - x.mean(axis=(1, 2), keepdims=True)) / (x.std(axis=(1, 2), keepdims=True) + 1.0)
   else:  # "patient": per channel over the brain (voxels non-zero in any channel): clip, z-score
     brain = x.reshape(-1, 3)[x.reshape(-1, 3).any(axis=1)]
-    low, high = np.percentile(brain, [float(p) for p in meta["lgg_jax.percentiles"].split(",")], axis=0)
-    clipped = np.clip(brain, low, high)
-    x = (np.clip(x, low, high) - clipped.mean(axis=0)) / np.maximum(clipped.std(axis=0), 1e-3)
+    if len(brain):
+      low, high = np.percentile(brain, [float(p) for p in meta["lgg_jax.percentiles"].split(",")], axis=0)
+      clipped = np.clip(brain, low, high)
+      x = (np.clip(x, low, high) - clipped.mean(axis=0)) / np.maximum(clipped.std(axis=0), 1e-3)
+    # An all-black volume stays as it is (preprocess.patient_statistics' defaults: clip 0..255, z-score 0, 1).
   rows = np.clip(np.arange(len(x))[:, None] + np.arange(-k, k + 1), 0, len(x) - 1)  # edge slices repeat
   return np.concatenate([x[rows[:, j]] for j in range(2 * k + 1)], axis=-1).astype(np.float32)
 

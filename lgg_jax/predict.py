@@ -293,6 +293,7 @@ def write_nifti_volume(case: Case, slices: np.ndarray, path: pathlib.Path) -> No
   header = reference.header.copy()
   header.set_data_dtype(dtype)
   header.set_slope_inter(1.0, 0.0)
+  header["cal_min"], header["cal_max"] = 0.0, 0.0  # not the input's display window: viewers scale to the data
   image = nib.Nifti1Image(volume, reference.affine, header=header)
   image.set_qform(reference.get_qform(), code=int(reference.header["qform_code"]))
   image.set_sform(reference.get_sform(), code=int(reference.header["sform_code"]))

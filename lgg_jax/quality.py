@@ -3,8 +3,8 @@
 Each estimate is a number in [0, 1] meant to track the patient's Dice, made
 without the truth from what the model itself says:
   view_agreement       Dice between the mask and the mask of the left-right
-                       mirrored volume's prediction (one extra forward pass
-                       for a single model; the TTA views' own when it has them)
+                       mirrored volume's prediction (one extra forward pass,
+                       without TTA, for a single model)
   threshold_stability  Dice between the masks at thresholds 0.3 and 0.7: a
                        mask that moves with the threshold is a doubtful one
   confidence           mean probability inside the mask

@@ -131,10 +131,11 @@ class Segmenter:
   """Probabilities and masks for a patient's slices; several models: their
   mean, with one setting for the ensemble (`inference.ensemble_settings`)."""
 
-  def __init__(self, members: list[inference.Member], mesh=None, rule: quality.Rule | None = None):
+  def __init__(self, members: list[inference.Member], mesh=None, rule: quality.Rule | None = None,
+               settings: inference.Settings | None = None):
     self.members = list(members)
     self.mesh = mesh or parallel.make_mesh()
-    self.settings = inference.ensemble_settings(self.members)
+    self.settings = settings or inference.ensemble_settings(self.members)
     self.rule = rule or (quality.DEFAULT_ENSEMBLE if len(self.members) > 1 else quality.DEFAULT_SINGLE)
     self._predictors = {}
 
@@ -172,7 +173,8 @@ class Segmenter:
     """Masks, probabilities, a voxel-wise uncertainty map and the quality
     estimate of one patient (`lgg_jax.quality`). An ensemble's members are
     run one by one, as for its mean: no extra pass; a single model runs once
-    more on the mirrored volume (its second view)."""
+    more, without TTA, on the mirrored volume (its second view: with the
+    dihedral TTA's own views the mirrored volume would give the same mean)."""
     settings = self.settings.replace(**overrides)
     predictor = self._predictor(settings.tta)
     if len(self.members) > 1:
@@ -187,7 +189,7 @@ class Segmenter:
                                   member_masks=[inference.postprocess(p, settings) for p in members])
     else:
       probabilities = predictor.predict_volume(volume)
-      mirrored = predictor.mirrored_probabilities(volume)
+      mirrored = self._predictor("none").mirrored_probabilities(volume)
       masks = inference.postprocess(probabilities, settings)
       spread = quality.uncertainty(np.stack([probabilities, mirrored]))
       estimate = quality.estimate(probabilities, masks, settings, self.rule,

@@ -142,3 +142,22 @@ def test_the_reference_script_masks_a_real_patient_as_the_library_does(tmp_path)
   library = library >= member.settings.threshold
   assert ours.shape == library.shape and library.sum() > 1000
   assert (ours != library).sum() <= 0.001 * library.sum(), ((ours != library).sum(), library.sum())
+
+
+@pytest.mark.parametrize("size", [128, 64])
+def test_the_reference_preparation_is_the_librarys(size):
+  from lgg_jax import onnx_predict
+  from lgg_jax.data import preprocess
+  member = _tiny_member("unet")
+  member.config.data.image_size = size
+  volume = np.random.default_rng(0).integers(0, 256, (5, 256, 256, 3), dtype=np.uint8)
+  volume[:, :40] = 0  # background, left out of the patient's statistics
+  meta = onnx_export.metadata(member)
+  np.testing.assert_allclose(onnx_predict.prepare(volume, meta), preprocess.model_inputs(volume, member.config.data),
+                             atol=1e-5)
+  black = np.zeros_like(volume)
+  np.testing.assert_allclose(onnx_predict.prepare(black, meta), preprocess.model_inputs(black, member.config.data),
+                             atol=1e-5)
+  meta["lgg_jax.input_size"] = "96"
+  with pytest.raises(ValueError, match="does not divide 256"):
+    onnx_predict.prepare(volume, meta)

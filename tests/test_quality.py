@@ -163,3 +163,15 @@ def test_predict_saves_probabilities_and_uncertainty_in_the_input_grid_and_flags
   assert image.shape == flair.shape and np.allclose(image.affine, affine)
   values = np.asarray(image.dataobj)
   assert values.dtype == np.float32 and 0.0 <= values.min() and values.max() <= 1.0
+
+
+def test_evaluate_takes_the_given_setting_for_members_that_disagree(tiny_run, tiny_dataset, tmp_path):
+  from lgg_jax import evaluate, export
+  root, _ = tiny_run
+  low = export.export_run(root / "run", tmp_path / "low", forward=False, threshold=0.4)
+  high = export.export_run(root / "run", tmp_path / "high", forward=False, threshold=0.6)
+  with pytest.raises(ValueError, match="disagree on inference threshold"):
+    Segmenter.load([low, high])
+  summary = evaluate.evaluate_run([str(low), str(high)], manual_dir=str(tiny_dataset.parent), threshold="0.5",
+                                  out=tmp_path / "eval")
+  assert summary["threshold"] == 0.5 and summary["quality"]["rule"]["signal"] == "member_agreement"

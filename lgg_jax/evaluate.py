@@ -111,6 +111,13 @@ def choose_threshold(volumes: list[tuple[str, np.ndarray, np.ndarray]], settings
   return float(grid[int(np.argmax(scores))])
 
 
+def threshold_on_validation(predictor: inference.Predictor, data, settings: inference.Settings) -> inference.Settings:
+  """`settings` with the threshold `choose_threshold` picks on the run's validation patients."""
+  val = data.split.val
+  volumes = list(predictor.predict_patients(data, data.patients(val)))
+  return settings.replace(threshold=choose_threshold(volumes, settings, held_out=held_out_slices(data, val)))
+
+
 def held_out_slices(data, indices: np.ndarray) -> dict[str, np.ndarray]:
   """patient -> which of its ordered slices are among `indices`: all of them
   under the patient protocol, only the split's own under the slice protocol."""
@@ -164,9 +171,7 @@ def evaluate_run(models, *, checkpoint="best", split="test", manual_dir="", tta=
   if not manual_dir or threshold == "val":
     data = pipeline.load(config)
   if threshold == "val":
-    val = data.split.val
-    volumes = list(predictor.predict_patients(data, data.patients(val)))
-    settings = settings.replace(threshold=choose_threshold(volumes, settings, held_out=held_out_slices(data, val)))
+    settings = threshold_on_validation(predictor, data, settings)
   if manual_dir:
     external = config.copy_and_resolve_references()
     external.data.manual_dir = str(manual_dir)
@@ -217,9 +222,7 @@ def best_checkpoint_on_test(workdir, config, data, mesh=None) -> dict:
   settings = inference.Settings.from_config(config)
   predictor = inference.Predictor(member, mesh, settings)
   if config.inference.choose_threshold:
-    val = data.split.val
-    volumes = list(predictor.predict_patients(data, data.patients(val)))
-    settings = settings.replace(threshold=choose_threshold(volumes, settings, held_out=held_out_slices(data, val)))
+    settings = threshold_on_validation(predictor, data, settings)
   test = data.split.test
   summary, rows = score(predictor.predict_patients(data, data.patients(test)), settings, config.evaluation,
                         held_out_slices(data, test))

@@ -19,9 +19,13 @@ def soft_dice(logits: jax.Array, masks: jax.Array, smooth: float) -> jax.Array:
   probabilities are all near 0, so tumour-free slices still teach the model
   to predict nothing.
   """
-  probs = jax.nn.sigmoid(logits)
-  inter = jnp.sum(probs * masks, axis=(1, 2, 3))
-  total = jnp.sum(probs, axis=(1, 2, 3)) + jnp.sum(masks, axis=(1, 2, 3))
+  return _dice_score(jax.nn.sigmoid(logits), masks, smooth, axes=(1, 2, 3))
+
+
+def _dice_score(probs, masks, smooth: float, axes) -> jax.Array:
+  """(2|P.Y| + s) / (|P| + |Y| + s) over `axes`: the one soft-Dice formula."""
+  inter = jnp.sum(probs * masks, axis=axes)
+  total = jnp.sum(probs, axis=axes) + jnp.sum(masks, axis=axes)
   return (2 * inter + smooth) / (total + smooth)
 
 
@@ -66,6 +70,4 @@ def probability_loss(probs, masks, loss_config) -> jax.Array:
   probs = jnp.clip(jnp.asarray(probs, jnp.float32), 1e-7, 1 - 1e-7)
   masks = jnp.asarray(masks, jnp.float32)
   bce = -jnp.mean(masks * jnp.log(probs) + (1 - masks) * jnp.log1p(-probs), axis=(1, 2))
-  inter = jnp.sum(probs * masks, axis=(1, 2))
-  total = jnp.sum(probs, axis=(1, 2)) + jnp.sum(masks, axis=(1, 2))
-  return _combine(bce, (2 * inter + loss_config.smooth) / (total + loss_config.smooth), loss_config)
+  return _combine(bce, _dice_score(probs, masks, loss_config.smooth, axes=(1, 2)), loss_config)

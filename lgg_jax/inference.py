@@ -214,10 +214,15 @@ class Predictor:
 
   def predict_volume(self, volume: np.ndarray) -> np.ndarray:
     """uint8 (S, 256, 256, 3) slices in slice order -> float32 (S, 256, 256)."""
-    total = np.zeros((len(volume),) + volume.shape[1:3], np.float32)
-    for probabilities in self.member_probabilities(volume):
+    return self.mean(self.member_probabilities(volume))
+
+  @staticmethod
+  def mean(member_probabilities: list[np.ndarray]) -> np.ndarray:
+    """The ensemble's probabilities: its members' summed in order, then divided."""
+    total = np.zeros_like(member_probabilities[0])
+    for probabilities in member_probabilities:
       total += probabilities
-    return total / len(self.members)
+    return total / len(member_probabilities)
 
   def member_probabilities(self, volume: np.ndarray) -> list[np.ndarray]:
     """Each member's float32 (S, 256, 256) probabilities, before the ensemble's mean."""

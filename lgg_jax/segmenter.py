@@ -179,10 +179,7 @@ class Segmenter:
     predictor = self._predictor(settings.tta)
     if len(self.members) > 1:
       members = predictor.member_probabilities(volume)
-      probabilities = np.zeros_like(members[0])
-      for p in members:  # the order predict_volume sums in: the same probabilities bit for bit
-        probabilities += p
-      probabilities /= len(members)
+      probabilities = predictor.mean(members)  # what predict_volume gives, bit for bit
       masks = inference.postprocess(probabilities, settings)
       spread = quality.uncertainty(np.stack(members))
       estimate = quality.estimate(probabilities, masks, settings, self.rule,

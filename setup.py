@@ -49,8 +49,7 @@ setup(
     ],
     extras_require={
         # medpy (GPL) is only the tests' reference for HD95, never a dependency.
-        # wheel: the shipped-model test builds a wheel (setuptools before 70.1 needs it for bdist_wheel).
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "medpy==0.5.2", "tensorboard>=2.15", "wheel>=0.40"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "medpy==0.5.2", "tensorboard>=2.15"],
         # ONNX export (lgg_jax.onnx_export); jax2onnx 0.17.1 pins orbax-checkpoint<0.11.37, so CI
         # installs it in a venv of its own (.ci/run onnx) and the core legs keep their orbax.
         "onnx": ["jax2onnx>=0.17.1,<0.18", "onnx>=1.17", "onnxruntime>=1.20"],

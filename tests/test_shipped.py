@@ -3,6 +3,7 @@ it installs from a wheel and segments with no repository around it, and each
 shipped fold model reproduces the committed Dice of one of its held-out dev
 patients with the settings it ships with."""
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -24,7 +25,10 @@ def _shipped() -> dict:
 
 def test_the_wheel_installs_the_ensemble_and_it_segments_from_anywhere(tmp_path):
   wheels = tmp_path / "wheels"
-  build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+  # Without the `wheel` package, setuptools before 70.1 has no bdist_wheel: build in pip's isolated
+  # environment then (it fetches setuptools and wheel from the package registry).
+  isolation = [] if importlib.util.find_spec("wheel") is None else ["--no-build-isolation"]
+  build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q",
                           "-w", str(wheels), str(REPO)], capture_output=True, text=True, timeout=600)
   assert build.returncode == 0, build.stderr[-2000:]
   site = tmp_path / "site"

@@ -38,7 +38,7 @@ from flax import nnx
 
 from configs import default
 from experiments.common import TINY
-from lgg_jax import cli, parallel, state, steps
+from lgg_jax import cli, optimizers, parallel, state, steps
 from lgg_jax.data import device_pipeline, pipeline
 from lgg_jax.models import layers
 
@@ -110,12 +110,7 @@ def conv_rows(repeats: int) -> list[dict]:
 def _bench_config(model: str, dtype: str, batch: int, size: int, conv_impl: str = "auto", tiny: bool = False):
   config = default.get_config()
   if tiny:
-    for key, value in TINY.items():
-      section, _, name = key.rpartition(".")
-      target = config
-      for part in section.split(".") if section else []:
-        target = target[part]
-      target[name] = value
+    cli.override(config, TINY)
   config.model.name, config.model.conv_impl, config.compute_dtype = model, conv_impl, dtype
   config.global_batch_size, config.data.image_size = batch, size
   return config
@@ -132,7 +127,7 @@ def train_step_row(model: str, dtype: str, batch: int, size: int, conv_impl: str
   """One model's train step on random data: time, compile time, XLA FLOPs, peak memory."""
   config = _bench_config(model, dtype, batch, size, conv_impl, tiny)
   mesh = parallel.make_mesh()
-  tx, _ = state.make_optimizer(config, total_steps=1000)
+  tx, _ = optimizers.make_optimizer(config, total_steps=1000)
   graphdefs, train_state = state.create_state(config, tx)
   train_state = parallel.replicate(train_state, mesh)
   step = steps.make_train_step(graphdefs["train"], tx, config, mesh)

@@ -3,8 +3,8 @@
 Run: python -m lgg_jax.main --config=configs/fpn.py \
        [--config.data.manual_dir=/path/to/lgg-mri-segmentation]
 Without manual_dir it trains on the embedded synthetic dataset. Meant for an
-accelerator. Target on real data (issue 9, not yet measured here): mean
-per-patient Dice >= 0.78 on held-out patients.
+accelerator. Beside the other models on real data: python -m experiments.run
+--sweep=experiments/model_comparison.py.
 """
 
 from configs import default

@@ -6,8 +6,7 @@ Run: python -m lgg_jax.main --config=configs/recipe.py \
 All five folds: python -m experiments.run --sweep=experiments/recipe.py \
   with its rows' config set to configs/recipe.py (or pass --config overrides).
 On a GPU add --config.data.on_device=True to augment on the device.
-Result: not yet measured (no GPU has run it). Goal: mean per-patient Dice
->= 0.85 on patients it never saw, scored at 256x256.
+Figures, once a GPU has run it: benchmarks/QUALITY.md.
 """
 
 from configs import recipe_cpu
@@ -15,7 +14,7 @@ from configs import recipe_cpu
 
 def get_config():
   config = recipe_cpu.get_config()
-  config.model.base_width = 64
+  config.model.unet.base_width = 64
   config.data.image_size = 256
   config.num_epochs = 60
   config.optimizer.learning_rate = 1e-3

@@ -20,6 +20,6 @@ def get_config():
   config.data.image_size = 256       # the model sees full-resolution pixels ...
   config.data.crop_size = 128        # ... in 128x128 crops while training (data/crops.py)
   config.data.crop_context = 32      # augmentation sees a 192x192 window around each crop
-  config.model.deep_supervision = True  # nnU-Net's auxiliary losses at 1/2 and 1/4 resolution
+  config.model.unet.deep_supervision = True  # nnU-Net's auxiliary losses at 1/2 and 1/4 resolution
   config.eval_batch_size = 16        # whole 256x256 slices: a quarter of the rows per batch
   return config

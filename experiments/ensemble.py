@@ -1,10 +1,6 @@
 """The shipped ensemble's runs (lgg_jax/pretrained/recipe_cpu/): configs/recipe_cpu.py
-trained again on the 5 patient folds of the 62 dev patients (2026-11-30), and
-the inference settings it could ship with, each measured on those very runs.
-
-The committed r7-r10 files of experiments/recipe.py came from runs that were
-not kept and that retraining on this machine did not reproduce
-(benchmarks/QUALITY.md), so the ensemble's figures come from its own runs.
+trained on the 5 patient folds of the 62 dev patients, and the inference
+settings it could ship with, each measured on those very runs.
 
 Command: python -m experiments.run --sweep=experiments/ensemble.py [--folds=0,1]
   (e0 trains with r7's overrides; runs trained elsewhere with the same command
@@ -21,12 +17,7 @@ rule: ship no TTA, the cheapest, unless flips beat it with an interval
 excluding 0); e4-e6 whether keeping every component of at least 0.1/0.2/0.3
 of the largest beats largest-only (rule: largest-only unless a fraction's
 interval excludes 0 in its favour; a fraction so chosen is reported as selected).
-Measured 2026-11-30 on all 5 folds (62 patients; benchmarks/QUALITY.md): e1
-0.782 [0.713, 0.827]; flips vs dihedral -0.002 [-0.005, +0.001]; no TTA vs
-flips -0.000 [-0.004, +0.008]; fraction 0.1 vs largest-only +0.009 [-0.001,
-+0.042], 0.3 +0.008 [+0.000, +0.042] (one patient; touches 0): shipped e3
-(no TTA, largest component), 0.780 [0.711, 0.825]. The rules picked the
-same on folds 0-1, 0-2 and 0-3.
+Figures: benchmarks/QUALITY.md ("The shipped ensemble").
 """
 
 from experiments.common import TINY

@@ -41,7 +41,7 @@ def rows(tiny: bool = False) -> list[dict]:
   if tiny:
     training = {**training, **TINY_CROPS, "num_epochs": 1}
   return [
-      {"name": "f0-crops", "label": CROPS, "overrides": {**training, "model.deep_supervision": False}},
+      {"name": "f0-crops", "label": CROPS, "overrides": {**training, "model.unet.deep_supervision": False}},
       {"name": "f1-crops-ds", "label": CROPS_DS, "overrides": training},
       {"name": "f2-shipped", "label": SHIPPED, "evaluate": CROPS_DS,
        "inference": {"inference.tta": "none", "inference.largest_component": True}},

@@ -45,7 +45,7 @@ def rows(tiny: bool = False) -> list[dict]:
                   "augment.rotate_limit": 30.0, "augment.scale_limit": 0.2, "augment.shift_limit": 0.05,
                   "optimizer.warmup_steps": 200}
   missing = {**augmentation, "augment.missing_sequence_probability": 0.25}
-  batchnorm = {**missing, "model.norm": "batch"}
+  batchnorm = {**missing, "model.unet.norm": "batch"}
   recipe = {"config": "configs/recipe_cpu.py", **NO_INFERENCE_EXTRAS}
   return [
       {"name": "r0-before", "label": "unet_cpu (before)", "overrides": base, "seeds": (0, 1)},

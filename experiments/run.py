@@ -135,15 +135,7 @@ def build_config(base_config: str, overrides: dict):
   if path.parent.name != "configs" or path.suffix != ".py":
     raise ValueError(f"sweep config {base_config!r}: want configs/<name>.py")
   config = importlib.import_module(f"configs.{path.stem}").get_config()
-  for key, value in overrides.items():
-    section, _, name = key.rpartition(".")
-    target = config
-    for part in section.split(".") if section else []:
-      target = target[part]
-    if name not in target:
-      raise KeyError(f"sweep override {key!r}: no such config key")
-    target[name] = value
-  return config
+  return cli.override(config, overrides, "sweep override")
 
 
 def missing_files(overrides: dict) -> list[str]:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-# Inference names, here (a leaf module) so that command-line flags can list
-# them without importing the steps, models and optimizers.
-TTA_MODES = ("none", "flips", "dihedral")
+# Here (a leaf module) so that command-line flags can list them without
+# importing inference. Parts built by name are in registry.py.
 COMPONENT_RANKS = ("volume", "probability_sum", "probability_max")
 
 

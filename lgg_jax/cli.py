@@ -19,7 +19,8 @@ import jax
 import tqdm
 from absl import app, flags, logging
 
-from lgg_jax.choices import COMPONENT_RANKS, TTA_MODES
+from lgg_jax import config_defaults, registry
+from lgg_jax.choices import COMPONENT_RANKS
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # else albumentations asks the network on import
 
@@ -32,7 +33,7 @@ def define_inference_flags(what: str = "the model's own", threshold: bool = True
   """--tta, --largest_component, --component_fraction, --component_rank (and --threshold) for a
   command that makes masks, each unset meaning `what`; returns a function
   giving their values as `inference.Settings` overrides (None: unset)."""
-  tta = flags.DEFINE_enum("tta", "", ["", *TTA_MODES], f"Test-time augmentation; empty: {what}.")
+  tta = flags.DEFINE_enum("tta", "", ["", *registry.names("tta")], f"Test-time augmentation; empty: {what}.")
   largest = flags.DEFINE_bool("largest_component", None, "Keep each patient's largest 3-D component "
                               f"(--nolargest_component: do not); unset: {what}.")
   fraction = flags.DEFINE_float("component_fraction", None, "With the component step, also keep every "
@@ -84,6 +85,47 @@ class log_to:
     return False
 
 
+def override(config, overrides: dict, what: str = "override"):
+  """`config` with `overrides` ({dotted.key: value}) applied: ml_collections'
+  update_from_flattened_dict on the locked config, so a misspelt key is an
+  error, not a new setting; a key of an older layout is an error naming
+  today's (config_defaults.RENAMED)."""
+  for key in overrides:
+    if config_defaults.renamed(key):
+      raise KeyError(f"{what} {key!r}: renamed; use {' and/or '.join(config_defaults.renamed(key))}")
+  was_locked = config.is_locked
+  config.lock()
+  try:
+    for key, value in overrides.items():  # one at a time, so that an error names its key
+      try:
+        config.update_from_flattened_dict({key: value})
+      except KeyError as e:
+        raise KeyError(f"{what} {key!r}: {e.args[0] if e.args else e}") from None
+  finally:
+    if not was_locked:
+      config.unlock()
+  return config
+
+
+def _renamed_config_flags(argv) -> None:
+  """`--config.<key>=` with a key of an older layout: an error naming today's."""
+  for arg in argv[1:]:
+    if arg.startswith("--config."):
+      key = arg[len("--config."):].split("=", 1)[0]
+      if config_defaults.renamed(key):
+        raise app.UsageError(f"--config.{key} was renamed: use "
+                             f"{' and/or '.join('--config.' + k for k in config_defaults.renamed(key))}")
+
+
+def _parse_flags(argv):
+  try:
+    _renamed_config_flags(argv)
+  except app.UsageError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  return app.parse_flags_with_usage(argv)
+
+
 def run(main) -> None:
   """app.run(main) with a quiet terminal and one-line errors."""
 
@@ -98,4 +140,4 @@ def run(main) -> None:
       print(f"error: {message}", file=sys.stderr)
       sys.exit(1)
 
-  app.run(wrapped)
+  app.run(wrapped, flags_parser=_parse_flags)

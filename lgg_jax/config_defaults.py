@@ -1,13 +1,30 @@
-"""Defaults shared by every config: each knob an ablation may turn lives here.
+"""The config's layout: every knob with its default, and the map from older layouts.
 
-They are part of the library because restoring a saved run needs them: a
-setting added since the run was written takes its default here (state.py).
-configs/default.py is this, and model configs (configs/unet.py, ...) start
-from it and change only what differs. Any key can be overridden on the
-command line, e.g. `--config.num_epochs=5 --config.data.manual_dir=/data/lgg`.
+Part of the library because restoring a saved run needs both: a run, export
+or shipped model written in an older layout is read through `from_saved`,
+which renames its keys (`RENAMED`) and gives settings added since their
+defaults. configs/default.py is `get_config()`; model configs
+(configs/unet.py, ...) start from it and change only what differs. Any key
+can be overridden on the command line, e.g. `--config.num_epochs=5
+--config.data.manual_dir=/data/lgg`.
 """
 
+from __future__ import annotations
+
 import ml_collections
+
+# Keys of older layouts (a key or a whole block) and the keys that hold them
+# today. The block of a registry entry is named as the entry:
+# `config.model.resnext_unet`, formerly `config.model.resnext`.
+RENAMED = {
+    "threshold": ("inference.threshold",),
+    "model.base_width": ("model.unet.base_width", "model.fpn.base_width"),
+    "model.depth": ("model.unet.depth",),
+    "model.norm": ("model.unet.norm",),
+    "model.align_corners": ("model.unet.align_corners", "model.fpn.align_corners"),
+    "model.deep_supervision": ("model.unet.deep_supervision",),
+    "model.resnext": ("model.resnext_unet",),
+}
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -17,7 +34,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.global_batch_size = 16    # split evenly over every device
   config.eval_batch_size = 32
   config.compute_dtype = "float32"  # or "bfloat16" (parameters stay float32)
-  config.threshold = 0.5            # on the sigmoid probability
   config.checkpoint_every_epochs = 1
   config.keep_checkpoints = 2
   config.log_every_steps = 20       # TensorBoard: training loss, grad norm and lr every N steps
@@ -34,34 +50,42 @@ def get_config() -> ml_collections.ConfigDict:
   config.distributed.process_id = -1
   config.distributed.cpu_collectives = "gloo"   # CPU-only multi-process runs need one
 
+  # The model: `name` picks a registry entry (lgg_jax/registry.py) and the
+  # block of that name holds its constructor's keyword arguments, nothing
+  # else (a misspelt key is an error naming it). Only the named block is read.
   config.model = ml_collections.ConfigDict()
   config.model.name = "unet"
-  config.model.base_width = 64      # channels of the first level, doubled per level
-  config.model.depth = 4            # levels; depth - 1 max-pools
-  config.model.align_corners = True  # the seed's nn.Upsample(align_corners=True)
-  config.model.norm = "none"        # U-Net: "none" (the seed's) or "batch" (after each conv, synced)
   # Same functions, backend-specific forms: "xla" (plain lax convs, for GPU/TPU)
   # or "cpu" (dot-based kernel gradients, bundled grouped convs, sub-pixel
   # transposed convs: XLA:CPU runs those several times faster). "auto" picks.
   config.model.conv_impl = "auto"
-  # U-Net only: auxiliary logits at each decoder level below full resolution,
-  # scored against downsampled targets with weights halving per level
-  # (nnU-Net's deep supervision); training only, never in inference or exports.
-  config.model.deep_supervision = False
-  config.model.fpn = ml_collections.ConfigDict()
-  config.model.fpn.pyramid_channels = 256
-  config.model.fpn.segmentation_channels = 256
-  config.model.fpn.group_norm_groups = 32
-  config.model.resnext = ml_collections.ConfigDict()
-  config.model.resnext.stem_width = 64
-  config.model.resnext.blocks = (3, 4, 6, 3)
-  config.model.resnext.groups = 32
-  config.model.resnext.width_per_group = 4
-  config.model.resnext.sync_batch_norm = True  # BatchNorm statistics over all devices
-  # torchvision resnext50_32x4d ImageNet weights (.pth or .safetensors); never downloaded.
+  # Models with an encoder (resnext_unet): torchvision resnext50_32x4d
+  # ImageNet weights (.pth or .safetensors; never downloaded), and how long the
+  # trainer keeps the encoder fixed.
   config.model.pretrained_path = ""
   config.model.freeze_encoder_epochs = 0      # encoder parameters fixed for the first N epochs
   config.model.freeze_encoder_bn_epochs = 0   # encoder BatchNorm in eval mode for the first N epochs
+  config.model.unet = ml_collections.ConfigDict()
+  config.model.unet.base_width = 64      # channels of the first level, doubled per level
+  config.model.unet.depth = 4            # levels; depth - 1 max-pools
+  config.model.unet.align_corners = True  # the seed's nn.Upsample(align_corners=True)
+  config.model.unet.norm = "none"        # "none" (the seed's) or "batch" (after each conv, synced)
+  # Auxiliary logits at each decoder level below full resolution, scored
+  # against downsampled targets with weights halving per level (nnU-Net's deep
+  # supervision); training only, never in inference or exports.
+  config.model.unet.deep_supervision = False
+  config.model.fpn = ml_collections.ConfigDict()
+  config.model.fpn.base_width = 64
+  config.model.fpn.pyramid_channels = 256
+  config.model.fpn.segmentation_channels = 256
+  config.model.fpn.group_norm_groups = 32
+  config.model.fpn.align_corners = True
+  config.model.resnext_unet = ml_collections.ConfigDict()
+  config.model.resnext_unet.stem_width = 64
+  config.model.resnext_unet.blocks = (3, 4, 6, 3)
+  config.model.resnext_unet.groups = 32
+  config.model.resnext_unet.width_per_group = 4
+  config.model.resnext_unet.sync_batch_norm = True  # BatchNorm statistics over all devices
 
   config.data = ml_collections.ConfigDict()
   # Folder holding kaggle_3m/ (or kaggle_3m/ itself). Empty: the embedded
@@ -145,6 +169,7 @@ def get_config() -> ml_collections.ConfigDict:
   # How probabilities are made from a trained model (evaluate, predict, the
   # Segmenter and the trainer's validation all use these).
   config.inference = ml_collections.ConfigDict()
+  config.inference.threshold = 0.5  # on the sigmoid probability
   config.inference.tta = "none"     # "none" | "flips" (h, v) | "dihedral" (8 flips x rot90)
   config.inference.largest_component = False  # keep each patient's largest 3-D component
   # With largest_component: also keep every component of at least this
@@ -154,7 +179,7 @@ def get_config() -> ml_collections.ConfigDict:
   # "probability_max" (the component's summed or highest probability).
   config.inference.component_rank = "volume"
   # After training, pick the threshold (grid 0.1..0.9) with the best mean
-  # per-patient Dice on the validation patients; else `config.threshold`.
+  # per-patient Dice on the validation patients; else `threshold`.
   config.inference.choose_threshold = False
 
   # Scoring: per-patient volumetric Dice at 256x256, slices in order; 3-D HD95.
@@ -181,4 +206,42 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.b2 = 0.999
   config.optimizer.momentum = 0.9    # sgd only
   config.optimizer.grad_clip_norm = 1.0  # 0 disables
+  return config
+
+
+def renamed(key: str) -> tuple[str, ...] | None:
+  """Today's keys for a dotted key of an older layout; None for a current key."""
+  for old, new in RENAMED.items():
+    if key == old or key.startswith(old + "."):
+      return tuple(n + key[len(old):] for n in new)
+  return None
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+  return flat
+
+
+def migrate(flat: dict) -> dict:
+  """Dotted keys of any layout to today's (the one migration, for runs,
+  exports and the shipped ensemble alike)."""
+  return {new: value for key, value in flat.items() for new in (renamed(key) or (key,))}
+
+
+def from_saved(saved: dict, source: str = "saved config") -> ml_collections.ConfigDict:
+  """A config written by any version: renamed to today's layout, over today's
+  defaults (settings added since it was written keep the behaviour runs had
+  before). A key no version had is an error naming `source`."""
+  config = get_config()
+  config.lock()
+  try:
+    config.update_from_flattened_dict(migrate(flatten(saved)))
+  except (KeyError, TypeError, ValueError) as e:
+    raise ValueError(f"{source}: {e}") from None
+  config.unlock()
   return config

@@ -14,7 +14,7 @@ Segmenter give; a flag overrides one setting.
 
 Every score is taken per patient on the volume at the dataset's 256x256, its
 slices in order; probabilities of a smaller model are upsampled
-(`steps.upsample_probabilities`), the truth is never downsized. Writes
+(`inference.upsample_probabilities`), the truth is never downsized. Writes
 evaluation/<name>/summary.json, per_patient.csv and table.md. Metrics (see
 `metrics.py` for the empty-mask rule):
   patient_dice   mean over patients of volumetric Dice (Buda et al. 2019)

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 from absl import flags
 from safetensors.numpy import save_file
 
-from lgg_jax import cli, inference, onnx_export, quality, segmenter, state, steps
+from lgg_jax import cli, inference, models, onnx_export, quality, segmenter, state
 from lgg_jax.data import preprocess
 
 FORWARD_FILE = "forward.jax"
@@ -57,7 +57,7 @@ def export_forward(member: inference.Member) -> jax.export.Exported:
   config = member.config.copy_and_resolve_references()
   config.model.conv_impl = "xla"
   graphdef, _ = state.abstract_variables(config)
-  probabilities = steps.make_probability_step(graphdef, "none", preprocess.SOURCE_SIZE)
+  probabilities = inference.make_probability_step(graphdef, "none", preprocess.SOURCE_SIZE)
   variables = jax.device_get(member.variables)
   size, channels = config.data.image_size, state.in_channels(config)
   batch, = jax.export.symbolic_shape("b")
@@ -99,7 +99,8 @@ def model_card(member: inference.Member, summary: dict) -> str:
       "**Not a medical device.** A research model: it has not been validated for clinical use and must not "
       "guide diagnosis or treatment.", "",
       "## Model", "",
-      f"- {config.model.name}, base width {config.model.base_width}, trained at {config.data.image_size}x"
+      f"- {config.model.name} ({', '.join(f'{k}={v}' for k, v in sorted(models.block(config.model).items()))}), "
+      f"trained at {config.data.image_size}x"
       f"{config.data.image_size}; input {state.in_channels(config)} channels (the slice and "
       f"{config.data.neighbours} neighbour(s) on each side, 3 MRI channels each)",
       f"- normalisation: {config.data.normalization}"
@@ -118,7 +119,7 @@ def model_card(member: inference.Member, summary: dict) -> str:
       "(lgg_jax.quality; the rule was measured on configs/recipe_cpu.py's fold models, benchmarks/QUALITY.md, "
       "not on this model)",
       "- the test figures below were scored with: " + ", ".join(
-          f"{k} {inf[k]}" for k in inference.Settings.FIELDS if k in inf), "",
+          f"{k} {inf[k]}" for k in inference.Settings.names() if k in inf), "",
       "## Data and split", "",
       f"- dataset: {pathlib.Path(dataset.get('manual_dir') or config.data.manual_dir).name or 'synthetic'} "
       f"({dataset.get('slices', '?')} slices, fingerprint {dataset.get('fingerprint', '?')}, "

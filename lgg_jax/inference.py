@@ -17,18 +17,24 @@ were scored.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 from collections.abc import Iterable, Iterator
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import scipy.ndimage as ndi
 
-from lgg_jax import choices, metrics, parallel, state, steps
+from lgg_jax import choices, metrics, parallel, registry, state
 from lgg_jax.data import preprocess
 
 _TAIL_QUANTUM = 8  # rows the last batch of a patient is rounded up to
 COMPONENT_RANKS = choices.COMPONENT_RANKS
+
+
+_CASTS = {"float": float, "str": str, "bool": bool}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,11 +56,9 @@ class Settings:
   component_fraction: float = 0.0
   component_rank: str = "volume"
 
-  FIELDS = ("threshold", "tta", "largest_component", "component_fraction", "component_rank")
-
   def __post_init__(self):
-    if self.tta not in steps.TTA_MODES:
-      raise ValueError(f"inference tta: want one of {steps.TTA_MODES}, got {self.tta!r}")
+    if self.tta not in registry.names("tta"):
+      raise ValueError(f"inference tta: want one of {registry.names('tta')}, got {self.tta!r}")
     if not 0.0 <= self.component_fraction <= 1.0:
       raise ValueError(f"inference component_fraction: want a fraction in [0, 1], got {self.component_fraction}")
     if not 0.0 < self.threshold < 1.0:
@@ -66,34 +70,102 @@ class Settings:
   def from_config(cls, config, threshold: float | None = None) -> Settings:
     """A config's `inference` block (its threshold unless one is given)."""
     inf = config.inference
-    return cls(float(config.threshold if threshold is None else threshold), str(inf.tta),
+    return cls(float(config.inference.threshold if threshold is None else threshold), str(inf.tta),
                bool(inf.largest_component), float(inf.get("component_fraction", 0.0)),
                str(inf.get("component_rank", "volume")))
 
   @classmethod
   def from_dict(cls, saved: dict, fallback: Settings) -> Settings:
     """Settings saved as JSON (summary.json's or inference.json's block); keys it lacks take `fallback`'s."""
-    return fallback.replace(**{k: saved[k] for k in cls.FIELDS if saved.get(k) is not None})
+    return fallback.replace(**{k: saved[k] for k in cls.names() if saved.get(k) is not None})
 
   def replace(self, **overrides) -> Settings:
     """These settings with every override that is not None."""
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    unknown = set(overrides) - set(self.FIELDS)
+    unknown = set(overrides) - set(self.names())
     if unknown:
-      raise ValueError(f"unknown inference settings {sorted(unknown)}; known: {list(self.FIELDS)}")
-    types = {"threshold": float, "tta": str, "largest_component": bool, "component_fraction": float,
-             "component_rank": str}
-    return dataclasses.replace(self, **{k: types[k](v) for k, v in overrides.items()})
+      raise ValueError(f"unknown inference settings {sorted(unknown)}; known: {list(self.names())}")
+    types = {f.name: f.type for f in dataclasses.fields(self)}  # "float", ...: annotations are strings here
+    return dataclasses.replace(self, **{k: _CASTS[types[k]](v) for k, v in overrides.items()})
+
+  @classmethod
+  def names(cls) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
 
   def as_dict(self) -> dict:
-    return {k: getattr(self, k) for k in self.FIELDS}
+    return dataclasses.asdict(self)
 
+
+# --------------------------------------------------------------------------- the probability step
+
+def upsample_probabilities(probs: jax.Array, size: int) -> jax.Array:
+  """(N, h, w) -> (N, size, size), bilinear (half-pixel centres, as
+  cv2.INTER_LINEAR): how every score reaches the dataset's 256x256."""
+  if probs.shape[1:] == (size, size):
+    return probs
+  return jax.image.resize(probs, (probs.shape[0], size, size), "linear")
+
+
+@functools.lru_cache(maxsize=8)
+def upsample_matrix(size: int, out_size: int) -> jax.Array:
+  """(out_size, size) matrix M with M @ p @ M.T = upsample_probabilities(p):
+  column j is the resize of the j-th unit vector. The ONNX graph upsamples
+  this way (jax.image.resize does not convert with a symbolic batch)."""
+  basis = jnp.eye(size, dtype=jnp.float32)[None]
+  return jax.image.resize(basis, (1, out_size, size), "linear")[0]
+
+
+# Test-time views, registered by name (registry "tta"): (forward, inverse)
+# pairs on the spatial axes of NHWC arrays.
+_IDENTITY = (lambda x: x, lambda x: x)
+
+
+def no_views():
+  return [_IDENTITY]
+
+
+def flip_views():
+  hflip = lambda x: jnp.flip(x, axis=2)
+  vflip = lambda x: jnp.flip(x, axis=1)
+  return [_IDENTITY, (hflip, hflip), (vflip, vflip)]
+
+
+def dihedral_views():
+  transpose = lambda x: jnp.swapaxes(x, 1, 2)
+  views = []
+  for k in range(4):
+    rot = functools.partial(jnp.rot90, k=k, axes=(1, 2))
+    unrot = functools.partial(jnp.rot90, k=-k, axes=(1, 2))
+    views.append((rot, unrot))
+    views.append((lambda x, rot=rot: rot(transpose(x)), lambda y, unrot=unrot: transpose(unrot(y))))
+  return views
+
+
+@functools.lru_cache(maxsize=32)
+def make_probability_step(graphdef, tta: str = "none", out_size: int = 256):
+  """jit(variables, images) -> sigmoid probabilities (N, out_size, out_size),
+  averaged over the TTA views (each mapped back before averaging), then
+  upsampled. Built once per (graphdef, tta, size)."""
+  views = registry.get("tta", tta)()
+
+  @jax.jit
+  def probabilities(variables, images):
+    model = state.merge(graphdef, variables["params"], variables["model_state"])
+    total = 0.0
+    for forward, inverse in views:
+      total = total + inverse(jax.nn.sigmoid(model(forward(images))))
+    return upsample_probabilities(total[..., 0] / len(views), out_size)
+
+  return probabilities
+
+
+# --------------------------------------------------------------------------- masks
 
 def validation_settings(config) -> Settings:
   """The trainer's per-epoch validation: the config's threshold, no TTA, no
   component step, so checkpoint selection and training time do not depend on
   the inference options being measured."""
-  return Settings(float(config.threshold))
+  return Settings(float(config.inference.threshold))
 
 
 def component_scores(labels: np.ndarray, sizes: np.ndarray, rank: str = "volume",
@@ -135,7 +207,7 @@ def ensemble_settings(members: list, **overrides) -> Settings:
   nobody overrode are an error naming them (an average threshold or a
   majority TTA would be a model that nobody scored)."""
   chosen = {}
-  for field in Settings.FIELDS:
+  for field in Settings.names():
     if overrides.get(field) is not None:
       continue
     values = {m.source or f"member {i}": getattr(m.settings, field) for i, m in enumerate(members)}
@@ -188,7 +260,7 @@ class Predictor:
       raise ValueError("a Predictor needs at least one trained model")
     self.mesh = mesh or parallel.make_mesh()
     self.settings = settings or ensemble_settings(self.members)
-    self._steps = [steps.make_probability_step(m.graphdef, self.settings.tta, preprocess.SOURCE_SIZE)
+    self._steps = [make_probability_step(m.graphdef, self.settings.tta, preprocess.SOURCE_SIZE)
                    for m in self.members]
 
   def _chunks(self, member: Member, count: int) -> list[int]:

@@ -1,4 +1,9 @@
-"""Training losses on logits, chosen by `config.loss.name`."""
+"""Training losses on logits, chosen by `config.loss.name` (lgg_jax/registry.py).
+
+Each registered loss combines the per-sample binary cross-entropy and soft
+Dice score; `per_sample_loss` (logits) and `probability_loss` (probabilities)
+compute those two once and hand them to it.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lgg_jax import choices
-
-
-NAMES = ("dice_bce", "bce", "dice")
+from lgg_jax import registry
 
 
 def soft_dice(logits: jax.Array, masks: jax.Array, smooth: float) -> jax.Array:
@@ -29,14 +31,22 @@ def _dice_score(probs, masks, smooth: float, axes) -> jax.Array:
   return (2 * inter + smooth) / (total + smooth)
 
 
-def _combine(bce, dice_score, loss_config):
-  name = loss_config.name
-  choices.check("config.loss.name", name, NAMES)
-  if name == "dice_bce":
-    return loss_config.bce_weight * bce + loss_config.dice_weight * (1.0 - dice_score)
-  if name == "bce":
-    return bce
+def dice_bce(bce, dice_score, loss_config):
+  return loss_config.bce_weight * bce + loss_config.dice_weight * (1.0 - dice_score)
+
+
+def bce(bce, dice_score, loss_config):
+  del dice_score, loss_config
+  return bce
+
+
+def dice(bce, dice_score, loss_config):
+  del bce, loss_config
   return 1.0 - dice_score
+
+
+def _combine(bce, dice_score, loss_config):
+  return registry.get("loss", loss_config.name)(bce, dice_score, loss_config)
 
 
 def per_sample_loss(logits: jax.Array, masks: jax.Array, loss_config) -> jax.Array:

@@ -5,7 +5,7 @@ The graph is the forward pass from the normalised model input, float32 NHWC
 sigmoid probabilities at 256x256 (batch, 256, 256). It is converted by
 jax2onnx (`pip install -e ".[onnx]"`) from the same Flax module the library
 runs, with the plain XLA convolution forms, and the bilinear upsampling
-written as two matrix products (`steps.upsample_matrix`: the same numbers as
+written as two matrix products (`inference.upsample_matrix`: the same numbers as
 `jax.image.resize`, which jax2onnx cannot take with a symbolic batch).
 Normalisation and the 2.5-D stacking stay outside the graph; the graph's
 metadata (`lgg_jax.*`) says what to feed, and `onnx_predict.py` (numpy and
@@ -30,7 +30,7 @@ import shutil
 import jax
 import jax.numpy as jnp
 
-from lgg_jax import inference, state, steps
+from lgg_jax import inference, state
 from lgg_jax.data import preprocess
 
 ONNX_FILE = "model.onnx"
@@ -81,7 +81,7 @@ def probability_function(member: inference.Member):
   config.model.conv_impl = "xla"
   graphdef, _ = state.abstract_variables(config)
   variables = jax.device_get(member.variables)
-  matrix = steps.upsample_matrix(config.data.image_size, preprocess.SOURCE_SIZE)
+  matrix = inference.upsample_matrix(config.data.image_size, preprocess.SOURCE_SIZE)
 
   def probabilities(images):
     model = state.merge(graphdef, variables["params"], variables["model_state"])

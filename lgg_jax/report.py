@@ -13,8 +13,9 @@ import pathlib
 
 import cv2
 import numpy as np
+from ml_collections.config_flags import config_path
 
-from lgg_jax import cli, figures, inference, parallel
+from lgg_jax import cli, figures, inference, models, parallel
 from lgg_jax.data import pipeline
 
 _KNOBS = ("model.name", "data.image_size", "data.normalization", "data.neighbours", "data.tumour_fraction",
@@ -24,12 +25,6 @@ _KNOBS = ("model.name", "data.image_size", "data.normalization", "data.neighbour
 _METRICS = ("patient_dice", "patient_dice_median", "tumour_slice_dice", "slice_dice", "pooled_dice",
             "hd95_px", "hd95_undefined", "hd95_px_penalised", "empty_false_positive_rate", "missed_patients",
             "patients", "slices")
-
-
-def _get(config, dotted):
-  for part in dotted.split("."):
-    config = config[part]
-  return config
 
 
 def _patient_figure(volume, masks, truth, path: pathlib.Path) -> None:
@@ -66,7 +61,8 @@ def write(workdir) -> pathlib.Path | None:
            f"Best checkpoint: step {summary.get('best_step')} (validation per-patient Dice "
            f"{summary.get('best_val_dice', float('nan')):.4f}); final step {summary['step']}.", "",
            "## Config", "", "| setting | value |", "|---|---|"]
-  lines += [f"| {k} | {_get(config, k)} |" for k in _KNOBS]
+  lines += [f"| {k} | {config_path.get_value(k, config)} |" for k in _KNOBS]
+  lines.append(f"| model.{config.model.name} | {models.block(config.model)} |")
   lines += ["", f"Full config: `config.json`. Dataset: `{data.manual_dir}` (fingerprint {data.fingerprint}, "
             f"version {data.version}).", "",
             "## Split (by patient)", "", "| split | patients | slices |", "|---|---|---|"]

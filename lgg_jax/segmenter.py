@@ -46,7 +46,7 @@ def member_from_export(folder, mesh=None) -> inference.Member:
   for name in (CONFIG_FILE, WEIGHTS_FILE):
     if not (folder / name).is_file():
       raise FileNotFoundError(f"{folder} is not an exported model: no {name}")
-  config = state.config_from_dict(json.loads((folder / CONFIG_FILE).read_text()))
+  config = state.config_from_dict(json.loads((folder / CONFIG_FILE).read_text()), str(folder / CONFIG_FILE))
   graphdef, shapes = state.abstract_variables(config)
   try:
     tensors = load_file(str(folder / WEIGHTS_FILE))

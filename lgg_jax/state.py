@@ -1,4 +1,4 @@
-"""Model, optimizer and train state as plain pytrees; restoring a run for inference.
+"""Model and train state as plain pytrees; restoring a run for inference.
 
 The train state is a dict of arrays (step, params, model_state, opt_state):
 what shard_map, Orbax and weight import see. Modules are rebuilt from a
@@ -14,87 +14,13 @@ import pathlib
 
 import jax
 import ml_collections
-import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from lgg_jax import choices, config_defaults, models, parallel
+from lgg_jax import config_defaults, models, parallel
 from lgg_jax.models import weights
 
-OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULES = ("cosine", "constant")
 CHECKPOINT_FOLDERS = {"best": "best", "latest": "checkpoints"}
-ENCODER, REST = "encoder", "rest"  # the optimizer's partitions while an encoder may be frozen
-
-
-def make_optimizer(config, total_steps: int, *, encoder_frozen: bool = False):
-  """(optax transformation, learning-rate schedule).
-
-  With config.model.freeze_encoder_epochs the parameters are partitioned
-  (encoder, rest) and the learning rate applied after: the encoder's
-  optimizer state can start fresh when it unfreezes (`unfreeze_encoder`)
-  while the schedule follows the run's step. `encoder_frozen` gives the
-  frozen epochs' transformation: the encoder's updates are zero and it has no
-  optimizer state.
-  """
-  opt = config.optimizer
-  choices.check("config.optimizer.name", opt.name, OPTIMIZERS)
-  choices.check("config.optimizer.schedule", opt.schedule, SCHEDULES)
-  warmup = min(opt.warmup_steps, max(total_steps - 1, 0))
-  if opt.schedule == "cosine":
-    schedule = optax.warmup_cosine_decay_schedule(0.0, opt.learning_rate, warmup, max(total_steps, 1),
-                                                  end_value=opt.learning_rate * opt.final_lr_fraction)
-  else:
-    schedule = optax.join_schedules([optax.linear_schedule(0.0, opt.learning_rate, warmup),
-                                     optax.constant_schedule(opt.learning_rate)], [warmup])
-  clip = [optax.clip_by_global_norm(opt.grad_clip_norm)] if opt.grad_clip_norm else []
-  if config.model.freeze_encoder_epochs:
-    encoder = optax.set_to_zero() if encoder_frozen else _before_learning_rate(opt)
-    parts = optax.partition({ENCODER: encoder, REST: _before_learning_rate(opt)}, _encoder_labels)
-    return optax.chain(*clip, parts, optax.scale_by_learning_rate(schedule)), schedule
-  if opt.name == "adamw":
-    base = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay)
-  elif opt.name == "adam":
-    base = optax.adam(schedule, b1=opt.b1, b2=opt.b2)
-  else:
-    base = optax.sgd(schedule, momentum=opt.momentum, nesterov=True)
-  return optax.chain(*clip, base), schedule
-
-
-def _before_learning_rate(opt):
-  """config.optimizer's transformation up to its learning rate (optax's
-  adamw, adam and sgd are these followed by scale_by_learning_rate)."""
-  if opt.name == "adamw":
-    return optax.chain(optax.scale_by_adam(b1=opt.b1, b2=opt.b2), optax.add_decayed_weights(opt.weight_decay))
-  if opt.name == "adam":
-    return optax.scale_by_adam(b1=opt.b1, b2=opt.b2)
-  return optax.trace(decay=opt.momentum, nesterov=True)
-
-
-def in_encoder(path) -> bool:
-  return any(getattr(k, "key", None) == ENCODER for k in path)
-
-
-def _encoder_labels(params):
-  return jax.tree_util.tree_map_with_path(lambda path, _: ENCODER if in_encoder(path) else REST, params)
-
-
-def encoder_frozen(opt_state) -> bool:
-  """Whether `opt_state` is a frozen-encoder one (no encoder state)."""
-  return any(isinstance(s, optax.transforms.PartitionState) and not jax.tree.leaves(s.inner_states[ENCODER])
-             for s in opt_state)
-
-
-def unfreeze_encoder(tx, opt_state, params):
-  """`tx`'s state from a frozen-encoder one: the rest's statistics and the
-  schedule's step carried over, the encoder's those of a new optimizer.
-  Adam's step count run on over the frozen epochs would instead bias-correct
-  its first moments as if they had history (up to 3x the learning rate on
-  pretrained weights after a long freeze)."""
-  fresh = tx.init(params)
-  return tuple(optax.transforms.PartitionState({**old.inner_states, ENCODER: new.inner_states[ENCODER]})
-               if isinstance(old, optax.transforms.PartitionState) else old
-               for old, new in zip(opt_state, fresh, strict=True))
 
 
 def in_channels(config) -> int:
@@ -151,27 +77,16 @@ def abstract(tree):
 
 # --------------------------------------------------------------------------- restoring a run
 
-def _merge_into(base: ml_collections.ConfigDict, saved: dict) -> None:
-  for key, value in saved.items():
-    if isinstance(value, dict) and key in base and isinstance(base[key], ml_collections.ConfigDict):
-      _merge_into(base[key], value)
-    else:
-      base[key] = tuple(value) if isinstance(value, list) else value
-
-
-def config_from_dict(saved: dict) -> ml_collections.ConfigDict:
-  """A saved config over today's defaults: settings added since the run was
-  written take their defaults, which keep the behaviour runs had before."""
-  config = config_defaults.get_config()
-  _merge_into(config, saved)
-  return config
+def config_from_dict(saved: dict, source: str = "saved config") -> ml_collections.ConfigDict:
+  """A saved config in today's layout (config_defaults.from_saved)."""
+  return config_defaults.from_saved(saved, source)
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:
   path = pathlib.Path(workdir) / "config.json"
   if not path.is_file():
     raise FileNotFoundError(f"{pathlib.Path(workdir)} is not a run folder: no config.json")
-  return config_from_dict(json.loads(path.read_text()))
+  return config_from_dict(json.loads(path.read_text()), str(path))
 
 
 def checkpoint_path(workdir, checkpoint: str = "best") -> tuple[pathlib.Path, int]:

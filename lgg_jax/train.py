@@ -30,8 +30,8 @@ import tensorboardX
 import tqdm
 from jax.experimental import multihost_utils
 
-from lgg_jax import choices, cli, evaluate, figures, inference, losses, models, parallel, provenance, state, steps
-from lgg_jax.data import augment, crops, device_augment, device_pipeline, pipeline, preprocess, splits
+from lgg_jax import choices, cli, evaluate, figures, inference, losses, models, optimizers, parallel, provenance, registry, state, steps
+from lgg_jax.data import crops, device_augment, device_pipeline, pipeline, preprocess, splits
 
 STAT_KEYS = ("loss", "dice_sum", "slices", "grad_norm")
 TIMED_STEPS = 5  # steps after the compiled one that the time estimate takes
@@ -48,14 +48,13 @@ def validate_config(config, device_count: int, process_count: int) -> None:
                        f"device count ({device_count})")
     if value % process_count:
       raise ValueError(f"config.{name}={value} must divide among {process_count} processes")
+  for part, name in (("loss", config.loss.name), ("augmentation", config.augment.name),
+                     ("optimizer", config.optimizer.name), ("schedule", config.optimizer.schedule),
+                     ("tta", config.inference.tta)):
+    registry.check(part, name)
   for setting, value, allowed in (
-      ("config.loss.name", config.loss.name, losses.NAMES),
-      ("config.augment.name", config.augment.name, augment.NAMES),
-      ("config.optimizer.name", config.optimizer.name, state.OPTIMIZERS),
-      ("config.optimizer.schedule", config.optimizer.schedule, state.SCHEDULES),
       ("config.data.normalization", config.data.normalization, preprocess.NORMALIZATIONS),
       ("config.split.protocol", config.split.protocol, splits.PROTOCOLS),
-      ("config.inference.tta", config.inference.tta, choices.TTA_MODES),
       ("config.inference.component_rank", config.inference.component_rank, choices.COMPONENT_RANKS)):
     choices.check(setting, value, allowed)
   models.check(config.model, config.data.image_size, config.compute_dtype)
@@ -186,6 +185,9 @@ class _Preemption:
   With several processes the flag is shared every `check_every` steps, so
   all of them stop at the same step.
   """
+  # Kept instead of multihost_utils.reached_preemption_sync_point: that needs
+  # jax.distributed's preemption service and answers False in a single process
+  # (a SIGTERM to a one-process CPU run would go unheard).
 
   def __init__(self, check_every: int):
     self.flag = False
@@ -217,17 +219,14 @@ def _restore(latest, run: _Setup):
   step = latest.latest_step()
   restored = latest.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))
   saved_order = restored["data"].get("data_order")
-  if saved_order is None:
-    raise ValueError(f"{latest.directory} was written by a run on a dataset prepared before version 1.1.0, "
-                     "whose records came in hash order; resuming would train on a different data order. "
-                     "Start a new workdir.")
-  if saved_order != run.order:
+  if saved_order != run.order:  # None: a checkpoint that saved no data order
     raise ValueError(f"{latest.directory}: the training records differ from this run's (the dataset, its "
-                     "version or the split changed); resuming would train on a different data order. "
-                     "Start a new workdir or restore the original data and config.")
+                     "version or the split changed, or the checkpoint saved no data order); resuming would "
+                     "train on a different data order. Start a new workdir or restore the original data and "
+                     "config.")
   template = run.train_state
-  if step > run.unfreeze_step and state.encoder_frozen(template["opt_state"]):  # saved after the encoder unfroze
-    template = {**template, "opt_state": state.unfreeze_encoder(run.tx, template["opt_state"], template["params"])}
+  if step > run.unfreeze_step and optimizers.encoder_frozen(template["opt_state"]):  # saved after the encoder unfroze
+    template = {**template, "opt_state": optimizers.unfreeze_encoder(run.tx, template["opt_state"], template["params"])}
   restored = latest.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(state.abstract(template)), data=ocp.args.JsonRestore()))
   run.train_iter.set_state(restored["data"]["iterator"])
@@ -281,7 +280,7 @@ def _report_step_time(seconds: float, remaining_steps: int, config) -> None:
              f"for the remaining {remaining_steps} steps, plus validation")
   logging.info(message)
   if on_cpu and eta_min > 30:
-    larger = (config.data.image_size > 128 or config.model.name != "unet" or config.model.base_width > 32)
+    larger = (config.data.image_size > 128 or config.model.name != "unet" or config.model.unet.base_width > 32)
     hint = " configs/unet_cpu.py and configs/recipe_cpu.py are sized for a CPU." if larger else ""
     tqdm.tqdm.write(f"WARNING: {message}.{hint}")
 
@@ -313,8 +312,8 @@ def _set_up(config, mesh) -> _Setup:
   total_steps = steps_per_epoch * config.num_epochs
   logging.info("split %s; %d steps per epoch, %d devices", data.split.summary(), steps_per_epoch,
                jax.device_count())
-  tx, schedule = state.make_optimizer(config, total_steps)
-  frozen_tx = state.make_optimizer(config, total_steps, encoder_frozen=True)[0] \
+  tx, schedule = optimizers.make_optimizer(config, total_steps)
+  frozen_tx = optimizers.make_optimizer(config, total_steps, encoder_frozen=True)[0] \
       if config.model.freeze_encoder_epochs else tx
   graphdefs, train_state = state.create_state(config, frozen_tx)
   logging.info("model %s: %d parameters", config.model.name,

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from lgg_jax import baselines, inference, models, parallel, train
+from lgg_jax import baselines, cli, inference, models, parallel, registry, train
 from lgg_jax.data import crops, device_pipeline, pipeline
 from conftest import tiny_config
 
@@ -102,16 +102,13 @@ def test_the_first_crop_is_its_slices_pixels_at_its_origin(resident):
     ({"data.crop_context": -1}, "crop_context"),
 ])
 def test_bad_crop_settings_fail_at_config_time_naming_the_setting(tmp_path, change, message):
-  config = crop_config(tmp_path, "")
-  for dotted, value in change.items():
-    section, key = dotted.split(".")
-    config[section][key] = value
+  config = cli.override(crop_config(tmp_path, ""), change)
   with pytest.raises(ValueError, match=message):
     train.validate_config(config, 1, 1)
 
 
 def test_every_model_takes_whole_slices_and_crops_of_its_divisor(tmp_path):
-  for name in models.REGISTRY:
+  for name in registry.names("model"):
     config = crop_config(tmp_path, "")
     config.model.name = name
     divisor = models.input_divisor(config.model)
@@ -124,7 +121,7 @@ def test_a_model_trained_on_crops_beats_the_flair_threshold_on_whole_held_out_sl
   config = crop_config(tmp_path, "")
   config.data.synthetic.update(num_patients=16, min_slices=10, max_slices=12)
   config.data.crop_size, config.data.crop_context = 64, 16
-  config.model.base_width, config.model.depth = 8, 4
+  config.model.unet.base_width, config.model.unet.depth = 8, 4
   config.data.neighbours = 0
   config.augment.name = "none"
   config.num_epochs = 12

@@ -1,4 +1,4 @@
-"""Deep supervision (config.model.deep_supervision): the U-Net's auxiliary
+"""Deep supervision (config.model.unet.deep_supervision): the U-Net's auxiliary
 outputs, their loss, other models rejecting it, and inference and exports
 without the auxiliary heads."""
 
@@ -11,13 +11,15 @@ import pytest
 from flax import nnx
 from safetensors.numpy import load_file
 
+from configs import default
 from lgg_jax import Segmenter, export, losses, models, train
 from conftest import tiny_config
 
 
 def _model_config(**kw):
-  return ml_collections.ConfigDict({**dict(name="unet", base_width=4, depth=4, align_corners=True,
-                                           conv_impl="auto", norm="none", deep_supervision=False), **kw})
+  """A model block: `kw` are the U-Net's settings."""
+  return ml_collections.ConfigDict({"name": "unet", "conv_impl": "auto", "unet": {
+      **dict(base_width=4, depth=4, align_corners=True, norm="none", deep_supervision=False), **kw}})
 
 
 def _loss_config():
@@ -63,16 +65,19 @@ def test_deep_supervision_loss_weights_halve_per_level_and_targets_are_downsampl
                              losses.per_sample_loss(logits, masks, cfg), rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["fpn", "resnext_unet"])
-def test_other_models_reject_deep_supervision_by_name(name):
-  with pytest.raises(ValueError, match=f"deep_supervision is for unet only; model '{name}'"):
-    models.check(_model_config(name=name, deep_supervision=True), 64)
+@pytest.mark.parametrize("name,model_class", [("fpn", "FPN"), ("resnext_unet", "ResNeXtUNet")])
+def test_other_models_reject_deep_supervision_by_name(name, model_class):
+  config = default.get_config().model
+  config.name = name
+  config[name].deep_supervision = True
+  with pytest.raises(ValueError, match=f"config.model.{name}: deep_supervision is not a setting of {model_class} "):
+    models.check(config, 64)
 
 
 def test_auxiliary_heads_train_and_stay_out_of_inference_and_exports(tmp_path):
   config = tiny_config(tmp_path)
-  config.model.deep_supervision = True
-  config.model.depth = 4
+  config.model.unet.deep_supervision = True
+  config.model.unet.depth = 4
   config.data.image_size = 32
   config.write_report = False
   summary = train.train_and_evaluate(config, tmp_path / "run")

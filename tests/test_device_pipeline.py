@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lgg_jax import parallel, state, steps, train
+from lgg_jax import optimizers, parallel, state, steps, train
 from lgg_jax.data import device_pipeline, pipeline, preprocess
 from conftest import tiny_config
 
@@ -90,7 +90,7 @@ def test_on_device_step_on_one_device_equals_eight(resident, tmp_path):
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = parallel.make_mesh(devices)
-    tx, _ = state.make_optimizer(config, total_steps=10)
+    tx, _ = optimizers.make_optimizer(config, total_steps=10)
     graphdefs, train_state = state.create_state(config, tx)
     train_state = parallel.replicate(train_state, mesh)
     data = device_pipeline.put_on_devices(res, mesh)

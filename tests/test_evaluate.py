@@ -110,8 +110,8 @@ def trained_run(tmp_path_factory):
   config = tiny_config(root)
   config.data.image_size = 64
   config.data.synthetic.update(num_patients=16, min_slices=10, max_slices=12)
-  config.model.base_width = 8
-  config.model.depth = 4
+  config.model.unet.base_width = 8
+  config.model.unet.depth = 4
   config.num_epochs = 16
   config.optimizer.learning_rate = 2e-3
   config.data.tumour_fraction = 0.5  # without it this tiny run barely leaves "no tumour anywhere"

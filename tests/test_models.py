@@ -10,9 +10,11 @@ from lgg_jax import models
 from lgg_jax.models import layers
 
 
-def _config(**kw):
+def _config(name="unet", **kw):
+  """A model block: `kw` are the U-Net's settings."""
   return ml_collections.ConfigDict(
-      {**dict(name="unet", base_width=64, depth=4, align_corners=True, conv_impl="auto", norm="none"), **kw})
+      {"name": name, "conv_impl": "auto",
+       "unet": {**dict(base_width=64, depth=4, align_corners=True, norm="none"), **kw}})
 
 
 def test_unet_full_size_parameter_count():
@@ -67,9 +69,9 @@ def test_full_size_parameter_counts(name, count):
 
 def _tiny(name):
   config = _full_config(name)
-  config.base_width = 4
-  config.fpn.update(pyramid_channels=8, segmentation_channels=8, group_norm_groups=4)
-  config.resnext.update(stem_width=8, blocks=(1, 2, 1, 1), groups=4, width_per_group=16)
+  config.unet.base_width = 4
+  config.fpn.update(base_width=4, pyramid_channels=8, segmentation_channels=8, group_norm_groups=4)
+  config.resnext_unet.update(stem_width=8, blocks=(1, 2, 1, 1), groups=4, width_per_group=16)
   return config
 
 
@@ -187,14 +189,14 @@ def test_cpu_conv_bfloat16_gradient_matches_xla():
 def test_eval_graphdefs_hash_so_probability_steps_compile_once(name):
   """Two members of one architecture (other weights; one built abstractly, as
   a checkpoint restore does) share one probability step, traced once."""
-  from lgg_jax import state, steps
+  from lgg_jax import inference, state
   built = [state.split_model(models.create(_tiny(name), rngs=nnx.Rngs(seed))) for seed in (0, 1)]
   abstract, _, _ = nnx.eval_shape(lambda: state.split_model(models.create(_tiny(name), rngs=nnx.Rngs(2))))
   graphdefs = [built[0][0]["eval"], built[1][0]["eval"], abstract["eval"]]
   assert graphdefs[1] == graphdefs[0] and graphdefs[2] == graphdefs[0]
   assert hash(graphdefs[1]) == hash(graphdefs[0]) and hash(graphdefs[2]) == hash(graphdefs[0])
-  step = steps.make_probability_step(graphdefs[0], "none", 32)
-  assert all(steps.make_probability_step(g, "none", 32) is step for g in graphdefs[1:])
+  step = inference.make_probability_step(graphdefs[0], "none", 32)
+  assert all(inference.make_probability_step(g, "none", 32) is step for g in graphdefs[1:])
   images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
   out = [step({"params": params, "model_state": model_state}, images) for _, params, model_state in built]
   assert step._cache_size() == 1

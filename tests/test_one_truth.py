@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from lgg_jax import Segmenter, evaluate, export, inference, parallel, predict, steps, train
+from lgg_jax import Segmenter, evaluate, export, inference, parallel, predict, train
 from lgg_jax.data import pipeline, preprocess
 from conftest import tiny_config
 
@@ -108,7 +108,7 @@ def test_a_patients_last_batch_is_rounded_to_8_rows_not_to_a_whole_batch(planted
   volume = np.concatenate([data.volume(p)[0] for p in data.patients(data.split.test)] * 4)[:19]
   inputs = preprocess.model_inputs(volume, member.config.data)
   whole = np.concatenate([inputs, np.zeros((24 - 19,) + inputs.shape[1:], inputs.dtype)])
-  step = steps.make_probability_step(member.graphdef, "none", preprocess.SOURCE_SIZE)
+  step = inference.make_probability_step(member.graphdef, "none", preprocess.SOURCE_SIZE)
   expected = np.asarray(step(member.variables, parallel.global_batch({"image": whole}, predictor.mesh)["image"]))
   np.testing.assert_allclose(predictor.predict_volume(volume), expected[:19], atol=1e-6)
 
@@ -169,8 +169,8 @@ def test_validation_keeps_its_cheap_settings():
   import tiny_config as tiny
   config = tiny.get_config()
   config.inference.update(tta="dihedral", largest_component=True, component_fraction=0.3)
-  assert inference.validation_settings(config) == inference.Settings(threshold=config.threshold)
-  assert inference.Settings.from_config(config) == inference.Settings(config.threshold, "dihedral", True, 0.3)
+  assert inference.validation_settings(config) == inference.Settings(threshold=config.inference.threshold)
+  assert inference.Settings.from_config(config) == inference.Settings(config.inference.threshold, "dihedral", True, 0.3)
 
 
 def test_an_export_names_no_path_of_the_training_machine_and_has_ordinary_modes(planted_run, tiny_dataset):

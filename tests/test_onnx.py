@@ -19,7 +19,7 @@ from conftest import REAL_DATA, import_or_skip, require
 import_or_skip("jax2onnx", 'the [onnx] extra: pip install -e ".[onnx]"')
 import_or_skip("onnxruntime", 'the [onnx] extra: pip install -e ".[onnx]"')
 
-from lgg_jax import inference, onnx_export, parallel, predict, state, steps  # noqa: E402
+from lgg_jax import cli, inference, onnx_export, parallel, predict, state  # noqa: E402
 from lgg_jax import export as export_lib  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -44,11 +44,8 @@ def _tiny_member(name: str, norm: str = "none", neighbours: int = 1) -> inferenc
   import tiny_config
   from experiments.common import TINY
   config = tiny_config.get_config()
-  for dotted, value in TINY.items():
-    if dotted.startswith("model."):
-      parts = dotted.split(".")[1:]
-      (config.model[parts[0]] if len(parts) == 2 else config.model)[parts[-1]] = value
-  config.model.name, config.model.norm = name, norm
+  cli.override(config, {k: v for k, v in TINY.items() if k.startswith("model.")})
+  config.model.name, config.model.unet.norm = name, norm
   config.data.image_size = 32 if name == "unet" else 64
   config.data.neighbours, config.data.normalization = neighbours, "patient"
   graphdefs, params, model_state = state.split_model(state.create_model(config))
@@ -74,7 +71,7 @@ def test_onnxruntime_gives_the_librarys_probabilities(tmp_path, name, norm):
   assert run.returncode == 0, run.stderr[-3000:]
   meta = json.loads(run.stdout.strip().splitlines()[-1])
   assert meta["lgg_jax.input_size"] == str(size) and meta["lgg_jax.neighbours"] == "1"
-  expected = np.asarray(steps.make_probability_step(member.graphdef, "none", 256)(member.variables, images))
+  expected = np.asarray(inference.make_probability_step(member.graphdef, "none", 256)(member.variables, images))
   got = np.load(tmp_path / "out.npy")
   assert got.shape == expected.shape == (3, 256, 256)
   np.testing.assert_allclose(got, expected, atol=1e-4)
@@ -82,9 +79,9 @@ def test_onnxruntime_gives_the_librarys_probabilities(tmp_path, name, norm):
 
 def test_the_upsampling_matrix_is_the_librarys_resize():
   probabilities = np.random.default_rng(0).uniform(size=(2, 128, 128)).astype(np.float32)
-  matrix = steps.upsample_matrix(128, 256)
+  matrix = inference.upsample_matrix(128, 256)
   np.testing.assert_allclose(np.einsum("ih,bhw,jw->bij", matrix, probabilities, matrix),
-                             steps.upsample_probabilities(probabilities, 256), atol=1e-6)
+                             inference.upsample_probabilities(probabilities, 256), atol=1e-6)
 
 
 def test_a_layer_that_does_not_convert_is_an_error_naming_it_and_the_converter(tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from lgg_jax import inference, losses, parallel, provenance, state, steps, train
+from lgg_jax import cli, inference, losses, optimizers, parallel, provenance, state, steps, train
 from lgg_jax.data import pipeline
 from conftest import tiny_config
 
@@ -33,7 +33,7 @@ def test_train_step_on_one_device_equals_eight_devices(tmp_path):
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = parallel.make_mesh(devices)
-    tx, _ = state.make_optimizer(config, total_steps=10)
+    tx, _ = optimizers.make_optimizer(config, total_steps=10)
     graphdefs, train_state = state.create_state(config, tx)
     initial_params = jax.device_get(train_state["params"])
     train_state = parallel.replicate(train_state, mesh)
@@ -113,7 +113,7 @@ def test_the_best_checkpoint_is_the_best_epoch_whatever_checkpoint_every_epochs(
   config = tiny_config(tmp_path)
   config.num_epochs = 3
   config.checkpoint_every_epochs = 2
-  config.threshold = 0.3  # non-empty predictions, so this tiny run's validation Dice moves between epochs
+  config.inference.threshold = 0.3  # non-empty predictions, so this tiny run's validation Dice moves between epochs
   workdir = tmp_path / "run"
   summary = train.train_and_evaluate(config, workdir)
   records = _records(workdir)
@@ -163,9 +163,7 @@ def test_train_data_order_is_a_function_of_seed_and_step(tmp_path, tiny_dataset)
     ("data.tumour_fraction", 1.5, "tumour_fraction"),
 ])
 def test_bad_config_fails_before_work(tmp_path, key, value, message):
-  config = tiny_config(tmp_path)
-  section, _, name = key.rpartition(".")
-  (config[section] if section else config)[name] = value
+  config = cli.override(tiny_config(tmp_path), {key: value})
   with pytest.raises(ValueError, match=message):
     train.train_and_evaluate(config, tmp_path / "run")
   assert not (tmp_path / "run" / "checkpoints").exists()
@@ -173,9 +171,9 @@ def test_bad_config_fails_before_work(tmp_path, key, value, message):
 
 def _tiny_model(config, model):
   config.model.name = model
-  config.model.base_width = 4
-  config.model.fpn.update(pyramid_channels=8, segmentation_channels=8, group_norm_groups=4)
-  config.model.resnext.update(stem_width=8, blocks=(1, 1, 1, 1), groups=4, width_per_group=16)
+  config.model.unet.base_width = 4
+  config.model.fpn.update(base_width=4, pyramid_channels=8, segmentation_channels=8, group_norm_groups=4)
+  config.model.resnext_unet.update(stem_width=8, blocks=(1, 1, 1, 1), groups=4, width_per_group=16)
   return config
 
 
@@ -197,7 +195,7 @@ def _run_steps(config, local, count, mesh=None, freeze_encoder=False, compute_dt
   config.compute_dtype = compute_dtype
   mesh = mesh or parallel.make_mesh()
   config.model.freeze_encoder_epochs = int(freeze_encoder)
-  tx, _ = state.make_optimizer(config, total_steps=count, encoder_frozen=freeze_encoder)
+  tx, _ = optimizers.make_optimizer(config, total_steps=count, encoder_frozen=freeze_encoder)
   graphdefs, train_state = state.create_state(config, tx)
   initial = jax.device_get(train_state)
   train_state = parallel.replicate(train_state, mesh)
@@ -235,7 +233,7 @@ def test_resnext_on_one_device_equals_eight_devices_with_synced_batchnorm(tmp_pa
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(h1[-1]["loss"], h8[-1]["loss"], rtol=1e-5)
   # Without the sync each device normalises its own row: the step differs.
-  config.model.resnext.sync_batch_norm = False
+  config.model.resnext_unet.sync_batch_norm = False
   _, unsynced, _ = _run_steps(config, local, 2, mesh=parallel.make_mesh())
   assert not np.allclose(unsynced["params"]["head2"]["kernel"], s1["params"]["head2"]["kernel"], rtol=1e-4)
 
@@ -255,7 +253,7 @@ def test_the_encoder_unfreezes_with_a_fresh_optimizer(tmp_path):
   run on while it was frozen (here that would scale the update by about 0.55,
   after long freezes by up to 3). The rest's statistics carry on."""
   config = _tiny_model(tiny_config(tmp_path), "resnext_unet")
-  config.model.resnext.sync_batch_norm = False  # one device; the reference gradient is taken outside the mesh
+  config.model.resnext_unet.sync_batch_norm = False  # one device; the reference gradient is taken outside the mesh
   config.model.freeze_encoder_epochs = 1
   config.optimizer.schedule, config.optimizer.warmup_steps = "constant", 0
   mesh = parallel.make_mesh(jax.devices()[:1])
@@ -274,7 +272,7 @@ def test_the_encoder_unfreezes_with_a_fresh_optimizer(tmp_path):
     return losses.per_sample_loss(model(local["image"]), local["mask"], config.loss).mean()
   grads = jax.jit(jax.grad(mean_loss))(before["params"])  # jitted: eager op-by-op costs a minute
   config.model.freeze_encoder_epochs = 0
-  fresh, _ = state.make_optimizer(config, run.total_steps)
+  fresh, _ = optimizers.make_optimizer(config, run.total_steps)
   first, _ = jax.jit(lambda g, p: fresh.update(g, fresh.init(p), p))(grads, before["params"])
   lr = config.optimizer.learning_rate
   for a, b in zip(jax.tree.leaves(moved["encoder"]), jax.tree.leaves(first["encoder"])):
@@ -342,7 +340,7 @@ def test_resuming_a_run_on_other_records_stops_and_says_why(tmp_path):
   saved = json.loads(item.read_text())
   config.num_epochs = 2
   item.write_text(json.dumps({k: v for k, v in saved.items() if k != "data_order"}))  # as before 1.1.0
-  with pytest.raises(ValueError, match="prepared before version 1.1.0.*different data order"):
+  with pytest.raises(ValueError, match="saved no data order.*different data order"):
     train.train_and_evaluate(config, workdir)
   item.write_text(json.dumps({**saved, "data_order": "0123456789abcdef"}))  # other records
   with pytest.raises(ValueError, match="training records differ"):

@@ -9,8 +9,8 @@ def get_config():
   config.data.synthetic.num_patients = 8
   config.data.synthetic.min_slices = 6
   config.data.synthetic.max_slices = 8
-  config.model.base_width = 4
-  config.model.depth = 3
+  config.model.unet.base_width = 4
+  config.model.unet.depth = 3
   config.global_batch_size = 8
   config.eval_batch_size = 16
   config.num_epochs = 3

@@ -1,4 +1,4 @@
-"""Training augmentations, chosen by name in `config.augment.name`.
+"""Training augmentations, chosen by name in `config.augment.name` (lgg_jax/registry.py).
 
 Each augmenter is `fn(example, rng) -> example` for grain's `random_map`, so
 its randomness is a function of the seed and the element's position in the
@@ -33,12 +33,10 @@ import random
 
 import numpy as np
 
-from lgg_jax import choices
+from lgg_jax import registry
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # else it asks the network on import
 import albumentations as A  # noqa: E402
-
-NAMES = ("none", "flips", "seed", "distortions", "nnunet")
 
 
 def _flips(example: dict, rng: np.random.Generator, p: float) -> dict:
@@ -171,11 +169,15 @@ class Albumentations:
             "mask": np.ascontiguousarray(out["mask"])}
 
 
+def no_augmentation(augment_config):
+  del augment_config
+  return lambda example, rng: example
+
+
+def flips(augment_config):
+  return lambda example, rng: _flips(example, rng, augment_config.flip_probability)
+
+
 def make(augment_config):
-  name = augment_config.name
-  choices.check("config.augment.name", name, NAMES)
-  if name == "none":
-    return lambda example, rng: example
-  if name == "flips":
-    return lambda example, rng: _flips(example, rng, augment_config.flip_probability)
-  return Albumentations(augment_config)
+  """`fn(example, rng) -> example` for the set `augment_config.name`."""
+  return registry.get("augmentation", augment_config.name)(augment_config)

@@ -2,7 +2,7 @@
 
 With `config.data.on_device` the dataset stays on the accelerator and each
 batch is augmented there, so the host's albumentations never starves it.
-Every set of `augment.NAMES` is here with the same knobs and the same
+Every registered augmentation set (lgg_jax/registry.py) is here with the same knobs and the same
 parameter meanings as its albumentations 2.0.8 form (the same distributions,
 ranges and maps, including albumentations' own quirks: Affine's whole-pixel
 translation, ElasticTransform's field normalised by its largest value and
@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-NAMES = ("none", "flips", "seed", "distortions", "nnunet")
+from lgg_jax import registry
 
 # Every knob of config.augment this module reads: check_supported names any
 # other, so a knob added for the host sets cannot be silently ignored here.
@@ -53,9 +53,7 @@ _DRAWS = ("hflip", "vflip", "rot90", "rot90_k", "transpose", "affine", "translat
 
 def check_supported(cfg) -> None:
   """Raises ValueError naming the first setting with no on-device form."""
-  if cfg.name not in NAMES:
-    raise ValueError(f"config.augment.name: {cfg.name!r} has no on-device form "
-                     f"(on-device sets: {', '.join(NAMES)})")
+  registry.check("augmentation", cfg.name)  # every registered set has its on-device form here
   for key in cfg.keys():
     if key not in KNOBS:
       raise ValueError(f"config.augment.{key}: has no on-device form")
@@ -354,10 +352,12 @@ def _normal(key, shape):
 def warp(values, source_y, source_x):
   """Bilinear sample of (H, W, D) values at source coordinates, 0 outside.
 
-  As cv2.remap with BORDER_CONSTANT 0 (and map_coordinates(order=1,
-  mode="constant")): each of the four neighbours outside the image counts
-  as 0. At integer coordinates it returns the values exactly.
+  As cv2.remap with BORDER_CONSTANT 0: each of the four neighbours outside
+  the image counts as 0. At integer coordinates it returns the values exactly.
   """
+  # Kept instead of jax.scipy.ndimage.map_coordinates(order=1, mode="constant"):
+  # that sums the four terms in another order (up to 3e-5 apart on the uint8
+  # scale), which would move every number of an on-device augmented run.
   height, width, depth = values.shape
   flat = values.reshape(height * width, depth)
   y0, x0 = jnp.floor(source_y), jnp.floor(source_x)

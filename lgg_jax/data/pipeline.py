@@ -160,6 +160,9 @@ class TrainOrder:
   stream walks through fresh seeded permutations of its rows. A pure
   function of (seed, position): resuming needs only the position.
   """
+  # Kept instead of grain's MapDataset shuffle/repeat/mix: grain permutes with
+  # its own index shuffle, so every run's data order (and every trained number)
+  # would change; the on-device path reads this same order.
 
   def __init__(self, num_rows: int, tumour_rows: np.ndarray, batch: int, tumour_fraction: float, seed: int):
     if not 0.0 <= tumour_fraction <= 1.0:

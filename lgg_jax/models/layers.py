@@ -51,7 +51,7 @@ class DoubleConv(nnx.Module):
 
   def __init__(self, in_channels: int, out_channels: int, *, conv_impl: str = "auto", norm: str = "none",
                axis_name=None, dtype, rngs: nnx.Rngs):
-    choices.check("config.model.norm", norm, NORMS)
+    choices.check("norm", norm, NORMS)
     # He init suits ReLU stacks without normalisation.
     conv = lambda cin: Conv(cin, out_channels, 3, impl=conv_impl, padding=1, dtype=dtype, use_bias=norm == "none",
                             kernel_init=nnx.initializers.kaiming_normal(), rngs=rngs)

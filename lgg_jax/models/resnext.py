@@ -91,12 +91,22 @@ class DecoderBlock(nnx.Module):
 
 
 class ResNeXtUNet(nnx.Module):
+  """With `sync_batch_norm`, BatchNorm statistics are averaged over `axis_name`
+  (every device's part of the batch)."""
+
+  @staticmethod
+  def input_divisor(**_) -> int:
+    return 32
+
+  @staticmethod
+  def check_settings(**_) -> None:
+    pass
 
   def __init__(self, *, in_channels=3, stem_width=64, blocks=(3, 4, 6, 3), groups=32, width_per_group=4,
-               conv_impl="auto", axis_name=None, dtype=jnp.float32, rngs: nnx.Rngs):
-    self.encoder = ResNeXtEncoder(in_channels=in_channels, stem_width=stem_width, blocks=blocks, groups=groups,
-                                  width_per_group=width_per_group, conv_impl=conv_impl,
-                                  axis_name=axis_name, dtype=dtype, rngs=rngs)
+               sync_batch_norm=True, conv_impl="auto", axis_name=None, dtype=jnp.float32, rngs: nnx.Rngs):
+    self.encoder = ResNeXtEncoder(in_channels=in_channels, stem_width=stem_width, blocks=tuple(blocks),
+                                  groups=groups, width_per_group=width_per_group, conv_impl=conv_impl,
+                                  axis_name=axis_name if sync_batch_norm else None, dtype=dtype, rngs=rngs)
     e1, e2, e3, e4 = self.encoder.out_channels
     dec = lambda a, b: DecoderBlock(a, b, conv_impl=conv_impl, dtype=dtype, rngs=rngs)
     self.decoder4, self.decoder3, self.decoder2, self.decoder1 = dec(e4, e3), dec(e3, e2), dec(e2, e1), dec(e1, e1)

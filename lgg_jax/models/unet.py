@@ -2,7 +2,7 @@
 
 Two 3x3 conv + ReLU per level, max-pool down, bilinear x2 up with the
 skip concatenated after the upsampled map, 1x1 conv to one logit. No
-BatchNorm (model.norm="batch" adds it after each conv, as Buda et al.'s
+BatchNorm (norm="batch" adds it after each conv, as Buda et al.'s
 U-Net). At base_width=64, depth=4: 15 convs, 7,782,913 parameters.
 
 With deep_supervision (nnU-Net's scheme) each decoder level below full
@@ -17,14 +17,27 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from lgg_jax.models.layers import Conv, DoubleConv, max_pool2, upsample2x
+from lgg_jax import choices
+from lgg_jax.models.layers import NORMS, Conv, DoubleConv, max_pool2, upsample2x
 
 
 class UNet(nnx.Module):
 
+  @staticmethod
+  def input_divisor(*, depth: int = 4, **_) -> int:
+    return 2 ** (depth - 1)
+
+  @staticmethod
+  def check_settings(*, depth: int = 4, norm: str = "none", deep_supervision: bool = False, **_) -> None:
+    choices.check("config.model.unet.norm", norm, NORMS)
+    if deep_supervision and depth < 3:
+      raise ValueError(f"config.model.unet.deep_supervision needs depth >= 3 (a decoder level below full "
+                       f"resolution), got {depth}")
+
   def __init__(self, *, in_channels: int = 3, base_width: int = 64, depth: int = 4,
                align_corners: bool = True, norm: str = "none", axis_name=None, conv_impl: str = "auto",
                deep_supervision: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
+    self.check_settings(depth=depth, norm=norm, deep_supervision=deep_supervision)
     widths = [base_width * 2**i for i in range(depth)]
     self.align_corners = align_corners
     block = lambda cin, cout: DoubleConv(cin, cout, conv_impl=conv_impl, norm=norm, axis_name=axis_name,
@@ -52,6 +65,6 @@ class UNet(nnx.Module):
     if not auxiliary:
       return logits
     if self.auxiliary_heads is None:
-      raise ValueError("this U-Net was built without deep supervision (config.model.deep_supervision)")
+      raise ValueError("this U-Net was built without deep supervision (config.model.unet.deep_supervision)")
     lower = decoded[-2::-1]  # 1/2, 1/4, ... resolution
     return logits, [head(level).astype(jnp.float32) for head, level in zip(self.auxiliary_heads, lower)]

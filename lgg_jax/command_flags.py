@@ -1,0 +1,96 @@
+"""Flags shared by the commands that use trained models, each defined once.
+
+absl keeps one flag of a name per process, and the commands import one
+another (main -> train -> evaluate; the benchmarks import predict and
+export), so each command's own flags sit at its module level and the ones
+several commands take are defined here. A command names the shared flags it
+takes (`take`, absl's key flags: they show in its --help); `cli.run` makes
+any other flag of the project given on its command line an error, so that
+nothing set is silently ignored. Unset values mean the command's default.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import flags
+
+from lgg_jax import registry
+from lgg_jax.choices import COMPONENT_RANKS
+
+WORKDIR = flags.DEFINE_list("workdir", None, "Run folder(s) written by lgg_jax.main (lgg_jax.main: the one "
+                            "to train in); several: an ensemble, where the command takes one.")
+MODEL = flags.DEFINE_list("model", None, "Export folder(s), run folder(s) or 'pretrained' (the shipped "
+                          "ensemble); several: an ensemble.")
+CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
+INPUT = flags.DEFINE_string("input", None, "Slices, patient folders or NIfTI volumes (lgg_jax.predict's doc).")
+OUT = flags.DEFINE_string("out", None, "Output folder (default: the command's own, in its --help text).")
+ONNX = flags.DEFINE_bool("onnx", False, "ONNX: export model.onnx and onnx_predict.py (the [onnx] extra), or "
+                         "time it.")
+TTA = flags.DEFINE_string("tta", "", f"Test-time augmentation ({', '.join(registry.names('tta'))}); empty: "
+                          "the model's own.")
+LARGEST_COMPONENT = flags.DEFINE_bool("largest_component", None, "Keep each patient's largest 3-D component "
+                                      "(--nolargest_component: do not); unset: the model's own.")
+COMPONENT_FRACTION = flags.DEFINE_float("component_fraction", None, "With the component step, also keep every "
+                                        "component of at least this fraction of the largest; unset: the "
+                                        "model's own.")
+COMPONENT_RANK = flags.DEFINE_enum("component_rank", "", ["", *COMPONENT_RANKS], "What ranks the components: "
+                                   "voxels, or summed or highest probability; empty: the model's own.")
+THRESHOLD = flags.DEFINE_string("threshold", "model", "Probability threshold: a number in (0, 1), or 'model' "
+                                "(the model's own); lgg_jax.evaluate also takes 'val' (chosen on the run's "
+                                "validation patients).")
+
+INFERENCE = ("tta", "largest_component", "component_fraction", "component_rank", "threshold")
+
+
+def take(*names: str) -> None:
+  """Declares the shared flags the calling command reads (absl key flags)."""
+  for name in names:
+    flags.declare_key_flag(name, flag_values=flags.FLAGS)
+
+
+def one(flag, what: str) -> str | None:
+  """The single value of a list flag that a command takes once."""
+  if flag.value and len(flag.value) != 1:
+    raise ValueError(f"--{flag.name} takes one {what} here, got {len(flag.value)}: {','.join(flag.value)}")
+  return flag.value[0] if flag.value else None
+
+
+def threshold(allow_val: bool = False) -> float | str | None:
+  """--threshold as a number, None (the model's own) or 'val' where allowed."""
+  value = THRESHOLD.value.strip()
+  if value in ("", "model"):
+    return None
+  if value == "val" and allow_val:
+    return "val"
+  try:
+    return float(value)
+  except ValueError:
+    raise ValueError(f"--threshold={value}: want a number in (0, 1) or 'model'"
+                     + (" or 'val'" if allow_val else "")) from None
+
+
+def inference_overrides(with_threshold: bool = True) -> dict:
+  """The inference flags as `inference.Settings` overrides (None: unset)."""
+  if TTA.value:
+    registry.check("tta", TTA.value)
+  values = {"tta": TTA.value or None, "largest_component": LARGEST_COMPONENT.value,
+            "component_fraction": COMPONENT_FRACTION.value, "component_rank": COMPONENT_RANK.value or None}
+  if with_threshold:
+    values["threshold"] = threshold()
+  return values
+
+
+def not_taken(main_module: str | None = None) -> list[str]:
+  """Flags of the project given on the command line that the running command
+  does not take (neither its own nor declared with `take`)."""
+  main_module = main_module or sys.argv[0]
+  taken = {f.name for f in flags.FLAGS.get_key_flags_for_module(main_module)}
+  ours = {f.name for module, defined in flags.FLAGS.flags_by_module_dict().items()
+          if _is_ours(module) for f in defined}
+  return sorted(name for name in ours - taken if flags.FLAGS[name].present)
+
+
+def _is_ours(module: str) -> bool:
+  return module.split(".")[0] in ("lgg_jax", "benchmarks", "experiments") or "/lgg_jax/" in module \
+      or "/benchmarks/" in module or "/experiments/" in module

@@ -38,11 +38,10 @@ from flax import nnx
 
 from configs import default
 from experiments.common import TINY
-from lgg_jax import cli, optimizers, parallel, state, steps
+from lgg_jax import cli, command_flags, optimizers, parallel, state, steps
 from lgg_jax.data import device_pipeline, pipeline
 from lgg_jax.models import layers
 
-_MODELS = flags.DEFINE_list("models", ["resnext_unet"], "Models to time (unet, fpn, resnext_unet).")
 _BATCH = flags.DEFINE_integer("batch", 4, "Global batch size.")
 _SIZE = flags.DEFINE_integer("size", 256, "Image height and width.")
 _STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per model (after 1 compile step).")
@@ -53,7 +52,9 @@ _PEER = flags.DEFINE_string(
     "peer", str(pathlib.Path(__file__).resolve().parents[2] / "shared" / "peers"),
     "Peer script, or a folder holding torch_resnext_unet_{cpu,gpu}.py; '' skips the peer.")
 _CHECK = flags.DEFINE_bool("check", False, "Run the prepared check list (benchmarks/gpu_check.sh).")
-_OUT = flags.DEFINE_string("out", "", "Check mode: folder for check.json and check.md.")
+# Shared flags: --models (architectures to time: unet, fpn, resnext_unet; default
+# resnext_unet), --out (check mode: the folder for check.json and check.md).
+command_flags.take("models", "out")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Check mode at tiny sizes on the CPU.")
 _DEADLINE = flags.DEFINE_float("deadline_s", 420.0, "Check mode: stop starting measurements after this.")
 _WORKERS = flags.DEFINE_integer("workers", 16, "Check mode: grain workers for the host input path.")
@@ -402,10 +403,11 @@ def main(argv):
     print(json.dumps(run_one(json.loads(_ONE.value)), default=str))
     return
   if _CHECK.value:
-    if not _OUT.value:
+    if not command_flags.OUT.value:
       raise ValueError("--check needs --out=DIR")
-    report = run_check(pathlib.Path(_OUT.value), _DRY_RUN.value, _DEADLINE.value, _WORKERS.value, _PEER.value)
-    print((pathlib.Path(_OUT.value) / "check.md").read_text())
+    report = run_check(pathlib.Path(command_flags.OUT.value), _DRY_RUN.value, _DEADLINE.value, _WORKERS.value,
+                       _PEER.value)
+    print((pathlib.Path(command_flags.OUT.value) / "check.md").read_text())
     failed = [m["name"] for m in report["measurements"] if "error" in m]
     if failed:
       raise SystemExit(f"error: measurements failed: {', '.join(failed)}")
@@ -419,7 +421,7 @@ def main(argv):
     for r in conv_rows(repeats=5):
       print(f"| {r['conv']} | {r['dense_s']:.4f} | {r['grouped_s']:.4f} | {32 * r['grouped_s'] / r['dense_s']:.2f}x |")
   rows = [train_step_row(m, _DTYPE.value, _BATCH.value, _SIZE.value, impl, _STEPS.value)
-          for m in _MODELS.value for impl in _CONV_IMPL.value]
+          for m in command_flags.MODELS.value or ["resnext_unet"] for impl in _CONV_IMPL.value]
   script = peer_script(_PEER.value)
   peer = None
   if script is not None:

@@ -27,14 +27,13 @@ from absl import flags
 
 from benchmarks import cv_files
 from experiments import run
-from lgg_jax import cli, config_defaults, evaluate, inference
+from lgg_jax import cli, command_flags, config_defaults, evaluate, inference
 
+SHIPPED_THRESHOLD = 0.5
 SMALL_TUMOUR_PIXELS = 10_000  # "small tumours": fewer true tumour pixels than this in the whole volume
 
-_PROBABILITIES = flags.DEFINE_string("probabilities", "cv_probabilities/recipe_cpu",
-                                     "Folder written by benchmarks.cv_probabilities.")
-_THRESHOLD = flags.DEFINE_float("threshold", 0.5, "Probability threshold (the shipped one).")
-_JSON = flags.DEFINE_string("json", "", "Also write the per-patient rows here.")
+command_flags.take("threshold")  # the probability threshold; 'model': the shipped one, 0.5
+command_flags.take("probabilities", "json")  # --probabilities (cv_probabilities' folder), --json (per-patient rows)
 
 
 def score_rules(patients: list[dict], threshold: float, ranks=inference.COMPONENT_RANKS) -> dict[str, list[dict]]:
@@ -84,19 +83,19 @@ def table(rows: dict[str, list[dict]]) -> tuple[list[str], dict[str, dict]]:
 
 def main(argv):
   del argv
-  paths = cv_files.saved_patients(_PROBABILITIES.value)
+  paths = cv_files.saved_patients(cv_files.PROBABILITIES.value)
   if not paths:
-    raise FileNotFoundError(f"{_PROBABILITIES.value}: no saved patients (run benchmarks.cv_probabilities first)")
+    raise FileNotFoundError(f"{cv_files.PROBABILITIES.value}: no saved patients (run benchmarks.cv_probabilities first)")
   rows = score_rules([cv_files.load_patient(p) for p in cli.progress(paths, desc="load", unit="patient")],
-                     _THRESHOLD.value)
+                     command_flags.threshold() or SHIPPED_THRESHOLD)
   lines, differences = table(rows)
   print("\n".join(lines))
   for rank, d in differences.items():
     moved = ", ".join(f"{p} {a:.3f} -> {b:.3f}" for p, a, b in d["changed"]) or "none"
     print(f"\n{rank}: {len(d['changed'])} patients change: {moved}")
   print(f"\nchosen by the stated rule: {decide(differences)}")
-  if _JSON.value:
-    with open(_JSON.value, "w") as f:
+  if cv_files.JSON.value:
+    with open(cv_files.JSON.value, "w") as f:
       json.dump({"rows": rows, "differences": differences, "chosen": decide(differences)}, f, indent=1)
 
 

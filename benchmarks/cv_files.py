@@ -1,10 +1,16 @@
-"""Reading the files `benchmarks.cv_probabilities` writes (no flags: any benchmark may import it)."""
+"""Reading the files `benchmarks.cv_probabilities` writes, and the flags of
+the benchmarks that read them (defined once: the suite imports them all)."""
 
 from __future__ import annotations
 
 import pathlib
 
 import numpy as np
+from absl import flags
+
+PROBABILITIES = flags.DEFINE_string("probabilities", "cv_probabilities/recipe_cpu",
+                                    "Folder written by benchmarks.cv_probabilities.")
+JSON = flags.DEFINE_string("json", "", "Also write the per-patient rows here.")
 
 
 def load_patient(path: pathlib.Path) -> dict:

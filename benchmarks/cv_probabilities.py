@@ -22,13 +22,14 @@ import numpy as np
 from absl import flags
 
 from benchmarks import cv_files
-from lgg_jax import cli, inference, parallel, segmenter
+from lgg_jax import cli, command_flags, inference, parallel, segmenter
 from lgg_jax.data import pipeline
 
-_MODELS = flags.DEFINE_list("models", ["pretrained:recipe_cpu"], "Fold models: run folders, exports, or a "
-                            "pretrained name (its members).")
-_MANUAL_DIR = flags.DEFINE_string("manual_dir", "", "The dev patients' kaggle_3m/ (or the folder above it).")
-_OUT = flags.DEFINE_string("out", "cv_probabilities", "Folder for <patient>.npz.")
+# Shared flags: --models (fold models: run folders, exports, or a pretrained name,
+# its members; default pretrained:recipe_cpu), --manual_dir (the dev patients'
+# kaggle_3m/ or the folder above it), --out (the folder for <patient>.npz;
+# default cv_probabilities).
+command_flags.take("models", "manual_dir", "out")
 
 
 def save_fold_probabilities(member: inference.Member, manual_dir: str, out: pathlib.Path, mesh) -> list[str]:
@@ -54,19 +55,19 @@ def save_fold_probabilities(member: inference.Member, manual_dir: str, out: path
 
 def main(argv):
   del argv
-  if not _MANUAL_DIR.value:
+  if not command_flags.MANUAL_DIR.value:
     raise ValueError("--manual_dir is needed: the folder of the patients the fold models held out")
-  out = pathlib.Path(_OUT.value)
+  out = pathlib.Path(command_flags.OUT.value or "cv_probabilities")
   out.mkdir(parents=True, exist_ok=True)
   mesh = parallel.make_mesh()
   folds = {}
-  for path in segmenter.model_paths(segmenter.cli_models(_MODELS.value)):
+  for path in segmenter.model_paths(segmenter.cli_models(command_flags.MODELS.value or ["pretrained:recipe_cpu"])):
     member = segmenter.load_member(path, mesh=mesh)
     fold = int(member.config.split.fold)
     if fold in folds:
       raise ValueError(f"{path} and {folds[fold]} are both fold {fold}: give one model per fold")
     folds[fold] = str(path)
-    save_fold_probabilities(member, _MANUAL_DIR.value, out, mesh)
+    save_fold_probabilities(member, command_flags.MANUAL_DIR.value, out, mesh)
   (out / "models.json").write_text(json.dumps({"folds": folds}, indent=1))
   print(f"{len(cv_files.saved_patients(out))} patients in {out}")
 

@@ -17,11 +17,10 @@ import tempfile
 
 from absl import flags
 
-from lgg_jax import cli, evaluate, predict, state
+from lgg_jax import cli, command_flags, evaluate, predict, state
 from lgg_jax.data import pipeline
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A run folder (its test patients are scored).")
-_TTA = flags.DEFINE_string("tta", "", "TTA for both (empty: the run's own).")
+command_flags.take("workdir", "tta")  # a run folder (its test patients are scored); TTA for both (empty: the run's own)
 
 
 def _patient_folders(config) -> pathlib.Path:
@@ -51,7 +50,8 @@ def compare(workdir, largest_component=None, tta=None) -> tuple[dict, dict]:
 def main(argv):
   del argv
   for setting in (None, True, False):
-    evaluated, predicted = compare(_WORKDIR.value, setting, _TTA.value or None)
+    evaluated, predicted = compare(command_flags.one(command_flags.WORKDIR, 'run folder'), setting,
+                                   command_flags.inference_overrides(with_threshold=False)['tta'])
     worst = max(abs(evaluated[p] - predicted[p]) for p in evaluated)
     mean_e = sum(evaluated.values()) / len(evaluated)
     mean_p = sum(predicted.values()) / len(predicted)

@@ -43,17 +43,15 @@ import scipy.stats
 from absl import flags
 
 from benchmarks import cv_files
-from lgg_jax import cli, evaluate, inference, quality
+from lgg_jax import cli, command_flags, evaluate, inference, quality
 
 FAILURE_DICE = 0.7
 SHIPPED = inference.Settings(0.5, "none", True, 0.0, "volume")
 
-_PROBABILITIES = flags.DEFINE_string("probabilities", "cv_probabilities/recipe_cpu",
-                                     "Folder written by benchmarks.cv_probabilities (with mirrored views).")
 _WRITE_RULE = flags.DEFINE_string("write_rule", "", "Write the rule chosen on all patients to DIR/quality.json.")
-_JSON = flags.DEFINE_string("json", "", "Also write the per-patient signals here.")
+command_flags.take("probabilities", "json")  # --probabilities (cv_probabilities' folder), --json (per-patient rows)
 _ENSEMBLE = flags.DEFINE_string("ensemble", "", "Also fix an ensemble's rule (e.g. pretrained:recipe_cpu).")
-_MANUAL_DIR = flags.DEFINE_string("manual_dir", "", "With --ensemble: the dev patients' folder.")
+command_flags.take("manual_dir")  # with --ensemble: the dev patients' folder
 _WRITE_ENSEMBLE_RULE = flags.DEFINE_string("write_ensemble_rule", "", "Write the ensemble's rule to DIR/quality.json.")
 
 
@@ -148,9 +146,9 @@ def cross_validate(rows: list[dict]) -> tuple[np.ndarray, np.ndarray, dict[int, 
 
 def main(argv):
   del argv
-  paths = cv_files.saved_patients(_PROBABILITIES.value)
+  paths = cv_files.saved_patients(cv_files.PROBABILITIES.value)
   if not paths:
-    raise FileNotFoundError(f"{_PROBABILITIES.value}: no saved patients (run benchmarks.cv_probabilities first)")
+    raise FileNotFoundError(f"{cv_files.PROBABILITIES.value}: no saved patients (run benchmarks.cv_probabilities first)")
   rows = patient_rows([cv_files.load_patient(p) for p in cli.progress(paths, desc="load", unit="patient")])
   dice = np.array([r["dice"] for r in rows])
   print(f"{len(rows)} patients, {int((dice < FAILURE_DICE).sum())} below Dice {FAILURE_DICE}")
@@ -173,9 +171,9 @@ def main(argv):
   if _WRITE_RULE.value:
     print(f"wrote {final.save(_WRITE_RULE.value)}")
   if _ENSEMBLE.value:
-    if not _MANUAL_DIR.value:
+    if not command_flags.MANUAL_DIR.value:
       raise ValueError("--ensemble needs --manual_dir (the dev patients)")
-    agreement = ensemble_agreement(_ENSEMBLE.value, _MANUAL_DIR.value, [r["patient"] for r in rows])
+    agreement = ensemble_agreement(_ENSEMBLE.value, command_flags.MANUAL_DIR.value, [r["patient"] for r in rows])
     values = np.array([agreement[r["patient"]] for r in rows])
     threshold = share_threshold(values, float(flagged.mean()))
     ensemble_rule = quality.Rule("member_agreement", threshold,
@@ -188,8 +186,8 @@ def main(argv):
           f"(flags {(values < threshold).mean():.3f} of the dev patients)")
     if _WRITE_ENSEMBLE_RULE.value:
       print(f"wrote {ensemble_rule.save(_WRITE_ENSEMBLE_RULE.value)}")
-  if _JSON.value:
-    with open(_JSON.value, "w") as f:
+  if cv_files.JSON.value:
+    with open(cv_files.JSON.value, "w") as f:
       json.dump({"rows": rows, "cross_validated": m, "intervals": ci, "flagged": flagged.tolist(),
                  "rule": final.__dict__}, f, indent=1)
 

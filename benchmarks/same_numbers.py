@@ -21,7 +21,9 @@ import tempfile
 
 from absl import app, flags
 
-_OUT = flags.DEFINE_string("out", None, "JSON file to write the numbers to.", required=True)
+from lgg_jax import command_flags
+
+command_flags.take("out")  # the JSON file to write the numbers to
 _COMPARE = flags.DEFINE_string("compare", None, "A JSON file written by an earlier run to compare with.")
 _CASES = flags.DEFINE_list("cases", None, "Run only these cases (default: all).")
 
@@ -85,14 +87,16 @@ def differences(before, after, path="") -> list[str]:
 
 def main(argv):
   del argv
+  if not command_flags.OUT.value:
+    raise app.UsageError("give --out=FILE.json")
   names = _CASES.value or list(CASES)
   for name in names:
     if name not in CASES:
       raise app.UsageError(f"--cases: unknown case {name!r} (known: {', '.join(CASES)})")
   with tempfile.TemporaryDirectory() as tmp:
     numbers = {name: run_case(name, pathlib.Path(tmp)) for name in names}
-  pathlib.Path(_OUT.value).write_text(json.dumps(numbers, indent=1))
-  print(f"wrote {_OUT.value}: {len(numbers)} cases")
+  pathlib.Path(command_flags.OUT.value).write_text(json.dumps(numbers, indent=1))
+  print(f"wrote {command_flags.OUT.value}: {len(numbers)} cases")
   if _COMPARE.value:
     before = json.loads(pathlib.Path(_COMPARE.value).read_text())
     diffs = differences({k: before.get(k) for k in numbers}, numbers)

@@ -1,6 +1,6 @@
 """What segmenting a patient costs a user: size on disk, load time, and time per patient.
 
-python -m benchmarks.segment_speed [--model=pretrained] [--input=PATIENT_FOLDER] [--tta=none,flips,dihedral]
+python -m benchmarks.segment_speed [--model=pretrained] [--input=PATIENT_FOLDER] [--tta_modes=none,flips,dihedral]
 
 `--model` takes what `lgg_jax.predict --model` takes (pretrained, exports, run
 folders; several: an ensemble; one repeated: that many copies, to time an
@@ -23,19 +23,19 @@ import jax
 import numpy as np
 from absl import flags
 
-from lgg_jax import cli, predict, pretrained, segmenter
+from lgg_jax import cli, command_flags, predict, pretrained, segmenter
 from lgg_jax.data import synthetic
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEV = REPO.parent / "shared" / "data" / "lgg_dev" / "kaggle_3m"
 
-_MODEL = flags.DEFINE_list("model", ["pretrained"], "Models, as lgg_jax.predict --model takes them.")
-_INPUT = flags.DEFINE_string("input", "", "A patient folder (empty: the dev patient nearest 40 slices, else "
-                             "a synthetic one).")
-_TTA = flags.DEFINE_list("tta", ["none", "flips", "dihedral"], "TTA modes to time.")
+_TTA_MODES = flags.DEFINE_list("tta_modes", ["none", "flips", "dihedral"], "TTA modes to time.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed patients per TTA mode after the first.")
-_ONNX = flags.DEFINE_bool("onnx", False, "Also time the first model's ONNX export in onnxruntime against its JAX "
-                          "forward pass on the same inputs (needs the [onnx] extra).")
+# Shared with lgg_jax.predict: --model (default: pretrained), --input (a
+# patient folder; unset: the dev patient nearest 40 slices, else a synthetic
+# one), --onnx (also time the first model's ONNX export in onnxruntime
+# against its JAX forward pass on the same inputs; the [onnx] extra).
+command_flags.take("model", "input", "onnx")
 
 
 def time_onnx(models: list[str], volume: np.ndarray, repeats: int) -> dict:
@@ -140,9 +140,10 @@ def time_predict(seg, volume: np.ndarray, repeats: int) -> list[dict]:
 
 def main(argv):
   del argv
-  name, volume = patient(_INPUT.value)
-  result = measure(_MODEL.value, volume, _TTA.value, _REPEATS.value)
-  print(f"\n{result['members']} members ({','.join(_MODEL.value)}), {result['bytes'] / 1e6:.2f} MB on disk, "
+  models = command_flags.MODEL.value or ["pretrained"]
+  name, volume = patient(command_flags.INPUT.value or "")
+  result = measure(models, volume, _TTA_MODES.value, _REPEATS.value)
+  print(f"\n{result['members']} members ({','.join(models)}), {result['bytes'] / 1e6:.2f} MB on disk, "
         f"loaded in {result['load_s']:.1f} s; patient {name}, {len(volume)} slices; "
         f"{jax.device_count()} {jax.default_backend()} device(s); shipped settings {result['settings']}\n")
   print("| TTA | first patient (compiles), s | per patient after, s (median) |\n|---|---|---|")
@@ -153,8 +154,8 @@ def main(argv):
   for row in result["predict"]:
     print(f"| {'--save_probabilities' if row['save_probabilities'] else 'default'} | {row['patient_s']:.1f} | "
           f"{row['assess_s']:.1f} |")
-  if _ONNX.value:
-    onnx = time_onnx(_MODEL.value, volume, _REPEATS.value)
+  if command_flags.ONNX.value:
+    onnx = time_onnx(models, volume, _REPEATS.value)
     print(f"\n| {onnx['member']}: {len(volume)} slices to probabilities | s (median) |\n|---|---|\n"
           f"| JAX (the library's inference path) | {onnx['jax']:.2f} |\n"
           f"| onnxruntime (onnx_predict.prepare + the graph) | {onnx['onnxruntime']:.2f} |\n\n"
@@ -162,4 +163,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, renamed_flags={"tta": "renamed here: --tta_modes=none,flips,dihedral (the modes to time)"})

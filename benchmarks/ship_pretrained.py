@@ -34,7 +34,7 @@ import numpy as np
 from absl import flags
 
 from experiments import run
-from lgg_jax import cli, evaluate, export, inference, pretrained, quality
+from lgg_jax import cli, command_flags, evaluate, export, inference, pretrained, quality
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FOLDS = (0, 1, 2, 3, 4)
@@ -242,10 +242,7 @@ def ship(source: Source, out: pathlib.Path, commit: str) -> list[str]:
     lines.append(f"fold {fold}: {source.run_dir(fold)} reproduces {source.training_row} to {difference:.2e}")
     if difference > REPRODUCE_TOLERANCE:
       raise ValueError(lines[-1] + f": more than {REPRODUCE_TOLERANCE}")
-  partial = out.parent / f".{out.name}.partial"
-  shutil.rmtree(partial, ignore_errors=True)
-  partial.mkdir(parents=True)
-  try:
+  with export.written_whole(out, replace=True) as partial:
     for fold in source.folds:
       export.export_run(source.run_dir(fold), partial / f"fold{fold}", forward=False, **settings)
     (partial / "model_card.md").write_text(model_card(source, settings, commit))
@@ -257,11 +254,6 @@ def ship(source: Source, out: pathlib.Path, commit: str) -> list[str]:
     size = sum(p.stat().st_size for p in partial.rglob("*") if p.is_file())
     if size > BUDGET_BYTES:
       raise ValueError(f"{out}: {size / 1e6:.1f} MB, over the {BUDGET_BYTES / 1e6:.0f} MB budget")
-    shutil.rmtree(out, ignore_errors=True)
-    partial.rename(out)
-  except BaseException:
-    shutil.rmtree(partial, ignore_errors=True)
-    raise
   lines.append(f"shipped {out}: {size / 1e6:.2f} MB")
   return lines
 
@@ -305,30 +297,37 @@ def add_quality_rule(out: pathlib.Path, rule_file: pathlib.Path) -> list[str]:
   return [f"{out}: quality.json ({rule.signal} < {rule.review_threshold:.4f}), model card and SHA256SUMS written"]
 
 
+_RUNS = flags.DEFINE_string("runs", "runs/sweeps/ensemble", "Folder holding <training_row>-fold{K}-seed0.")
+_TRAINING_ROW = flags.DEFINE_string("training_row", "e0-recipe", "The row that trained the runs (its files "
+                                    "hold each run's own test scores).")
+_ROW = flags.DEFINE_string("row", "e1-recipe-settings", "The result row whose settings are shipped and "
+                           "whose figures the card gives (e1: dihedral TTA + largest component; e2-e3 "
+                           "TTA; e4-e6 component fractions).")
+_COMMIT = flags.DEFINE_string("commit", "", "The commit the model is shipped at (for the card).")
+_ADD_QUALITY_RULE = flags.DEFINE_string("add_quality_rule", "", "Only add this quality rule (a quality.json) "
+                                        "to the shipped model in --out, in place.")
+# Shared with the sweep runner and the commands: --results (the sweep's
+# committed result files), --folds (the folds shipped), --out (the model folder).
+command_flags.take("out")
+flags.declare_key_flag("results")
+flags.declare_key_flag("folds")
+DEFAULT_RESULTS = REPO / "experiments" / "results" / "ensemble"
+DEFAULT_OUT = REPO / "lgg_jax" / "pretrained" / "recipe_cpu"
+
+
 def main(argv):
   del argv
+  out = pathlib.Path(command_flags.OUT.value or DEFAULT_OUT)
   if _ADD_QUALITY_RULE.value:
-    for line in add_quality_rule(pathlib.Path(_OUT.value), pathlib.Path(_ADD_QUALITY_RULE.value)):
+    for line in add_quality_rule(out, pathlib.Path(_ADD_QUALITY_RULE.value)):
       print(line)
     return
-  source = Source(runs=pathlib.Path(_RUNS.value), results=pathlib.Path(_RESULTS.value), row=_ROW.value,
-                  training_row=_TRAINING_ROW.value, folds=tuple(int(k) for k in _FOLDS.value))
-  for line in ship(source, pathlib.Path(_OUT.value), _COMMIT.value):
+  source = Source(runs=pathlib.Path(_RUNS.value), results=pathlib.Path(run.RESULTS.value or DEFAULT_RESULTS),
+                  row=_ROW.value, training_row=_TRAINING_ROW.value,
+                  folds=tuple(int(k) for k in run.FOLDS.value or FOLDS))
+  for line in ship(source, out, _COMMIT.value):
     print(line)
 
 
 if __name__ == "__main__":
-  _RUNS = flags.DEFINE_string("runs", "runs/sweeps/ensemble", "Folder holding <training_row>-fold{K}-seed0.")
-  _RESULTS = flags.DEFINE_string("results", str(REPO / "experiments" / "results" / "ensemble"),
-                                 "The sweep's committed result files.")
-  _TRAINING_ROW = flags.DEFINE_string("training_row", "e0-recipe", "The row that trained the runs (its files "
-                                      "hold each run's own test scores).")
-  _ROW = flags.DEFINE_string("row", "e1-recipe-settings", "The result row whose settings are shipped and "
-                             "whose figures the card gives (e1: dihedral TTA + largest component; e2-e3 "
-                             "TTA; e4-e6 component fractions).")
-  _FOLDS = flags.DEFINE_list("folds", [str(k) for k in FOLDS], "The folds shipped.")
-  _OUT = flags.DEFINE_string("out", str(REPO / "lgg_jax" / "pretrained" / "recipe_cpu"), "Model folder.")
-  _COMMIT = flags.DEFINE_string("commit", "", "The commit the model is shipped at (for the card).")
-  _ADD_QUALITY_RULE = flags.DEFINE_string("add_quality_rule", "", "Only add this quality rule (a quality.json) "
-                                          "to the shipped model in --out, in place.")
   cli.run(main)

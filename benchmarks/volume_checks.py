@@ -17,11 +17,10 @@ import numpy as np
 import scipy.ndimage as ndi
 from absl import flags
 
-from lgg_jax import cli, evaluate, inference
+from lgg_jax import cli, command_flags, evaluate, inference
 from lgg_jax.data import pipeline
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A run folder.")
-_SPLIT = flags.DEFINE_enum("split", "test", ["val", "test"], "Which held-out patients.")
+command_flags.take("workdir", "split")  # a run folder; which of its patients
 
 
 def per_slice_hd95(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -49,14 +48,14 @@ def per_slice_hd95(pred: np.ndarray, truth: np.ndarray) -> float:
 
 def main(argv):
   del argv
-  member = inference.member_from_run(_WORKDIR.value)
+  member = inference.member_from_run(command_flags.one(command_flags.WORKDIR, 'run folder'))
   config = member.config
   data = pipeline.load(config)
   plain_settings = member.settings.replace(largest_component=False)
   predictor = inference.Predictor(member, settings=plain_settings)
   threshold = member.threshold
   rows = []
-  for patient, probs, truth in predictor.predict_patients(data, data.patients(getattr(data.split, _SPLIT.value))):
+  for patient, probs, truth in predictor.predict_patients(data, data.patients(getattr(data.split, command_flags.SPLIT.value))):
     plain, _ = evaluate.score_patient(inference.postprocess(probs, plain_settings), truth, config.evaluation)
     lcc, _ = evaluate.score_patient(inference.postprocess(probs, plain_settings.replace(largest_component=True)),
                                     truth)
@@ -64,7 +63,7 @@ def main(argv):
                  "components": plain["true_components"], "hd95_3d": plain["hd95_px"],
                  "hd95_per_slice": per_slice_hd95(probs >= threshold, truth)})
   dice, dice_lcc = np.array([r["dice"] for r in rows]), np.array([r["dice_lcc"] for r in rows])
-  print(f"# {member.source} ({_SPLIT.value}, {len(rows)} patients, checkpoint step {member.step}, "
+  print(f"# {member.source} ({command_flags.SPLIT.value}, {len(rows)} patients, checkpoint step {member.step}, "
         f"threshold {threshold:.2f}, dataset {data.version})\n")
   print(f"per-patient Dice {dice.mean():.4f} (median {np.median(dice):.4f}); with the largest 3-D component "
         f"{dice_lcc.mean():.4f} (median {np.median(dice_lcc):.4f})\n")

@@ -53,7 +53,7 @@ import numpy as np
 import scipy.stats
 from absl import flags, logging
 
-from lgg_jax import cli, evaluate, figures, provenance, report, train
+from lgg_jax import cli, command_flags, evaluate, figures, provenance, report, train
 from lgg_jax.data import pipeline
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -247,8 +247,7 @@ def _patient_means(results: list[dict]) -> dict[str, float]:
 def summarise_group(results: list[dict]) -> dict:
   rows = [p for r in results for p in r["test_per_patient"]]
   dice = np.array([p["dice"] for p in rows])
-  hd = np.array([p.get("hd95_px", np.nan) for p in rows], float)
-  penalty = results[0]["test"].get("hd95_penalty_px", np.nan)
+  hd = evaluate.hd95_summary(rows, results[0]["test"].get("hd95_penalty_px", np.nan))
   low, high = bootstrap_interval(dice)
   empty = sum(p["slices"] - p["tumour_slices"] for p in rows)
   return {"runs": len(results), "epochs": sorted({r["epochs"] for r in results}),
@@ -257,11 +256,9 @@ def summarise_group(results: list[dict]) -> dict:
           "patients": len(rows), "mean": float(dice.mean()), "median": float(np.median(dice)),
           "low": low, "high": high,
           "fold_means": [float(r["test"]["patient_dice"]) for r in results],
-          "hd95": float(np.nanmean(hd)) if np.isfinite(hd).any() else float("nan"),
-          "hd95_undefined": int(np.isnan(hd).sum()),
-          "hd95_penalised": float(np.where(np.isfinite(hd), hd, penalty).mean()),
+          "hd95": hd["hd95_px"], "hd95_undefined": hd["hd95_undefined"], "hd95_penalised": hd["hd95_px_penalised"],
           "fp_rate": float(sum(p.get("false_positive_slices", 0) for p in rows) / max(empty, 1)),
-          "missed": int((dice < evaluate.MISSED_DICE).sum())}
+          "missed": evaluate.missed_patients(rows)}
 
 
 def paired_difference(results: list[dict], previous: list[dict]) -> dict:
@@ -384,13 +381,27 @@ def aggregate(sweep: dict, workdir: pathlib.Path, results: pathlib.Path) -> list
   return table
 
 
+_SWEEP = flags.DEFINE_string("sweep", None, "Sweep file, e.g. experiments/model_comparison.py.")
+RESULTS = flags.DEFINE_string("results", "", "Where result files go; default experiments/results/<sweep> "
+                              "(with --tiny: <workdir>/results).")
+_TINY = flags.DEFINE_bool("tiny", False, "The sweep's CI-sized variant on synthetic data.")
+_HOST_INDEX = flags.DEFINE_integer("host_index", 0, "This host's index among host_count.")
+_HOST_COUNT = flags.DEFINE_integer("host_count", 1, "Hosts sharing the sweep.")
+_ROWS = flags.DEFINE_list("rows", [], "Run only these rows (by name, e.g. r9-recipe); default all.")
+FOLDS = flags.DEFINE_list("folds", [], "Run only these folds (e.g. 0,1: the folds trained so far); default all.")
+command_flags.take("workdir")  # where members run; default runs/sweeps/<sweep name>
+
+
 def main(argv):
   del argv
+  if not _SWEEP.value:
+    raise ValueError("give --sweep=experiments/<name>.py")
   sweep = load_sweep(_SWEEP.value, _TINY.value)
-  workdir = pathlib.Path(_WORKDIR.value or REPO / "runs" / "sweeps" / sweep["name"])
-  results = pathlib.Path(_RESULTS.value) if _RESULTS.value else results_dir(sweep, _TINY.value, workdir)
+  workdir = pathlib.Path(command_flags.one(command_flags.WORKDIR, "folder")
+                         or REPO / "runs" / "sweeps" / sweep["name"])
+  results = pathlib.Path(RESULTS.value) if RESULTS.value else results_dir(sweep, _TINY.value, workdir)
   status = run_sweep(sweep, workdir, results, _HOST_INDEX.value, _HOST_COUNT.value, tuple(_ROWS.value),
-                     tuple(int(f) for f in _FOLDS.value))
+                     tuple(int(f) for f in FOLDS.value))
   for name, s in status.items():
     print(f"{name}: {s}")
   if aggregate(sweep, workdir, results):
@@ -404,15 +415,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file, e.g. experiments/model_comparison.py.")
-  _WORKDIR = flags.DEFINE_string("workdir", None, "Where members run; default runs/sweeps/<sweep name>.")
-  _RESULTS = flags.DEFINE_string("results", "", "Where result files go; default experiments/results/<sweep> "
-                                 "(with --tiny: <workdir>/results).")
-  _TINY = flags.DEFINE_bool("tiny", False, "The sweep's CI-sized variant on synthetic data.")
-  _HOST_INDEX = flags.DEFINE_integer("host_index", 0, "This host's index among host_count.")
-  _HOST_COUNT = flags.DEFINE_integer("host_count", 1, "Hosts sharing the sweep.")
-  _ROWS = flags.DEFINE_list("rows", [], "Run only these rows (by name, e.g. r9-recipe); default all.")
-  _FOLDS = flags.DEFINE_list("folds", [], "Run only these folds (e.g. 0,1: the folds trained so far); "
-                             "default all.")
-  flags.mark_flags_as_required(["sweep"])
   cli.run(main)

@@ -13,43 +13,18 @@ import logging as std_logging
 import os
 import pathlib
 import sys
-from collections.abc import Callable
 
 import jax
 import tqdm
 from absl import app, flags, logging
 
-from lgg_jax import config_defaults, registry
-from lgg_jax.choices import COMPONENT_RANKS
+from lgg_jax import config_defaults
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # else albumentations asks the network on import
 
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "On an error, show the full traceback.")
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def define_inference_flags(what: str = "the model's own", threshold: bool = True) -> Callable[[], dict]:
-  """--tta, --largest_component, --component_fraction, --component_rank (and --threshold) for a
-  command that makes masks, each unset meaning `what`; returns a function
-  giving their values as `inference.Settings` overrides (None: unset)."""
-  tta = flags.DEFINE_enum("tta", "", ["", *registry.names("tta")], f"Test-time augmentation; empty: {what}.")
-  largest = flags.DEFINE_bool("largest_component", None, "Keep each patient's largest 3-D component "
-                              f"(--nolargest_component: do not); unset: {what}.")
-  fraction = flags.DEFINE_float("component_fraction", None, "With the component step, also keep every "
-                                f"component of at least this fraction of the largest; unset: {what}.")
-  rank = flags.DEFINE_enum("component_rank", "", ["", *COMPONENT_RANKS], "What ranks the components: "
-                           f"voxels, or summed or highest probability; empty: {what}.")
-  cut = flags.DEFINE_float("threshold", -1.0, f"Probability threshold; negative: {what}.") if threshold else None
-
-  def overrides() -> dict:
-    values = {"tta": tta.value or None, "largest_component": largest.value, "component_fraction": fraction.value,
-              "component_rank": rank.value or None}
-    if cut is not None:
-      values["threshold"] = None if cut.value < 0 else cut.value
-    return values
-
-  return overrides
 
 
 def is_main_process() -> bool:
@@ -126,12 +101,38 @@ def _parse_flags(argv):
   return app.parse_flags_with_usage(argv)
 
 
-def run(main) -> None:
-  """app.run(main) with a quiet terminal and one-line errors."""
+def _ours(module: str) -> bool:
+  """A module of this project (by name, or a main module's path)."""
+  return module.split(".")[0] in ("lgg_jax", "benchmarks", "experiments") or any(
+      f"/{folder}/" in module for folder in ("lgg_jax", "benchmarks", "experiments"))
+
+
+def flags_not_taken(main_module: str | None = None) -> list[str]:
+  """Flags of this project given on the command line that the running
+  command does not take: neither its own nor declared with
+  flags.declare_key_flag (command_flags.take). Commands import one another,
+  so their flags all exist in one process; this keeps a flag meant for
+  another command from being silently ignored."""
+  main_module = main_module or sys.argv[0]
+  taken = {f.name for f in flags.FLAGS.get_key_flags_for_module(main_module)}
+  taken |= {f.name for f in flags.FLAGS.get_key_flags_for_module(__name__)}  # --traceback
+  ours = {f.name for module, defined in flags.FLAGS.flags_by_module_dict().items() if _ours(module)
+          for f in defined}
+  return sorted(name for name in ours - taken if flags.FLAGS[name].present)
+
+
+def run(main, renamed_flags: dict[str, str] | None = None) -> None:
+  """app.run(main) with a quiet terminal and one-line errors; a flag of
+  another command is an error (naming its replacement where
+  `renamed_flags` has one)."""
 
   def wrapped(argv):
     quiet_terminal()
     try:
+      stray = flags_not_taken()
+      if stray:
+        hints = [f"--{name}: {(renamed_flags or {}).get(name, 'not a flag of this command')}" for name in stray]
+        raise ValueError("; ".join(hints) + " (--help lists its flags)")
       return main(argv)
     except (ValueError, FileNotFoundError, KeyError, OSError, FloatingPointError, ImportError) as e:
       if _TRACEBACK.value:

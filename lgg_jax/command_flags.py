@@ -7,6 +7,8 @@ several commands take are defined here. A command names the shared flags it
 takes (`take`, absl's key flags: they show in its --help); `cli.run` makes
 any other flag of the project given on its command line an error, so that
 nothing set is silently ignored. Unset values mean the command's default.
+Every module that defines flags at import time and shares a name with
+another takes it from here: the test suite imports them all into one process.
 """
 
 from __future__ import annotations
@@ -24,7 +26,11 @@ MODEL = flags.DEFINE_list("model", None, "Export folder(s), run folder(s) or 'pr
                           "ensemble); several: an ensemble.")
 CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
 INPUT = flags.DEFINE_string("input", None, "Slices, patient folders or NIfTI volumes (lgg_jax.predict's doc).")
-OUT = flags.DEFINE_string("out", None, "Output folder (default: the command's own, in its --help text).")
+MANUAL_DIR = flags.DEFINE_string("manual_dir", "", "A dataset folder (kaggle_3m/ or the folder holding it).")
+SPLIT = flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split of the run's own data.")
+MODELS = flags.DEFINE_list("models", None, "Models, of the kind the command's doc names (architectures to "
+                           "time, or trained runs or exports).")
+OUT = flags.DEFINE_string("out", None, "Output folder (unset: the command's default, named in its doc above).")
 ONNX = flags.DEFINE_bool("onnx", False, "ONNX: export model.onnx and onnx_predict.py (the [onnx] extra), or "
                          "time it.")
 TTA = flags.DEFINE_string("tta", "", f"Test-time augmentation ({', '.join(registry.names('tta'))}); empty: "
@@ -44,9 +50,12 @@ INFERENCE = ("tta", "largest_component", "component_fraction", "component_rank",
 
 
 def take(*names: str) -> None:
-  """Declares the shared flags the calling command reads (absl key flags)."""
+  """Declares the shared flags the calling command reads: absl key flags of
+  the calling module (flags.declare_key_flag would name this module)."""
+  caller = sys._getframe(1).f_globals.get("__name__")
+  module = sys.argv[0] if caller == "__main__" else caller  # absl's name for a main module
   for name in names:
-    flags.declare_key_flag(name, flag_values=flags.FLAGS)
+    flags.FLAGS.register_key_flag_for_module(module, flags.FLAGS[name])
 
 
 def one(flag, what: str) -> str | None:
@@ -79,18 +88,3 @@ def inference_overrides(with_threshold: bool = True) -> dict:
   if with_threshold:
     values["threshold"] = threshold()
   return values
-
-
-def not_taken(main_module: str | None = None) -> list[str]:
-  """Flags of the project given on the command line that the running command
-  does not take (neither its own nor declared with `take`)."""
-  main_module = main_module or sys.argv[0]
-  taken = {f.name for f in flags.FLAGS.get_key_flags_for_module(main_module)}
-  ours = {f.name for module, defined in flags.FLAGS.flags_by_module_dict().items()
-          if _is_ours(module) for f in defined}
-  return sorted(name for name in ours - taken if flags.FLAGS[name].present)
-
-
-def _is_ours(module: str) -> bool:
-  return module.split(".")[0] in ("lgg_jax", "benchmarks", "experiments") or "/lgg_jax/" in module \
-      or "/benchmarks/" in module or "/experiments/" in module

@@ -38,8 +38,9 @@ import pathlib
 from collections.abc import Iterable
 
 import numpy as np
+from absl import flags
 
-from lgg_jax import cli, inference, metrics, parallel, quality, segmenter
+from lgg_jax import cli, command_flags, inference, metrics, parallel, quality, segmenter
 from lgg_jax.data import pipeline
 
 MISSED_DICE = 0.1
@@ -68,18 +69,29 @@ def summarise(rows: list[dict], counts: list[dict], evaluation_config=None) -> d
   summary = metrics.summarise(ids, merged)
   tp = merged["intersection"].sum()
   fp, fn = merged["predicted"].sum() - tp, merged["true"].sum() - tp
-  summary.update(missed_patients=int(sum(r["dice"] < MISSED_DICE for r in rows)),
+  summary.update(missed_patients=missed_patients(rows),
                  sensitivity=float(tp / max(tp + fn, 1)), precision=float(tp / max(tp + fp, 1)))
   if evaluation_config is not None:
-    hd = np.array([r["hd95_px"] for r in rows])
-    defined = np.isfinite(hd)
-    summary.update(hd95_px=float(hd[defined].mean()) if defined.any() else float("nan"),
-                   hd95_px_median=float(np.median(hd[defined])) if defined.any() else float("nan"),
-                   hd95_undefined=int((~defined).sum()),
-                   hd95_px_penalised=float(np.where(defined, hd, evaluation_config.hd95_penalty).mean()),
+    summary.update(hd95_summary(rows, evaluation_config.hd95_penalty),
                    hd95_penalty_px=float(evaluation_config.hd95_penalty),
                    slice_spacing_px=float(evaluation_config.slice_spacing))
   return summary
+
+
+def missed_patients(rows: list[dict]) -> int:
+  return int(sum(r["dice"] < MISSED_DICE for r in rows))
+
+
+def hd95_summary(rows: list[dict], penalty: float) -> dict:
+  """HD95 over patients' rows: the mean and median of the defined ones, how
+  many are undefined (exactly one empty mask), and the mean with those
+  charged `penalty`."""
+  hd = np.array([r.get("hd95_px", np.nan) for r in rows], float)
+  defined = np.isfinite(hd)
+  return {"hd95_px": float(hd[defined].mean()) if defined.any() else float("nan"),
+          "hd95_px_median": float(np.median(hd[defined])) if defined.any() else float("nan"),
+          "hd95_undefined": int((~defined).sum()),
+          "hd95_px_penalised": float(np.where(defined, hd, penalty).mean())}
 
 
 def score(volumes: Iterable[tuple[str, np.ndarray, np.ndarray]], settings: inference.Settings,
@@ -233,14 +245,23 @@ def best_checkpoint_on_test(workdir, config, data, mesh=None) -> dict:
                         else "config"}}
 
 
+_NAME = flags.DEFINE_string("name", "", "Output subfolder name (default from the options).")
+command_flags.take("workdir", "model", "checkpoint", "split", "manual_dir", "out", *command_flags.INFERENCE)
+# --model: export folder(s), run folder(s), or 'pretrained'; several: an ensemble.
+# Needs --manual_dir unless it is one run folder. --out default:
+# <first workdir>/evaluation/<name>.
+
+
 def main(argv):
   del argv
-  models = segmenter.cli_models(_MODEL.value) if _MODEL.value else _WORKDIR.value
+  f = command_flags
+  models = segmenter.cli_models(f.MODEL.value) if f.MODEL.value else f.WORKDIR.value
   if not models:
     raise ValueError("give --workdir=RUN[,RUN...] or --model=EXPORT|pretrained[,...]")
-  summary = evaluate_run(models, checkpoint=_CHECKPOINT.value, split=_SPLIT.value,
-                         manual_dir=_MANUAL_DIR.value, threshold=_THRESHOLD.value, name=_NAME.value,
-                         out=_OUT.value, **_INFERENCE())
+  threshold = f.threshold(allow_val=True)
+  summary = evaluate_run(models, checkpoint=f.CHECKPOINT.value, split=f.SPLIT.value,
+                         manual_dir=f.MANUAL_DIR.value, threshold="model" if threshold is None else threshold,
+                         name=_NAME.value, out=f.OUT.value or "", **f.inference_overrides(with_threshold=False))
   print(f"per-patient Dice {summary['patient_dice']:.4f} (median {summary['patient_dice_median']:.4f}), "
         f"tumour-slice Dice {summary['tumour_slice_dice']:.4f}, HD95 {summary['hd95_px']:.1f} px "
         f"({summary['hd95_undefined']} undefined; {summary['hd95_px_penalised']:.1f} px with them at "
@@ -250,17 +271,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import flags
-  _WORKDIR = flags.DEFINE_list("workdir", None, "Run folder(s) written by lgg_jax.main; several: an ensemble.")
-  _MODEL = flags.DEFINE_list("model", None, "Instead of --workdir: export folder(s), run folder(s), or "
-                             "'pretrained' (the shipped ensemble); several: an ensemble. Needs --manual_dir "
-                             "unless it is one run folder.")
-  _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
-  _SPLIT = flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split of the run's own data.")
-  _MANUAL_DIR = flags.DEFINE_string("manual_dir", "", "External dataset: evaluate every patient in it.")
-  _INFERENCE = cli.define_inference_flags(threshold=False)
-  _THRESHOLD = flags.DEFINE_string("threshold", "model", "'model' (the model's own), 'val' (chosen on "
-                                   "the run's validation patients) or a number.")
-  _NAME = flags.DEFINE_string("name", "", "Output subfolder name (default from the options).")
-  _OUT = flags.DEFINE_string("out", "", "Output folder (default: <first workdir>/evaluation/<name>).")
   cli.run(main)

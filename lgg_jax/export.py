@@ -30,6 +30,7 @@ weights) are reset to their defaults.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -41,7 +42,7 @@ import jax.numpy as jnp
 from absl import flags
 from safetensors.numpy import save_file
 
-from lgg_jax import cli, inference, models, onnx_export, quality, segmenter, state
+from lgg_jax import cli, command_flags, inference, models, onnx_export, quality, segmenter, state
 from lgg_jax.data import preprocess
 
 FORWARD_FILE = "forward.jax"
@@ -177,10 +178,7 @@ def export_run(workdir, out, checkpoint: str = "best", forward: bool = True, onn
   summary_path = workdir / "summary.json"
   summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
   lowered = export_forward(member) if forward else None
-  partial = out.parent / f".{out.name}.partial"
-  shutil.rmtree(partial, ignore_errors=True)
-  partial.mkdir(parents=True)
-  try:
+  with written_whole(out) as partial:
     (partial / segmenter.CONFIG_FILE).write_text(shareable_config(member.config).to_json_best_effort(indent=2))
     save_file(segmenter.flatten_variables(member.variables), str(partial / segmenter.WEIGHTS_FILE),
               # One key: safetensors writes its metadata map in hash order, so
@@ -198,13 +196,25 @@ def export_run(workdir, out, checkpoint: str = "best", forward: bool = True, onn
       (partial / FORWARD_FILE).write_bytes(lowered.serialize())
     (partial / "model_card.md").write_text(model_card(member, summary) + (ONNX_CARD if onnx else ""))
     _ordinary_modes(partial)
+  return out
+
+
+@contextlib.contextmanager
+def written_whole(out: pathlib.Path, replace: bool = False):
+  """Yields a hidden sibling folder to write into. On success it becomes `out`
+  (which must be absent or empty, unless `replace`); on any error it is
+  removed: nothing half-written is left behind."""
+  partial = out.parent / f".{out.name}.partial"
+  shutil.rmtree(partial, ignore_errors=True)
+  partial.mkdir(parents=True)
+  try:
+    yield partial
     if out.exists():
-      out.rmdir()
+      shutil.rmtree(out) if replace else out.rmdir()
     partial.rename(out)
   except BaseException:
     shutil.rmtree(partial, ignore_errors=True)
     raise
-  return out
 
 
 ONNX_CARD = """
@@ -237,29 +247,31 @@ def export_members_onnx(models, out) -> list[pathlib.Path]:
   return written
 
 
+_FORWARD = flags.DEFINE_bool("forward", True, "Write forward.jax (--noforward: leave it out).")
+command_flags.take("workdir", "checkpoint", "out", "onnx", "model", *command_flags.INFERENCE)
+# --workdir: one run folder; --out: the folder to write (must not exist, or be
+# empty); --model, with --onnx: exports or 'pretrained', one <member>.onnx each.
+# The inference flags' unset values keep the run's.
+
+
 def main(argv):
   del argv
-  if _MODEL.value:
-    if not _ONNX.value:
+  f = command_flags
+  if not f.OUT.value:
+    raise ValueError("give --out=FOLDER (it must not exist, or be empty)")
+  if f.MODEL.value:
+    if not f.ONNX.value:
       raise ValueError("--model exports models that are already exported: give --onnx (or use --workdir=RUN)")
-    written = export_members_onnx(_MODEL.value, _OUT.value)
-    print(f"exported to {_OUT.value}: {', '.join(p.name for p in written)} and {onnx_export.PREDICT_SCRIPT.name}")
+    written = export_members_onnx(f.MODEL.value, f.OUT.value)
+    print(f"exported to {f.OUT.value}: {', '.join(p.name for p in written)} and {onnx_export.PREDICT_SCRIPT.name}")
     return
-  if not _WORKDIR.value:
+  workdir = f.one(f.WORKDIR, "run folder")
+  if not workdir:
     raise ValueError("give --workdir=RUN (or --model=EXPORT|pretrained with --onnx)")
-  out = export_run(_WORKDIR.value, _OUT.value, _CHECKPOINT.value, forward=_FORWARD.value, onnx=_ONNX.value,
-                   **_INFERENCE())
+  out = export_run(workdir, f.OUT.value, f.CHECKPOINT.value, forward=_FORWARD.value, onnx=f.ONNX.value,
+                   **f.inference_overrides())
   print(f"exported to {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
 
 
 if __name__ == "__main__":
-  _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder written by lgg_jax.main.")
-  _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
-  _OUT = flags.DEFINE_string("out", None, "Folder to write (must not exist, or be empty).")
-  _FORWARD = flags.DEFINE_bool("forward", True, "Write forward.jax (--noforward: leave it out).")
-  _INFERENCE = cli.define_inference_flags("keep the run's")
-  _ONNX = flags.DEFINE_bool("onnx", False, "Also write model.onnx and onnx_predict.py (needs the [onnx] extra).")
-  _MODEL = flags.DEFINE_list("model", None, "Instead of --workdir, with --onnx: exports or 'pretrained' (the "
-                             "shipped ensemble), one <member>.onnx each.")
-  flags.mark_flags_as_required(["out"])
   cli.run(main)

@@ -6,12 +6,11 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from lgg_jax import cli, report, train
+from lgg_jax import cli, command_flags, report, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder; default runs/<config name>. "
-                               "Re-running on the same folder resumes.")
 flags.mark_flags_as_required(["config"])
+command_flags.take("workdir")  # the run folder; default runs/<config name>; re-running on it resumes
 
 
 def main(argv):
@@ -19,7 +18,7 @@ def main(argv):
     raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
   config = _CONFIG.value
   train.initialize_distributed(config)
-  workdir = _WORKDIR.value or str(pathlib.Path("runs") / pathlib.Path(
+  workdir = command_flags.one(command_flags.WORKDIR, "run folder") or str(pathlib.Path("runs") / pathlib.Path(
       config_flags.get_config_filename(flags.FLAGS["config"])).stem)
   logging.info("JAX %s on %d %s device(s), process %d of %d; workdir %s", jax.__version__,
                jax.device_count(), jax.default_backend(), jax.process_index(), jax.process_count(), workdir)

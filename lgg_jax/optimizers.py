@@ -1,10 +1,15 @@
 """The optimizer and its learning-rate schedule, built by name from
 `config.optimizer` (lgg_jax/registry.py), and freezing an encoder.
 
-While `config.model.freeze_encoder_epochs` lasts, the parameters are
-partitioned (encoder, rest) with `optax.partition` and the learning rate is
-applied after: the encoder's optimizer state can start fresh when it
-unfreezes (`unfreeze_encoder`) while the schedule follows the run's step.
+With `config.model.freeze_encoder_epochs` the parameters are partitioned
+(encoder, rest) with `optax.partition`, and the encoder's part is masked
+(`optax.transforms.conditionally_mask`) until the step it unfreezes: its
+updates are zero and its optimizer state stays the initial one, so it starts
+as a new optimizer would, while the rest's statistics and the schedule follow
+the run's step. Adam's step count run on over the frozen epochs would instead
+bias-correct its first moments as if they had history (up to 3x the learning
+rate on pretrained weights after a long freeze). One optimizer, one state
+layout: nothing is rebuilt when the encoder unfreezes.
 """
 
 from __future__ import annotations
@@ -44,20 +49,20 @@ def constant(opt, total_steps: int):
                                optax.constant_schedule(opt.learning_rate)], [warmup])
 
 
-def make_optimizer(config, total_steps: int, *, encoder_frozen: bool = False):
+def make_optimizer(config, total_steps: int, *, frozen_steps: int = 0):
   """(optax transformation, learning-rate schedule).
 
-  `encoder_frozen` gives the frozen epochs' transformation: the encoder's
-  updates are zero and it has no optimizer state. Partitioned, each part is
-  the optimizer at learning rate 1 (its update with the descent sign) and
-  the schedule scales after, which equals the optimizer at the scheduled rate.
+  `frozen_steps`: with config.model.freeze_encoder_epochs, the steps before
+  the encoder trains. Partitioned, each part is the optimizer at learning
+  rate 1 (its update with the descent sign) and the schedule scales after,
+  which equals the optimizer at the scheduled rate.
   """
   opt = config.optimizer
   schedule = registry.get("schedule", opt.schedule)(opt, total_steps)
   optimizer = registry.get("optimizer", opt.name)
   clip = [optax.clip_by_global_norm(opt.grad_clip_norm)] if opt.grad_clip_norm else []
   if config.model.freeze_encoder_epochs:
-    encoder = optax.set_to_zero() if encoder_frozen else optimizer(opt, 1.0)
+    encoder = optax.transforms.conditionally_mask(optimizer(opt, 1.0), lambda count: count >= frozen_steps)
     parts = optax.partition({ENCODER: encoder, REST: optimizer(opt, 1.0)}, _encoder_labels)
     return optax.chain(*clip, parts, optax.scale_by_schedule(schedule)), schedule
   return optax.chain(*clip, optimizer(opt, schedule)), schedule
@@ -69,21 +74,3 @@ def in_encoder(path) -> bool:
 
 def _encoder_labels(params):
   return jax.tree_util.tree_map_with_path(lambda path, _: ENCODER if in_encoder(path) else REST, params)
-
-
-def encoder_frozen(opt_state) -> bool:
-  """Whether `opt_state` is a frozen-encoder one (no encoder state)."""
-  return any(isinstance(s, optax.transforms.PartitionState) and not jax.tree.leaves(s.inner_states[ENCODER])
-             for s in opt_state)
-
-
-def unfreeze_encoder(tx, opt_state, params):
-  """`tx`'s state from a frozen-encoder one: the rest's statistics and the
-  schedule's step carried over, the encoder's those of a new optimizer.
-  Adam's step count run on over the frozen epochs would instead bias-correct
-  its first moments as if they had history (up to 3x the learning rate on
-  pretrained weights after a long freeze)."""
-  fresh = tx.init(params)
-  return tuple(optax.transforms.PartitionState({**old.inner_states, ENCODER: new.inner_states[ENCODER]})
-               if isinstance(old, optax.transforms.PartitionState) else old
-               for old, new in zip(opt_state, fresh, strict=True))

@@ -55,8 +55,9 @@ import numpy as np
 import tifffile
 from absl import flags, logging
 
-from lgg_jax import cli, figures, metrics, segmenter
+from lgg_jax import cli, command_flags, figures, metrics, segmenter
 from lgg_jax.data import preprocess
+from lgg_jax.data import kaggle
 from lgg_jax.data.kaggle import DataError
 
 SIZE = preprocess.SOURCE_SIZE
@@ -70,10 +71,6 @@ class Case:
   images: np.ndarray             # (S, 256, 256, 3) uint8
   truth: np.ndarray | None       # (S, 256, 256) bool
   nifti: object | None = None    # NIfTI input only: the FLAIR image (grid, affine, header)
-
-
-def _natural_key(path: pathlib.Path):
-  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
 
 
 def read_slice(path: pathlib.Path, mask: bool = False) -> np.ndarray:
@@ -104,7 +101,7 @@ def read_slice(path: pathlib.Path, mask: bool = False) -> np.ndarray:
 
 
 def _slice_folder(folder: pathlib.Path) -> Case | None:
-  files = sorted((f for f in folder.iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES), key=_natural_key)
+  files = sorted((f for f in folder.iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES), key=lambda f: kaggle.natural_key(f.name))
   images = [f for f in files if not f.stem.endswith("_mask")]
   if not images:
     return None
@@ -411,26 +408,26 @@ def review_lines(results: list[dict]) -> list[str]:
       f"  {r['case']}: {r['review_reason']}" for r in sorted(flagged, key=lambda r: r["quality"])]
 
 
+_SAVE_PROBABILITIES = flags.DEFINE_bool("save_probabilities", False, "Also write each case's mean probability "
+                                        "and voxel-wise uncertainty as float32 NIfTI.")
+command_flags.take("workdir", "model", "input", "out", "checkpoint", *command_flags.INFERENCE)
+DEFAULT_OUT = "predictions"  # --out when unset
+
+
 def main(argv):
   del argv
-  models = segmenter.cli_models(_MODEL.value) if _MODEL.value else _WORKDIR.value
+  f = command_flags
+  models = segmenter.cli_models(f.MODEL.value) if f.MODEL.value else f.WORKDIR.value
   if not models:
     raise ValueError("give --model=EXPORT|pretrained[,...] or --workdir=RUN[,...]")
-  results = predict(models, _INPUT.value, _OUT.value, checkpoint=_CHECKPOINT.value,
-                    save_probabilities=_SAVE_PROBABILITIES.value, **_INFERENCE())
+  if not f.INPUT.value:
+    raise ValueError("give --input=SLICES|PATIENT_FOLDERS|NIFTI (the module's doc lists the forms)")
+  results = predict(models, f.INPUT.value, f.OUT.value or DEFAULT_OUT, checkpoint=f.CHECKPOINT.value,
+                    save_probabilities=_SAVE_PROBABILITIES.value, **f.inference_overrides())
   for r in results:
     print(json.dumps(r))
   print("\n".join(review_lines(results)))
 
 
 if __name__ == "__main__":
-  _WORKDIR = flags.DEFINE_list("workdir", None, "Run folder(s) or export(s); several: an ensemble (mean probability).")
-  _MODEL = flags.DEFINE_list("model", None, "The same as --workdir, or 'pretrained' (the shipped ensemble).")
-  _INPUT = flags.DEFINE_string("input", None, "Slices, patient folders or NIfTI volumes (see module doc).")
-  _OUT = flags.DEFINE_string("out", "predictions", "Output folder.")
-  _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
-  _INFERENCE = cli.define_inference_flags()
-  _SAVE_PROBABILITIES = flags.DEFINE_bool("save_probabilities", False, "Also write each case's mean probability "
-                                          "and voxel-wise uncertainty as float32 NIfTI.")
-  flags.mark_flags_as_required(["input"])
   cli.run(main)

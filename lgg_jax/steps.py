@@ -15,18 +15,16 @@ from jax.sharding import PartitionSpec as P
 
 from lgg_jax import losses, metrics, models
 from lgg_jax.parallel import AXIS
-from lgg_jax.optimizers import encoder_frozen, in_encoder, unfreeze_encoder
+from lgg_jax.optimizers import in_encoder
 from lgg_jax.state import merge
 
 
 def make_train_step(graphdef, tx, config, mesh, freeze_encoder: bool = False, prepare=None):
   """(state, global batch) -> (state, stats), data-parallel over `mesh`.
 
-  With `freeze_encoder`, `tx` is the frozen-encoder optimizer
-  (optimizers.make_optimizer(..., encoder_frozen=True)) and the encoder's
-  gradients are left out of the clipping and the reported norm. Without it,
-  a state from the frozen epochs is unfrozen first: the encoder's optimizer
-  state starts fresh. With `prepare` (the on-device input path) the step is
+  With `freeze_encoder` (the epochs before the encoder unfreezes; `tx`
+  masks its updates then: optimizers.make_optimizer) the encoder's gradients
+  are left out of the clipping and the reported norm. With `prepare` (the on-device input path) the step is
   (state, batch of rows, device data) -> (state, stats), and each device
   makes its images from the resident data first.
   """
@@ -53,15 +51,9 @@ def make_train_step(graphdef, tx, config, mesh, freeze_encoder: bool = False, pr
     (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state["params"], state["model_state"])
     model_state = jax.lax.pmean(model_state, AXIS)
-    opt_state = state["opt_state"]
     if freeze_encoder:
-      if not encoder_frozen(opt_state):
-        raise ValueError("freeze_encoder needs the frozen-encoder optimizer: optimizers.make_optimizer(config, "
-                         "total_steps, encoder_frozen=True) with config.model.freeze_encoder_epochs set")
       grads = jax.tree_util.tree_map_with_path(lambda path, g: jnp.zeros_like(g) if in_encoder(path) else g, grads)
-    elif encoder_frozen(opt_state):  # the first step after the frozen epochs (a compile of its own)
-      opt_state = unfreeze_encoder(tx, opt_state, state["params"])
-    updates, opt_state = tx.update(grads, opt_state, state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     counts = metrics.slice_counts(logits, batch["mask"], config.inference.threshold)
     dice = metrics.dice_from_counts(counts["intersection"], counts["predicted"], counts["true"], xp=jnp)

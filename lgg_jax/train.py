@@ -224,11 +224,8 @@ def _restore(latest, run: _Setup):
                      "version or the split changed, or the checkpoint saved no data order); resuming would "
                      "train on a different data order. Start a new workdir or restore the original data and "
                      "config.")
-  template = run.train_state
-  if step > run.unfreeze_step and optimizers.encoder_frozen(template["opt_state"]):  # saved after the encoder unfroze
-    template = {**template, "opt_state": optimizers.unfreeze_encoder(run.tx, template["opt_state"], template["params"])}
   restored = latest.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(state.abstract(template)), data=ocp.args.JsonRestore()))
+      state=ocp.args.StandardRestore(state.abstract(run.train_state)), data=ocp.args.JsonRestore()))
   run.train_iter.set_state(restored["data"]["iterator"])
   # Statistics of a part-done epoch (a preemption save), so the epoch's
   # record equals an uninterrupted run's.
@@ -312,10 +309,9 @@ def _set_up(config, mesh) -> _Setup:
   total_steps = steps_per_epoch * config.num_epochs
   logging.info("split %s; %d steps per epoch, %d devices", data.split.summary(), steps_per_epoch,
                jax.device_count())
-  tx, schedule = optimizers.make_optimizer(config, total_steps)
-  frozen_tx = optimizers.make_optimizer(config, total_steps, encoder_frozen=True)[0] \
-      if config.model.freeze_encoder_epochs else tx
-  graphdefs, train_state = state.create_state(config, frozen_tx)
+  unfreeze_step = steps_per_epoch * config.model.freeze_encoder_epochs
+  tx, schedule = optimizers.make_optimizer(config, total_steps, frozen_steps=unfreeze_step)
+  graphdefs, train_state = state.create_state(config, tx)
   logging.info("model %s: %d parameters", config.model.name,
                sum(x.size for x in jax.tree.leaves(train_state["params"])))
   prepare = device_pipeline.make_prepare(config) if config.data.on_device else None
@@ -325,8 +321,7 @@ def _set_up(config, mesh) -> _Setup:
     key = (epoch < config.model.freeze_encoder_epochs, epoch < config.model.freeze_encoder_bn_epochs)
     if key not in compiled:
       graphdef = graphdefs["train_frozen_bn" if key[1] else "train"]
-      compiled[key] = steps.make_train_step(graphdef, frozen_tx if key[0] else tx, config, mesh,
-                                            freeze_encoder=key[0], prepare=prepare)
+      compiled[key] = steps.make_train_step(graphdef, tx, config, mesh, freeze_encoder=key[0], prepare=prepare)
     return compiled[key]
 
   if config.data.on_device:
@@ -335,8 +330,7 @@ def _set_up(config, mesh) -> _Setup:
   else:
     device_data = None
     train_iter = pipeline.train_dataset(res, config, jax.process_index(), jax.process_count())
-  return _Setup(data, steps_per_epoch, total_steps, schedule, tx, steps_per_epoch * config.model.freeze_encoder_epochs,
-                graphdefs, train_state, step_for_epoch, train_iter, device_data, data.order_signature(res.records))
+  return _Setup(data, steps_per_epoch, total_steps, schedule, tx, unfreeze_step, graphdefs, train_state, step_for_epoch, train_iter, device_data, data.order_signature(res.records))
 
 
 def _epoch_stats(epoch_stats: list) -> dict:

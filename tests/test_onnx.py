@@ -19,7 +19,7 @@ from conftest import REAL_DATA, import_or_skip, require
 import_or_skip("jax2onnx", 'the [onnx] extra: pip install -e ".[onnx]"')
 import_or_skip("onnxruntime", 'the [onnx] extra: pip install -e ".[onnx]"')
 
-from lgg_jax import cli, inference, onnx_export, parallel, predict, state  # noqa: E402
+from lgg_jax import inference, onnx_export, parallel, predict, state  # noqa: E402
 from lgg_jax import export as export_lib  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -42,9 +42,7 @@ def _no_jax_env():
 
 def _tiny_member(name: str, norm: str = "none", neighbours: int = 1) -> inference.Member:
   import tiny_config
-  from experiments.common import TINY
-  config = tiny_config.get_config()
-  cli.override(config, {k: v for k, v in TINY.items() if k.startswith("model.")})
+  config = tiny_config.get_config()  # every model at tiny widths
   config.model.name, config.model.unet.norm = name, norm
   config.data.image_size = 32 if name == "unet" else 64
   config.data.neighbours, config.data.normalization = neighbours, "patient"

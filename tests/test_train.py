@@ -195,7 +195,7 @@ def _run_steps(config, local, count, mesh=None, freeze_encoder=False, compute_dt
   config.compute_dtype = compute_dtype
   mesh = mesh or parallel.make_mesh()
   config.model.freeze_encoder_epochs = int(freeze_encoder)
-  tx, _ = optimizers.make_optimizer(config, total_steps=count, encoder_frozen=freeze_encoder)
+  tx, _ = optimizers.make_optimizer(config, total_steps=count, frozen_steps=count if freeze_encoder else 0)
   graphdefs, train_state = state.create_state(config, tx)
   initial = jax.device_get(train_state)
   train_state = parallel.replicate(train_state, mesh)

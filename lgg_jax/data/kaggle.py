@@ -180,6 +180,11 @@ def _read(source: Source, name: str, shape: tuple[int, ...]) -> np.ndarray:
   return array
 
 
+def natural_key(name: str) -> list:
+  """Sorts "slice_2" before "slice_10" (numbers by value)."""
+  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
 def clinical_key(patient_id: str) -> str:
   """data.csv's id for a patient folder: TCGA_CS_4941_19960909 -> TCGA_CS_4941."""
   return patient_id[:12]

@@ -18,6 +18,8 @@ import os
 import pathlib
 import re
 
+from lgg_jax.data import kaggle
+
 PREFIX = "pretrained:"
 RECIPE_CPU = PREFIX + "recipe_cpu"
 DEFAULT = RECIPE_CPU  # what `--model=pretrained` means
@@ -89,10 +91,6 @@ def _read_checksums(path: pathlib.Path) -> dict[str, str]:
   return listed
 
 
-def _natural_key(name: str):
-  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
 def verify(folder: str | os.PathLike) -> dict[str, str]:
   """Every file under `folder` against its SHA256SUMS: {relative path: sha256}.
   A changed, missing or unlisted file is an error naming it."""
@@ -123,7 +121,7 @@ def resolve(name: str, models_root: str | os.PathLike | None = None) -> list[pat
     raise FileNotFoundError(f"pretrained model {name!r} is not installed: {folder / CHECKSUMS_FILE} is missing "
                             "(its files ship as lgg_jax package data)")
   listed = verify(folder)
-  members = sorted({relative.split("/")[0] for relative in listed if "/" in relative}, key=_natural_key)
+  members = sorted({relative.split("/")[0] for relative in listed if "/" in relative}, key=kaggle.natural_key)
   if not members:
     raise ValueError(f"{folder / CHECKSUMS_FILE} lists no member folders")
   return [folder / member for member in members]

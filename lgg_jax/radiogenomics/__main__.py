@@ -19,15 +19,15 @@ from __future__ import annotations
 
 from absl import flags
 
-from lgg_jax import cli
+from lgg_jax import cli, command_flags
 from lgg_jax.radiogenomics import cohort, shape
 
-_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "kaggle_3m/ (or a folder or zip holding it).")
-_OUT = flags.DEFINE_string("out", "radiogenomics", "Output folder.")
 _PREDICTIONS = flags.DEFINE_string("predictions", None, "Automatic masks: a folder lgg_jax.predict wrote.")
-_MODELS = flags.DEFINE_list("models", None, "Automatic masks: every fold's run folder (or export) of one "
-                            "cross-validation; each patient is segmented by the model that held it out.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "With --models: 'best', 'latest' or a step.")
+# Shared flags: --manual_dir (kaggle_3m/, or a folder or zip holding it;
+# required), --out (default radiogenomics), --models (automatic masks: every
+# fold's run folder or export of one cross-validation; each patient is
+# segmented by the model that held it out), --checkpoint (with --models).
+command_flags.take("manual_dir", "out", "models", "checkpoint")
 _SAVE_MASKS = flags.DEFINE_bool("save_masks", False, "With --models: also write the masks in predict's "
                                 "layout under OUT/automatic_masks/ (reusable with --predictions).")
 _DATA_CSV = flags.DEFINE_string("data_csv", None, "data.csv to use instead of the one in --manual_dir.")
@@ -57,12 +57,14 @@ def main(argv):
                                        mf_window=_MF_WINDOW.value, spacing=spacing)
   settings = cohort.AnalysisSettings(clusters=tuple(_CLUSTERS.value), quantiles=quantiles, alpha=_ALPHA.value,
                                      auc_cluster=_AUC_CLUSTER.value, bootstrap=_BOOTSTRAP.value, seed=_SEED.value)
-  cohort.run(_MANUAL_DIR.value, _OUT.value, predictions=_PREDICTIONS.value, models=_MODELS.value,
-             checkpoint=_CHECKPOINT.value, data_csv=_DATA_CSV.value, shape_settings=shape_settings,
+  if not command_flags.MANUAL_DIR.value:
+    raise ValueError("give --manual_dir=kaggle_3m/ (or a folder or zip holding it)")
+  out = command_flags.OUT.value or "radiogenomics"
+  cohort.run(command_flags.MANUAL_DIR.value, out, predictions=_PREDICTIONS.value, models=command_flags.MODELS.value,
+             checkpoint=command_flags.CHECKPOINT.value, data_csv=_DATA_CSV.value, shape_settings=shape_settings,
              settings=settings, save_masks=_SAVE_MASKS.value)
-  print(f"wrote {_OUT.value}/associations.md, features.csv, associations.csv, auc.csv, agreement.csv and plots")
+  print(f"wrote {out}/associations.md, features.csv, associations.csv, auc.csv, agreement.csv and plots")
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["manual_dir"])
   cli.run(main)

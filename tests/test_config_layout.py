@@ -98,10 +98,6 @@ class TinyNet(nnx.Module):
   def input_divisor(**_):
     return 1
 
-  @staticmethod
-  def check_settings(**_):
-    pass
-
   def __init__(self, *, in_channels=3, width=4, conv_impl="auto", dtype=jnp.float32, rngs):
     del conv_impl
     self.conv = nnx.Conv(in_channels, width, (3, 3), dtype=dtype, rngs=rngs)

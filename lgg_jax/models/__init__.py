@@ -4,7 +4,8 @@
 block `config.model.<name>` is passed to its constructor as keyword
 arguments; the settings every model shares (in_channels, conv_impl, dtype,
 the batch axis) are set here. Each model class says how its input must
-divide (`input_divisor(**block)`).
+divide (`input_divisor(**block)`) and may check its block's values at
+config time (`check_settings(**block)`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def check(model_config, image_size: int, compute_dtype: str = "float32") -> None
   choices.check("config.model.conv_impl", model_config.conv_impl, layers.CONV_IMPLS)
   registry.check_arguments(model_class, block(model_config), f"config.model.{model_config.name}",
                            fixed=_fixed(model_class, model_config, 3, compute_dtype, None))
-  model_class.check_settings(**block(model_config))
+  if hasattr(model_class, "check_settings"):  # optional: config-time checks of the block's values
+    model_class.check_settings(**block(model_config))
   divisor = input_divisor(model_config)
   if image_size % divisor:
     raise ValueError(f"config.data.image_size={image_size} must be divisible by {divisor} for model "

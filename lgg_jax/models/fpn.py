@@ -34,10 +34,6 @@ class FPN(nnx.Module):
   def input_divisor(**_) -> int:
     return 32
 
-  @staticmethod
-  def check_settings(**_) -> None:
-    pass
-
   def __init__(self, *, in_channels: int = 3, base_width: int = 64, pyramid_channels: int = 256,
                segmentation_channels: int = 256, group_norm_groups: int = 32,
                align_corners: bool = True, conv_impl: str = "auto", dtype=jnp.float32, rngs: nnx.Rngs):

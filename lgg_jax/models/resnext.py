@@ -98,10 +98,6 @@ class ResNeXtUNet(nnx.Module):
   def input_divisor(**_) -> int:
     return 32
 
-  @staticmethod
-  def check_settings(**_) -> None:
-    pass
-
   def __init__(self, *, in_channels=3, stem_width=64, blocks=(3, 4, 6, 3), groups=32, width_per_group=4,
                sync_batch_norm=True, conv_impl="auto", axis_name=None, dtype=jnp.float32, rngs: nnx.Rngs):
     self.encoder = ResNeXtEncoder(in_channels=in_channels, stem_width=stem_width, blocks=tuple(blocks),

@@ -1,7 +1,11 @@
 """Tiny trainings whose every logged number must survive a refactor bit for bit.
 
-  python -m benchmarks.same_numbers --out=before.json           # at the old commit
+  python -m benchmarks.same_numbers --out=before.json [--old_layout]   # at the old commit
   python -m benchmarks.same_numbers --out=after.json --compare=before.json
+
+At a commit before the model blocks (config.model.unet.*, ...) copy this
+file into that checkout and pass --old_layout: the cases' keys are renamed
+back (OLD_LAYOUT), which is how benchmarks/same_numbers_f42bddd.json was made.
 
 Each case trains a tiny model on the embedded synthetic data (seconds on a
 CPU) and records every epoch's metrics.jsonl line (lr, losses, grad norm,
@@ -21,9 +25,14 @@ import tempfile
 
 from absl import app, flags
 
-from lgg_jax import command_flags
+try:
+  from lgg_jax import command_flags
+  _OUT = command_flags.OUT
+  command_flags.take("out")  # the JSON file to write the numbers to
+except ImportError:  # a commit before lgg_jax.command_flags
+  _OUT = flags.DEFINE_string("out", None, "The JSON file to write the numbers to.")
 
-command_flags.take("out")  # the JSON file to write the numbers to
+_OLD = flags.DEFINE_bool("old_layout", False, "Rename the cases' keys to the layout before the model blocks.")
 _COMPARE = flags.DEFINE_string("compare", None, "A JSON file written by an earlier run to compare with.")
 _CASES = flags.DEFINE_list("cases", None, "Run only these cases (default: all).")
 
@@ -56,17 +65,35 @@ CASES = {
 }
 
 
+# Today's key prefixes -> the layout before the model blocks (--old_layout).
+OLD_LAYOUT = (("model.unet.", "model."), ("model.fpn.base_width", "model.base_width"),
+              ("model.resnext_unet.", "model.resnext."))
+
+
+def old_layout(overrides: dict) -> dict:
+  renamed = {}
+  for key, value in overrides.items():
+    for new, old in OLD_LAYOUT:
+      if key.startswith(new):
+        key = old + key[len(new):]
+        break
+    renamed[key] = value
+  return renamed
+
+
 def config_for(overrides: dict):
   from lgg_jax import config_defaults
+  if _OLD.value:
+    overrides = old_layout(overrides)
   config = config_defaults.get_config()
   config.lock()  # a misspelt key is an error, not a new setting
-  config.update_from_flattened_dict({**TINY, **overrides})
+  config.update_from_flattened_dict(overrides)
   return config
 
 
 def run_case(name: str, workdir: pathlib.Path) -> dict:
   from lgg_jax import train
-  config = config_for(CASES[name])
+  config = config_for({**TINY, **CASES[name]})
   config.data.data_dir = str(workdir / "cache")
   summary = train.train_and_evaluate(config, workdir / name)
   epochs = [json.loads(line) for line in (workdir / name / "metrics.jsonl").read_text().splitlines()]
@@ -87,7 +114,7 @@ def differences(before, after, path="") -> list[str]:
 
 def main(argv):
   del argv
-  if not command_flags.OUT.value:
+  if not _OUT.value:
     raise app.UsageError("give --out=FILE.json")
   names = _CASES.value or list(CASES)
   for name in names:
@@ -95,8 +122,8 @@ def main(argv):
       raise app.UsageError(f"--cases: unknown case {name!r} (known: {', '.join(CASES)})")
   with tempfile.TemporaryDirectory() as tmp:
     numbers = {name: run_case(name, pathlib.Path(tmp)) for name in names}
-  pathlib.Path(command_flags.OUT.value).write_text(json.dumps(numbers, indent=1))
-  print(f"wrote {command_flags.OUT.value}: {len(numbers)} cases")
+  pathlib.Path(_OUT.value).write_text(json.dumps(numbers, indent=1))
+  print(f"wrote {_OUT.value}: {len(numbers)} cases")
   if _COMPARE.value:
     before = json.loads(pathlib.Path(_COMPARE.value).read_text())
     diffs = differences({k: before.get(k) for k in numbers}, numbers)

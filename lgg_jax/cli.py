@@ -76,6 +76,8 @@ def override(config, overrides: dict, what: str = "override"):
         config.update_from_flattened_dict({key: value})
       except KeyError as e:
         raise KeyError(f"{what} {key!r}: {e.args[0] if e.args else e}") from None
+      except TypeError as e:  # a value of another type than the setting's
+        raise ValueError(f"{what} {key!r}={value!r}: {e}") from None
   finally:
     if not was_locked:
       config.unlock()

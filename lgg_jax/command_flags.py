@@ -21,7 +21,8 @@ from lgg_jax import registry
 from lgg_jax.choices import COMPONENT_RANKS
 
 WORKDIR = flags.DEFINE_list("workdir", None, "Run folder(s) written by lgg_jax.main (lgg_jax.main: the one "
-                            "to train in); several: an ensemble, where the command takes one.")
+                            "to train in); several, comma-separated: an ensemble, where the command takes one "
+                            "(so a folder's path cannot hold a comma).")
 MODEL = flags.DEFINE_list("model", None, "Export folder(s), run folder(s) or 'pretrained' (the shipped "
                           "ensemble); several: an ensemble.")
 CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
@@ -72,17 +73,22 @@ def threshold(allow_val: bool = False) -> float | str | None:
     return None
   if value == "val" and allow_val:
     return "val"
+  want = "want a number in (0, 1) or 'model'" + (" or 'val'" if allow_val else "")
   try:
-    return float(value)
+    number = float(value)
   except ValueError:
-    raise ValueError(f"--threshold={value}: want a number in (0, 1) or 'model'"
-                     + (" or 'val'" if allow_val else "")) from None
+    raise ValueError(f"--threshold={value}: {want}") from None
+  if number < 0:  # the old float flag's spelling of "the model's own"
+    return None
+  if not 0 < number < 1:
+    raise ValueError(f"--threshold={value}: {want}")
+  return number
 
 
 def inference_overrides(with_threshold: bool = True) -> dict:
   """The inference flags as `inference.Settings` overrides (None: unset)."""
-  if TTA.value:
-    registry.check("tta", TTA.value)
+  if TTA.value and TTA.value not in registry.names("tta"):
+    raise ValueError(f"--tta={TTA.value}: want one of {', '.join(registry.names('tta'))} (empty: the model's own)")
   values = {"tta": TTA.value or None, "largest_component": LARGEST_COMPONENT.value,
             "component_fraction": COMPONENT_FRACTION.value, "component_rank": COMPONENT_RANK.value or None}
   if with_threshold:

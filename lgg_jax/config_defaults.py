@@ -25,6 +25,8 @@ RENAMED = {
     "model.deep_supervision": ("model.unet.deep_supervision",),
     "model.resnext": ("model.resnext_unet",),
 }
+# Keys that older versions wrote and no version reads any more (dropped on loading).
+REMOVED = ("model.resnext.grouped_conv",)
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -230,7 +232,7 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 def migrate(flat: dict) -> dict:
   """Dotted keys of any layout to today's (the one migration, for runs,
   exports and the shipped ensemble alike)."""
-  return {new: value for key, value in flat.items() for new in (renamed(key) or (key,))}
+  return {new: value for key, value in flat.items() if key not in REMOVED for new in (renamed(key) or (key,))}
 
 
 def from_saved(saved: dict, source: str = "saved config") -> ml_collections.ConfigDict:

@@ -258,9 +258,9 @@ def main(argv):
   models = segmenter.cli_models(f.MODEL.value) if f.MODEL.value else f.WORKDIR.value
   if not models:
     raise ValueError("give --workdir=RUN[,RUN...] or --model=EXPORT|pretrained[,...]")
-  threshold = f.threshold(allow_val=True)
+  threshold = f.threshold(allow_val=True)  # checked; the spelling given names the output folder
   summary = evaluate_run(models, checkpoint=f.CHECKPOINT.value, split=f.SPLIT.value,
-                         manual_dir=f.MANUAL_DIR.value, threshold="model" if threshold is None else threshold,
+                         manual_dir=f.MANUAL_DIR.value, threshold="model" if threshold is None else f.THRESHOLD.value.strip(),
                          name=_NAME.value, out=f.OUT.value or "", **f.inference_overrides(with_threshold=False))
   print(f"per-patient Dice {summary['patient_dice']:.4f} (median {summary['patient_dice_median']:.4f}), "
         f"tumour-slice Dice {summary['tumour_slice_dice']:.4f}, HD95 {summary['hd95_px']:.1f} px "

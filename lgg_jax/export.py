@@ -262,6 +262,9 @@ def main(argv):
   if f.MODEL.value:
     if not f.ONNX.value:
       raise ValueError("--model exports models that are already exported: give --onnx (or use --workdir=RUN)")
+    ignored = [f"--{name}" for name in ("checkpoint", "workdir", "forward", *f.INFERENCE) if flags.FLAGS[name].present]
+    if ignored:
+      raise ValueError(f"--model with --onnx converts exports as they are: {', '.join(ignored)} would be ignored")
     written = export_members_onnx(f.MODEL.value, f.OUT.value)
     print(f"exported to {f.OUT.value}: {', '.join(p.name for p in written)} and {onnx_export.PREDICT_SCRIPT.name}")
     return

@@ -224,8 +224,14 @@ def _restore(latest, run: _Setup):
                      "version or the split changed, or the checkpoint saved no data order); resuming would "
                      "train on a different data order. Start a new workdir or restore the original data and "
                      "config.")
-  restored = latest.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(state.abstract(run.train_state)), data=ocp.args.JsonRestore()))
+  try:
+    restored = latest.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(state.abstract(run.train_state)), data=ocp.args.JsonRestore()))
+  except (ValueError, KeyError, TypeError) as e:  # Orbax: the saved tree is not this run's
+    raise ValueError(f"{latest.directory}: the saved train state does not fit this run's model and optimizer "
+                     "(a changed config, or a frozen-encoder run checkpointed before lgg_jax kept one optimizer "
+                     f"state layout); resuming is impossible. Start a new workdir. ({type(e).__name__}: "
+                     f"{str(e)[:300]})") from e
   run.train_iter.set_state(restored["data"]["iterator"])
   # Statistics of a part-done epoch (a preemption save), so the epoch's
   # record equals an uninterrupted run's.

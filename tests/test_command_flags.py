@@ -60,8 +60,13 @@ def test_threshold_takes_model_and_val_in_evaluate_only(parsed_flags):
   flags.FLAGS.threshold = "val"
   with pytest.raises(ValueError, match=r"--threshold=val: want a number in \(0, 1\) or 'model'$"):
     command_flags.threshold()
+  flags.FLAGS.threshold = "-1"  # the old float flag's "the model's own"
+  assert command_flags.threshold() is None
+  flags.FLAGS.threshold = "1.5"
+  with pytest.raises(ValueError, match=r"--threshold=1.5: want a number in \(0, 1\)"):
+    command_flags.threshold()
   flags.FLAGS.threshold, flags.FLAGS.tta = "model", "d8"
-  with pytest.raises(ValueError, match="config.inference.tta: unknown value 'd8'"):
+  with pytest.raises(ValueError, match="--tta=d8: want one of none, flips, dihedral"):
     command_flags.inference_overrides()
 
 

@@ -38,6 +38,13 @@ def test_a_config_of_the_old_layout_loads_with_every_value_in_its_new_place():
   assert "base_width" not in config.model and "resnext" not in config.model and "threshold" not in config
 
 
+def test_a_key_older_versions_wrote_and_none_reads_is_dropped():
+  saved = json.loads(LAYOUT_1.read_text())
+  saved["model"]["resnext"]["grouped_conv"] = "bundled"  # written by versions before the conv_impl setting
+  config = config_defaults.from_saved(saved, str(LAYOUT_1))
+  assert "grouped_conv" not in config.model.resnext_unet
+
+
 def test_a_saved_key_no_version_had_is_an_error_naming_the_file():
   saved = json.loads(LAYOUT_1.read_text())
   saved["model"]["dept"] = 3
@@ -54,6 +61,8 @@ def test_overrides_are_checked_and_renamed_keys_name_their_replacement():
     cli.override(default.get_config(), {"model.depth": 3})
   with pytest.raises(KeyError, match="use model.resnext_unet.groups"):
     cli.override(default.get_config(), {"model.resnext.groups": 8})
+  with pytest.raises(ValueError, match=r"'model.unet.depth'='3'"):  # a value of another type
+    cli.override(default.get_config(), {"model.unet.depth": "3"})
 
 
 def test_the_command_line_names_the_replacement_of_a_renamed_flag(tmp_path):

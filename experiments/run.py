@@ -397,6 +397,11 @@ def main(argv):
   if not _SWEEP.value:
     raise ValueError("give --sweep=experiments/<name>.py")
   sweep = load_sweep(_SWEEP.value, _TINY.value)
+  row_names = {m.get("_row_name") for m in sweep["members"]} - {None}
+  unknown = sorted(set(_ROWS.value) - row_names)
+  if unknown:
+    raise ValueError(f"--rows: {', '.join(unknown)} not rows of {_SWEEP.value} (its rows: "
+                     f"{', '.join(sorted(row_names)) or 'none: it has members, not rows'})")
   workdir = pathlib.Path(command_flags.one(command_flags.WORKDIR, "folder")
                          or REPO / "runs" / "sweeps" / sweep["name"])
   results = pathlib.Path(RESULTS.value) if RESULTS.value else results_dir(sweep, _TINY.value, workdir)

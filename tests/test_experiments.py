@@ -252,3 +252,12 @@ def test_rows_and_folds_select_the_members_run(tmp_path):
     (results / f"e2-tta-flips-fold{fold}-seed0.json").write_text("{}")
   status = run.run_sweep(sweep, tmp_path / "runs", results, only_rows=("e2-tta-flips",), only_folds=(1, 3))
   assert status == {"e2-tta-flips-fold1-seed0": "finished earlier", "e2-tta-flips-fold3-seed0": "finished earlier"}
+
+
+def test_an_unknown_row_is_an_error_naming_the_rows(tmp_path):
+  result = subprocess.run([sys.executable, "-m", "experiments.run", "--sweep=experiments/recipe.py",
+                           "--rows=r8-recipe", f"--workdir={tmp_path}"], cwd=run.REPO, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 1
+  assert "--rows: r8-recipe not rows of experiments/recipe.py (its rows: r0-before," in result.stderr
+  assert not any(tmp_path.iterdir())

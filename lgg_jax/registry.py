@@ -1,6 +1,6 @@
 """Every part chosen by a name in the config, as big_vision and scenic do.
 
-A leaf: it imports nothing of the project, so command-line flags, configs and
+A leaf: it imports only `choices` (itself a leaf), so command-line flags, configs and
 the data layer can list the names without loading models or optimizers.
 Entries are "module:attribute" strings imported on first use. A model is
 built from its own config block (`config.model.<name>`) passed as keyword
@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+
+from lgg_jax import choices
 
 PARTS = {
     "model": {
@@ -60,8 +62,7 @@ def names(part: str) -> tuple[str, ...]:
 
 def check(part: str, name) -> None:
   """Raises ValueError naming the setting, the bad name and the known names."""
-  if name not in PARTS[part]:
-    raise ValueError(f"{SETTINGS[part]}: unknown value {name!r} (known: {', '.join(PARTS[part])})")
+  choices.check(SETTINGS[part], name, names(part))
 
 
 def get(part: str, name):

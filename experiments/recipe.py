@@ -13,10 +13,8 @@ seeds of the baseline as the noise floor, the side row s1 choosing the
 percentile clip by measurement (compared with r6), and in r9 the recipe's 5-fold
 development cross-validation (the recipe was tuned on these folds), target mean
 per-patient Dice >= 0.80 with false positives on <= 3% of tumour-free slices.
-Measured 2026-11-28 (benchmarks/QUALITY.md): r9 0.815 [0.765, 0.845], false
-positives on 0.5%; the baseline's seed-to-seed difference +0.040; of the training
-elements only BatchNorm clears it (+0.085 [+0.030, +0.184]); s1's clip does not
-differ from r6's (+0.007 [-0.028, +0.071]).
+Figures: benchmarks/QUALITY.md ("The CPU recipe: 5-fold development
+cross-validation" and "Ablation on real dev patients").
 The shipped ensemble's settings (TTA, component fraction) are measured by
 experiments/ensemble.py on the recipe's folds trained again: r7's runs were
 not kept, and retraining did not reproduce them (benchmarks/QUALITY.md).

@@ -186,8 +186,12 @@ def test_commands_end_errors_in_one_line(args, message):
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("error: ") and message in last, result.stderr[-1500:]
   assert "Traceback" not in result.stderr
-  with_traceback = _command(*args, "--traceback")
-  assert with_traceback.returncode != 0 and "Traceback" in with_traceback.stderr
+
+
+def test_traceback_flag_shows_the_traceback():
+  """One command is enough: every command ends through the same `cli.run`."""
+  result = _command("lgg_jax.export", "--workdir=/nonexistent/run", "--out=/tmp/never", "--traceback")
+  assert result.returncode != 0 and "Traceback" in result.stderr and "not a run folder" in result.stderr
 
 
 def test_a_truncated_tiff_is_one_line_naming_it(tiny_dataset, tmp_path):

@@ -29,6 +29,15 @@ def test_inference_side_imports_without_the_trainer():
   assert blocked.returncode != 0  # the block really blocks: main needs the trainer
 
 
+def test_segmenting_commands_load_no_augmentation_library():
+  """albumentations imports torch when it is installed (seconds per command):
+  only training's host pipeline needs it."""
+  code = ("import sys, lgg_jax.evaluate, lgg_jax.predict, lgg_jax.export, lgg_jax.segmenter\n"
+          "print(sorted(m for m in ('albumentations', 'torch', 'scipy.stats') if m in sys.modules))")
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0 and result.stdout.strip().splitlines()[-1] == "[]", result.stderr[-2000:]
+
+
 def test_no_import_circles_among_our_modules():
   from conftest import require
   tool = REPO.parent / "shared" / "tools" / "import_cycles.py"

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from absl import flags
 
 from benchmarks import cv_files
 from experiments import run

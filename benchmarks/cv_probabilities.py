@@ -19,10 +19,9 @@ import json
 import pathlib
 
 import numpy as np
-from absl import flags
 
 from benchmarks import cv_files
-from lgg_jax import cli, command_flags, inference, parallel, segmenter
+from lgg_jax import cli, command_flags, inference, loading, parallel
 from lgg_jax.data import pipeline
 
 # Shared flags: --models (fold models: run folders, exports, or a pretrained name,
@@ -61,8 +60,8 @@ def main(argv):
   out.mkdir(parents=True, exist_ok=True)
   mesh = parallel.make_mesh()
   folds = {}
-  for path in segmenter.model_paths(segmenter.cli_models(command_flags.MODELS.value or ["pretrained:recipe_cpu"])):
-    member = segmenter.load_member(path, mesh=mesh)
+  for path in loading.model_paths(loading.cli_models(command_flags.MODELS.value or ["pretrained:recipe_cpu"])):
+    member = loading.load_member(path, mesh=mesh)
     fold = int(member.config.split.fold)
     if fold in folds:
       raise ValueError(f"{path} and {folds[fold]} are both fold {fold}: give one model per fold")

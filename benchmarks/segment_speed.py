@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from lgg_jax import cli, command_flags, predict, pretrained, segmenter
+from lgg_jax import cli, command_flags, loading, predict, pretrained, segmenter
 from lgg_jax.data import synthetic
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ def time_onnx(models: list[str], volume: np.ndarray, repeats: int) -> dict:
   the library's inference path (no TTA)."""
   import onnxruntime as ort
   from lgg_jax import inference, onnx_export, onnx_predict
-  seg = segmenter.Segmenter.load(segmenter.cli_models(models))
+  seg = segmenter.Segmenter.load(loading.cli_models(models))
   member = seg.members[0]
   predictor = inference.Predictor(member, settings=member.settings.replace(tta="none"))
   with tempfile.TemporaryDirectory(prefix="segment_speed_onnx_") as tmp:
@@ -96,7 +96,7 @@ def patient(folder: str) -> tuple[str, np.ndarray]:
 
 
 def measure(models: list[str], volume: np.ndarray, ttas: list[str], repeats: int) -> dict:
-  models = segmenter.cli_models(models)
+  models = loading.cli_models(models)
   on_disk = {pretrained.model_dir(m) if pretrained.is_pretrained_name(m) else pathlib.Path(m) for m in models}
   started = time.perf_counter()
   seg = segmenter.Segmenter.load(models)

@@ -17,7 +17,7 @@ import numpy as np
 import scipy.ndimage as ndi
 from absl import flags
 
-from lgg_jax import cli, command_flags, evaluate, inference
+from lgg_jax import cli, command_flags, evaluate, inference, loading
 from lgg_jax.data import pipeline
 
 command_flags.take("workdir", "split")  # a run folder; which of its patients
@@ -48,7 +48,7 @@ def per_slice_hd95(pred: np.ndarray, truth: np.ndarray) -> float:
 
 def main(argv):
   del argv
-  member = inference.member_from_run(command_flags.one(command_flags.WORKDIR, 'run folder'))
+  member = loading.member_from_run(command_flags.one(command_flags.WORKDIR, 'run folder'))
   config = member.config
   data = pipeline.load(config)
   plain_settings = member.settings.replace(largest_component=False)

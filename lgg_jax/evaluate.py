@@ -40,7 +40,7 @@ from collections.abc import Iterable
 import numpy as np
 from absl import flags
 
-from lgg_jax import cli, command_flags, inference, metrics, parallel, quality, segmenter
+from lgg_jax import cli, command_flags, inference, loading, metrics, parallel, quality, segmenter
 from lgg_jax.data import pipeline
 
 MISSED_DICE = 0.1
@@ -167,8 +167,8 @@ def evaluate_run(models, *, checkpoint="best", split="test", manual_dir="", tta=
   number. Without `manual_dir`, one run's `split` is scored; with it, every
   patient of that dataset (no training data needed)."""
   mesh = parallel.make_mesh()
-  members = segmenter.load_members(models, checkpoint, mesh)
-  runs = [m for m in members if not (pathlib.Path(m.source) / segmenter.WEIGHTS_FILE).is_file()]  # not exports
+  members = loading.load_members(models, checkpoint, mesh)
+  runs = [m for m in members if not (pathlib.Path(m.source) / loading.WEIGHTS_FILE).is_file()]  # not exports
   if not manual_dir and (len(members) > 1 or len(runs) != 1):
     raise ValueError("--manual_dir is needed: only a single run folder is scored on its own split (an "
                      "export carries no data, and fold models have seen every dev patient between them)")
@@ -193,7 +193,7 @@ def evaluate_run(models, *, checkpoint="best", split="test", manual_dir="", tta=
   else:
     indices = getattr(data.split, split)
   patients = data.patients(indices)
-  seg = segmenter.Segmenter(members, mesh, segmenter.quality_rule(models, len(members)), settings)
+  seg = segmenter.Segmenter(members, mesh, loading.quality_rule(models, len(members)), settings)
   estimates = {}
 
   def assessed():  # the probabilities predict gives, with each mask's quality estimate
@@ -230,7 +230,7 @@ def best_checkpoint_on_test(workdir, config, data, mesh=None) -> dict:
   `config.inference` (which may differ from the run's own: sweeps score one
   training under several inference options), the threshold chosen on the
   validation patients if asked."""
-  member = inference.member_from_run(workdir, "best", mesh)
+  member = loading.member_from_run(workdir, "best", mesh)
   settings = inference.Settings.from_config(config)
   predictor = inference.Predictor(member, mesh, settings)
   if config.inference.choose_threshold:
@@ -255,7 +255,7 @@ command_flags.take("workdir", "model", "checkpoint", "split", "manual_dir", "out
 def main(argv):
   del argv
   f = command_flags
-  models = segmenter.cli_models(f.MODEL.value) if f.MODEL.value else f.WORKDIR.value
+  models = loading.cli_models(f.MODEL.value) if f.MODEL.value else f.WORKDIR.value
   if not models:
     raise ValueError("give --workdir=RUN[,RUN...] or --model=EXPORT|pretrained[,...]")
   threshold = f.threshold(allow_val=True)  # checked; the spelling given names the output folder

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 from absl import flags
 from safetensors.numpy import save_file
 
-from lgg_jax import cli, command_flags, inference, models, onnx_export, quality, segmenter, state
+from lgg_jax import cli, command_flags, inference, loading, models, onnx_export, quality, state
 from lgg_jax.data import preprocess
 
 FORWARD_FILE = "forward.jax"
@@ -173,18 +173,18 @@ def export_run(workdir, out, checkpoint: str = "best", forward: bool = True, onn
   workdir, out = pathlib.Path(workdir).expanduser().resolve(), pathlib.Path(out).expanduser().resolve()
   if out.exists() and any(out.iterdir()):
     raise FileExistsError(f"--out={out} exists and is not empty")
-  member = inference.member_from_run(workdir, checkpoint)
+  member = loading.member_from_run(workdir, checkpoint)
   member.settings = member.settings.replace(**overrides)
   summary_path = workdir / "summary.json"
   summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
   lowered = export_forward(member) if forward else None
   with written_whole(out) as partial:
-    (partial / segmenter.CONFIG_FILE).write_text(shareable_config(member.config).to_json_best_effort(indent=2))
-    save_file(segmenter.flatten_variables(member.variables), str(partial / segmenter.WEIGHTS_FILE),
+    (partial / loading.CONFIG_FILE).write_text(shareable_config(member.config).to_json_best_effort(indent=2))
+    save_file(loading.flatten_variables(member.variables), str(partial / loading.WEIGHTS_FILE),
               # One key: safetensors writes its metadata map in hash order, so
               # two keys made two exports of one run differ byte for byte.
               metadata={"lgg_jax_checkpoint_step": str(member.step)})
-    (partial / segmenter.INFERENCE_FILE).write_text(json.dumps(
+    (partial / loading.INFERENCE_FILE).write_text(json.dumps(
         {**member.settings.as_dict(), "step": member.step,
          "input_size": member.config.data.image_size, "input_channels": state.in_channels(member.config)},
         indent=2))
@@ -240,8 +240,8 @@ def export_members_onnx(models, out) -> list[pathlib.Path]:
   out = pathlib.Path(out).expanduser()
   out.mkdir(parents=True, exist_ok=True)
   written = []
-  for path in segmenter.model_paths(segmenter.cli_models(list(models))):
-    member = segmenter.load_member(path)
+  for path in loading.model_paths(loading.cli_models(list(models))):
+    member = loading.load_member(path)
     written.append(onnx_export.export_onnx(member, out / f"{pathlib.Path(path).name}.onnx"))
   onnx_export.copy_predict_script(out)
   return written

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import pathlib
 from collections.abc import Iterable, Iterator
 
 import jax
@@ -235,18 +233,6 @@ class Member:
   @property
   def threshold(self) -> float:
     return self.settings.threshold
-
-
-def member_from_run(workdir, checkpoint: str = "best", mesh=None) -> Member:
-  """A run's checkpoint with the settings its test figures were scored with
-  (summary.json's `inference`: a threshold chosen on validation included),
-  else its config's."""
-  config, graphdef, variables, step = state.restore_variables(workdir, checkpoint, mesh)
-  summary = pathlib.Path(workdir) / "summary.json"
-  settings = Settings.from_config(config)
-  if summary.is_file():
-    settings = Settings.from_dict(json.loads(summary.read_text()).get("inference", {}), settings)
-  return Member(config, graphdef, variables, step, str(workdir), settings)
 
 
 class Predictor:

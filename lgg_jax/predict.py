@@ -55,7 +55,7 @@ import numpy as np
 import tifffile
 from absl import flags, logging
 
-from lgg_jax import cli, command_flags, figures, metrics, segmenter
+from lgg_jax import cli, command_flags, figures, loading, metrics, segmenter
 from lgg_jax.data import preprocess
 from lgg_jax.data import kaggle
 from lgg_jax.data.kaggle import DataError
@@ -417,7 +417,7 @@ DEFAULT_OUT = "predictions"  # --out when unset
 def main(argv):
   del argv
   f = command_flags
-  models = segmenter.cli_models(f.MODEL.value) if f.MODEL.value else f.WORKDIR.value
+  models = loading.cli_models(f.MODEL.value) if f.MODEL.value else f.WORKDIR.value
   if not models:
     raise ValueError("give --model=EXPORT|pretrained[,...] or --workdir=RUN[,...]")
   if not f.INPUT.value:

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from ml_collections.config_flags import config_path
 
-from lgg_jax import cli, figures, inference, models, parallel
+from lgg_jax import cli, figures, inference, loading, models, parallel
 from lgg_jax.data import pipeline
 
 _KNOBS = ("model.name", "data.image_size", "data.normalization", "data.neighbours", "data.tumour_fraction",
@@ -39,7 +39,7 @@ def write(workdir) -> pathlib.Path | None:
   summary = json.loads((workdir / "summary.json").read_text())
   if "test_per_patient" not in summary:
     return None  # no best checkpoint: nothing to show
-  member = inference.member_from_run(workdir, "best")
+  member = loading.member_from_run(workdir, "best")
   config = member.config
   data = pipeline.load(config)
   # The settings the test figures were scored with (member_from_run reads them from summary.json).

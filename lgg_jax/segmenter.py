@@ -7,7 +7,7 @@
     masks = seg.predict(volume, masks=True)            # bool, post-processed exactly as the model was scored
     assessed = seg.assess(volume)                      # masks, probabilities, uncertainty map, quality estimate
 
-A thin wrapper over the inference layer: normalisation, input size and 2.5-D
+A thin wrapper over the inference layer (models loaded by `lgg_jax.loading`): normalisation, input size and 2.5-D
 neighbours come from each model's own config, and masks from
 `inference.postprocess` with the settings the model was scored with (a
 run's summary.json, an export's inference.json: threshold, TTA, component
@@ -18,104 +18,11 @@ BatchNorm statistics are restored.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import pathlib
 
-import jax
 import numpy as np
-from flax import traverse_util
-from safetensors.numpy import load_file
 
-from lgg_jax import inference, parallel, pretrained, quality, state
-
-WEIGHTS_FILE = "weights.safetensors"
-CONFIG_FILE = "config.json"
-INFERENCE_FILE = "inference.json"
-
-
-def flatten_variables(variables: dict) -> dict[str, np.ndarray]:
-  """{"params/encoder/conv1/kernel": array, ...}: safetensors' flat names."""
-  return {"/".join(str(k) for k in path): np.asarray(v)
-          for path, v in traverse_util.flatten_dict(jax.device_get(variables)).items()}
-
-
-def member_from_export(folder, mesh=None) -> inference.Member:
-  """An exported model (lgg_jax.export): its config, weights and threshold."""
-  folder = pathlib.Path(folder).expanduser()
-  for name in (CONFIG_FILE, WEIGHTS_FILE):
-    if not (folder / name).is_file():
-      raise FileNotFoundError(f"{folder} is not an exported model: no {name}")
-  config = state.config_from_dict(json.loads((folder / CONFIG_FILE).read_text()), str(folder / CONFIG_FILE))
-  graphdef, shapes = state.abstract_variables(config)
-  try:
-    tensors = load_file(str(folder / WEIGHTS_FILE))
-  except Exception as e:  # safetensors raises its own error types for broken files
-    raise ValueError(f"{folder / WEIGHTS_FILE}: unreadable safetensors file ({e})") from e
-  flat = {}
-  for path, shape in traverse_util.flatten_dict(shapes, keep_empty_nodes=True).items():
-    if shape is traverse_util.empty_node:  # e.g. no BatchNorm statistics in a plain U-Net
-      flat[path] = shape
-      continue
-    key = "/".join(str(k) for k in path)
-    if key not in tensors:
-      raise ValueError(f"{folder / WEIGHTS_FILE}: no tensor {key!r} (the config's model needs it)")
-    if tensors[key].shape != shape.shape:
-      raise ValueError(f"{folder / WEIGHTS_FILE}: tensor {key!r} has shape {tensors[key].shape}, "
-                       f"the model needs {shape.shape}")
-    flat[path] = tensors[key].astype(shape.dtype)
-  variables = parallel.replicate(traverse_util.unflatten_dict(flat), mesh or parallel.make_mesh())
-  saved = json.loads((folder / INFERENCE_FILE).read_text()) if (folder / INFERENCE_FILE).is_file() else {}
-  settings = inference.Settings.from_dict(saved, inference.Settings.from_config(config))
-  return inference.Member(config, graphdef, variables, saved.get("step"), str(folder), settings)
-
-
-def load_member(path, checkpoint: str = "best", mesh=None) -> inference.Member:
-  path = pathlib.Path(path).expanduser()
-  if (path / WEIGHTS_FILE).is_file():
-    return member_from_export(path, mesh)
-  if (path / CONFIG_FILE).is_file():
-    return inference.member_from_run(path, checkpoint, mesh)
-  raise FileNotFoundError(f"{path} is not a run folder or an exported model (no {CONFIG_FILE})")
-
-
-def model_paths(models) -> list:
-  """Run folders and exports, each named model ("pretrained:recipe_cpu")
-  replaced by its members' folders (checked against its SHA256SUMS)."""
-  items = [models] if isinstance(models, (str, os.PathLike)) else list(models)
-  paths = []
-  for item in items:
-    paths += pretrained.resolve(item) if pretrained.is_pretrained_name(item) else [item]
-  if not paths:
-    raise ValueError("no model given")
-  return paths
-
-
-def cli_models(values: list[str]) -> list[str]:
-  """--model values: 'pretrained' means the shipped ensemble (pretrained.DEFAULT)."""
-  return [pretrained.DEFAULT if v == "pretrained" else v for v in values]
-
-
-def load_members(models, checkpoint: str = "best", mesh=None) -> list[inference.Member]:
-  """Run folders, exports and named pretrained models (one or a list)."""
-  paths = model_paths(models)
-  mesh = mesh or parallel.make_mesh()
-  return [load_member(p, checkpoint, mesh) for p in paths]
-
-
-def quality_rule(models, member_count: int) -> quality.Rule:
-  """The quality rule stored with the models: a pretrained model's own
-  quality.json, else the first export's (a single model's), else the
-  defaults (quality.DEFAULT_ENSEMBLE or quality.DEFAULT_SINGLE)."""
-  items = [models] if isinstance(models, (str, os.PathLike)) else list(models)
-  folders = [pretrained.model_dir(i) for i in items if pretrained.is_pretrained_name(i)]
-  if member_count == 1:
-    folders += [pathlib.Path(i).expanduser() for i in items if not pretrained.is_pretrained_name(i)]
-  for folder in folders:
-    rule = quality.Rule.load(folder)
-    if rule is not None:
-      return rule
-  return quality.DEFAULT_ENSEMBLE if member_count > 1 else quality.DEFAULT_SINGLE
+from lgg_jax import inference, loading, parallel, quality
 
 
 @dataclasses.dataclass
@@ -142,8 +49,8 @@ class Segmenter:
   @classmethod
   def load(cls, path: str | os.PathLike | list, checkpoint: str = "best") -> Segmenter:
     mesh = parallel.make_mesh()
-    members = load_members(path, checkpoint, mesh)
-    return cls(members, mesh, quality_rule(path, len(members)))
+    members = loading.load_members(path, checkpoint, mesh)
+    return cls(members, mesh, loading.quality_rule(path, len(members)))
 
   @property
   def threshold(self) -> float:

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from lgg_jax import baselines, cli, inference, models, parallel, registry, train
+from lgg_jax import baselines, cli, inference, loading, models, parallel, registry, train
 from lgg_jax.data import crops, device_pipeline, pipeline
 from conftest import tiny_config
 
@@ -129,7 +129,7 @@ def test_a_model_trained_on_crops_beats_the_flair_threshold_on_whole_held_out_sl
   config.split.num_folds = 5
   config.write_report = False
   summary = train.train_and_evaluate(config, tmp_path / "run")
-  member = inference.member_from_run(tmp_path / "run")
+  member = loading.member_from_run(tmp_path / "run")
   assert member.config.data.crop_size == 64
   data = pipeline.load(config)
   volume, truth = data.volume(data.patients(data.split.test)[0])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from lgg_jax import baselines, evaluate, inference, metrics, predict, report, train
+from lgg_jax import baselines, evaluate, inference, loading, metrics, predict, report, train
 from lgg_jax.data import pipeline
 from conftest import import_or_skip, tiny_config
 
@@ -142,7 +142,7 @@ def test_scores_are_taken_at_256_against_the_untouched_truth(trained_run):
 def test_threshold_from_validation_and_tta_are_what_they_say(trained_run):
   workdir, config, _ = trained_run
   data = pipeline.load(config)
-  member = inference.member_from_run(workdir)
+  member = loading.member_from_run(workdir)
   val = list(inference.Predictor(member).predict_patients(data, data.patients(data.split.val)))
   chosen = evaluate.evaluate_run(workdir, threshold="val", name="val_threshold")["threshold"]
   assert chosen == evaluate.choose_threshold(val, member.settings)
@@ -345,7 +345,7 @@ def test_an_ensemble_needs_other_patients_and_scores_its_members_mean_probabilit
   runs = [workdir, earlier]
   result = evaluate.evaluate_run(runs, checkpoint="latest", manual_dir=str(tiny_dataset), out=str(tmp_path / "two"))
   assert result["checkpoint_steps"] == [kept[-1], kept[0]] and result["runs"] == [str(r) for r in runs]
-  members = [inference.member_from_run(r, "latest") for r in runs]
+  members = [loading.member_from_run(r, "latest") for r in runs]
   threshold = float(np.mean([m.threshold for m in members]))
   assert not config.inference.largest_component  # scored on the thresholded mean alone
   external = config.copy_and_resolve_references()

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from lgg_jax import Segmenter, evaluate, export, inference, parallel, predict, train
+from lgg_jax import Segmenter, evaluate, export, inference, loading, parallel, predict, train
 from lgg_jax.data import pipeline, preprocess
 from conftest import tiny_config
 
@@ -99,7 +99,7 @@ def test_a_patients_last_batch_is_rounded_to_8_rows_not_to_a_whole_batch(planted
   """19 slices in eval batches of 16 on 8 devices: batches of 16 and 8 (not
   two of 16), and the probabilities of one unpadded call of the same step."""
   root, config = planted_run
-  member = inference.member_from_run(root / "run")
+  member = loading.member_from_run(root / "run")
   predictor = inference.Predictor(member)
   assert predictor.mesh.devices.size == 8 and member.config.eval_batch_size == 16
   assert predictor._chunks(member, 19) == [16, 8] and predictor._chunks(member, 32) == [16, 16]

@@ -19,7 +19,7 @@ from conftest import REAL_DATA, import_or_skip, require
 import_or_skip("jax2onnx", 'the [onnx] extra: pip install -e ".[onnx]"')
 import_or_skip("onnxruntime", 'the [onnx] extra: pip install -e ".[onnx]"')
 
-from lgg_jax import inference, onnx_export, parallel, predict, state  # noqa: E402
+from lgg_jax import inference, loading, onnx_export, parallel, predict, state  # noqa: E402
 from lgg_jax import export as export_lib  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -120,8 +120,7 @@ def test_the_reference_script_masks_a_real_patient_as_the_library_does(tmp_path)
   require(REAL_DATA, "../shared/data/lgg_dev")
   written = export_lib.export_members_onnx([str(SHIPPED_MEMBER)], tmp_path)
   assert [p.name for p in written] == ["fold0.onnx"] and (tmp_path / "onnx_predict.py").is_file()
-  from lgg_jax import segmenter
-  member = segmenter.member_from_export(SHIPPED_MEMBER)
+  member = loading.member_from_export(SHIPPED_MEMBER)
   case = predict.find_cases(REAL_DATA / "TCGA_DU_5849_19950405")[0]
   np.save(tmp_path / "slices.npy", case.images)
   script = ("import runpy, sys\n"

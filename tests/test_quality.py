@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from lgg_jax import Segmenter, inference, quality, segmenter
+from lgg_jax import Segmenter, inference, loading, quality
 
 SHIPPED = inference.Settings(0.5, "none", True, 0.0)
 
@@ -71,8 +71,8 @@ def test_the_rule_is_read_from_a_model_folder_and_a_bad_one_is_named(tmp_path):
   assert quality.Rule.load(tmp_path) is None
   quality.Rule("view_agreement", 0.83, "test").save(tmp_path)
   assert quality.Rule.load(tmp_path) == quality.Rule("view_agreement", 0.83, "test")
-  assert segmenter.quality_rule([str(tmp_path)], 1) == quality.Rule("view_agreement", 0.83, "test")
-  assert segmenter.quality_rule([str(tmp_path), str(tmp_path)], 2) == quality.DEFAULT_ENSEMBLE
+  assert loading.quality_rule([str(tmp_path)], 1) == quality.Rule("view_agreement", 0.83, "test")
+  assert loading.quality_rule([str(tmp_path), str(tmp_path)], 2) == quality.DEFAULT_ENSEMBLE
   (tmp_path / quality.QUALITY_FILE).write_text(json.dumps({"signal": "vibes", "review_threshold": 0.5}))
   with pytest.raises(ValueError, match="quality signal"):
     quality.Rule.load(tmp_path)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from lgg_jax import Segmenter, export, inference, segmenter, train
+from lgg_jax import Segmenter, export, inference, loading, train
 from lgg_jax.data import pipeline
 from lgg_jax.predict import find_cases
 from conftest import REAL_DATA, require, tiny_config
@@ -52,7 +52,7 @@ def test_segmenter_from_a_run_equals_the_inference_layer_and_gives_masks(run):
   seg = Segmenter.load(workdir)
   probabilities = seg.predict(volume)
   assert probabilities.dtype == np.float32 and probabilities.shape == (len(volume), 256, 256)
-  reference = inference.Predictor(inference.member_from_run(workdir)).predict_volume(volume)
+  reference = inference.Predictor(loading.member_from_run(workdir)).predict_volume(volume)
   np.testing.assert_array_equal(probabilities, reference)
   summary = json.loads((workdir / "summary.json").read_text())
   assert seg.threshold == summary["inference"]["threshold"]  # chosen on the validation patients
@@ -123,7 +123,7 @@ def test_segment_a_real_patient_folder_from_python(exported):
   seg = Segmenter.load(exported)
   assert not seg.members[0].config.inference.largest_component
   probabilities = seg.predict(case.images)
-  reference = inference.Predictor(segmenter.member_from_export(exported)).predict_volume(case.images)
+  reference = inference.Predictor(loading.member_from_export(exported)).predict_volume(case.images)
   np.testing.assert_array_equal(probabilities, reference)
   assert probabilities.std() > 0  # not a constant map
   masks = seg.predict(case.images, masks=True)

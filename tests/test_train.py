@@ -9,7 +9,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from lgg_jax import cli, inference, losses, optimizers, parallel, provenance, state, steps, train
+from lgg_jax import cli, inference, loading, losses, optimizers, parallel, provenance, state, steps, train
 from lgg_jax.data import pipeline
 from conftest import tiny_config
 
@@ -120,7 +120,7 @@ def test_the_best_checkpoint_is_the_best_epoch_whatever_checkpoint_every_epochs(
   best = max(records, key=lambda r: r["val_dice"])
   assert best["epoch"] == 1 and best["val_dice"] > 0, records  # the case: no latest checkpoint of the best epoch
   assert (summary["best_step"], summary["best_val_dice"]) == (best["step"], best["val_dice"])
-  member = inference.member_from_run(workdir, "best")
+  member = loading.member_from_run(workdir, "best")
   assert member.step == best["step"]
   data = pipeline.load(config)
   val, _ = train.validate(inference.Predictor(member, settings=inference.validation_settings(config)), data,

@@ -17,7 +17,10 @@ setup(
     # The shipped models: lgg_jax/pretrained/<model>/SHA256SUMS and model card,
     # <model>/<member>/ exports (patterns one level each: any setuptools reads them).
     package_data={"lgg_jax.pretrained": ["*/SHA256SUMS", "*/*.md", "*/*.json", "*/*/*.json", "*/*/*.md",
-                                         "*/*/*.safetensors", "*/*/*.jax"]},
+                                         "*/*/*.safetensors", "*/*/*.jax"],
+                  # The review page and the NiiVue it vendors (its version, licence, bundled libraries).
+                  "lgg_jax": ["review_page/*.html", "review_page/*.js", "review_page/*.css",
+                              "review_page/niivue/*"]},
     install_requires=[
         # jax 0.10.x is the newest for Python 3.11 (0.11+ need 3.12). CI's
         # second leg runs 0.11.2; the suite passed once on 0.12.0.1 with
@@ -49,7 +52,8 @@ setup(
     ],
     extras_require={
         # medpy (GPL) is only the tests' reference for HD95, never a dependency.
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "medpy==0.5.2", "tensorboard>=2.15"],
+        # selenium drives Debian's chromium in the review page's browser test (.ci/run installs it).
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "medpy==0.5.2", "tensorboard>=2.15", "selenium>=4.20"],
         # ONNX export (lgg_jax.onnx_export); jax2onnx 0.17.1 pins orbax-checkpoint<0.11.37, so CI
         # installs it in a venv of its own (.ci/run onnx) and the core legs keep their orbax.
         "onnx": ["jax2onnx>=0.17.1,<0.18", "onnx>=1.17", "onnxruntime>=1.20"],

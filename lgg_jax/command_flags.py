@@ -32,6 +32,8 @@ SPLIT = flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split of t
 MODELS = flags.DEFINE_list("models", None, "Models, of the kind the command's doc names (architectures to "
                            "time, or trained runs or exports).")
 OUT = flags.DEFINE_string("out", None, "Output folder (unset: the command's default, named in its doc above).")
+SAVE_PROBABILITIES = flags.DEFINE_bool("save_probabilities", False, "Also write each patient's mean probability "
+                                       "and voxel-wise uncertainty as float32 NIfTI (the review page shows them).")
 ONNX = flags.DEFINE_bool("onnx", False, "ONNX: export model.onnx and onnx_predict.py (the [onnx] extra), or "
                          "time it.")
 TTA = flags.DEFINE_string("tta", "", f"Test-time augmentation ({', '.join(registry.names('tta'))}); empty: "

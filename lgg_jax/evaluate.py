@@ -40,7 +40,7 @@ from collections.abc import Iterable
 import numpy as np
 from absl import flags
 
-from lgg_jax import cli, command_flags, inference, loading, metrics, parallel, quality, segmenter
+from lgg_jax import cli, command_flags, inference, loading, metrics, parallel, predict, quality, review, segmenter
 from lgg_jax.data import pipeline
 
 MISSED_DICE = 0.1
@@ -158,14 +158,18 @@ def write_outputs(out: pathlib.Path, summary: dict, rows: list[dict]) -> None:
 
 
 def evaluate_run(models, *, checkpoint="best", split="test", manual_dir="", tta=None, largest_component=None,
-                 component_fraction=None, component_rank=None, threshold="model", name="", out="") -> dict:
+                 component_fraction=None, component_rank=None, threshold="model", name="", out="",
+                 save_probabilities=False) -> dict:
   """Scores a model (a run folder, an export, a pretrained name, or a list of
   them: their mean) with the one inference path; writes the outputs and
   returns the summary. Inference settings default to the models' own (see
   `inference.ensemble_settings`); a given value overrides them. `threshold`:
   'model' (the models'), 'val' (chosen on the run's validation patients) or a
   number. Without `manual_dir`, one run's `split` is scored; with it, every
-  patient of that dataset (no training data needed)."""
+  patient of that dataset (no training data needed). Beside the tables it
+  writes each patient's volumes and the review page's index
+  (`python -m lgg_jax.review OUT`); `save_probabilities` adds the
+  probability and uncertainty volumes."""
   mesh = parallel.make_mesh()
   members = loading.load_members(models, checkpoint, mesh)
   runs = [m for m in members if not (pathlib.Path(m.source) / loading.WEIGHTS_FILE).is_file()]  # not exports
@@ -194,13 +198,28 @@ def evaluate_run(models, *, checkpoint="best", split="test", manual_dir="", tta=
     indices = getattr(data.split, split)
   patients = data.patients(indices)
   seg = segmenter.Segmenter(members, mesh, loading.quality_rule(models, len(members)), settings)
-  estimates = {}
+  name = name or "_".join(["external" if manual_dir else split, f"step{members[0].step}"]
+                          + ([f"ensemble{len(members)}"] if len(members) > 1 else [])
+                          + ([f"tta-{settings.tta}"] if settings.tta != "none" else [])
+                          + (["lcc"] if settings.largest_component else [])
+                          + ([f"rank-{settings.component_rank}"] if settings.component_rank != "volume" else [])
+                          + ([f"frac-{settings.component_fraction:g}"] if settings.component_fraction else [])
+                          + ([f"thr-{threshold}"] if threshold not in ("model", "config") else []))
+  default_out = (pathlib.Path(runs[0].source) / "evaluation" if runs else pathlib.Path("evaluation")) / name
+  out = pathlib.Path(out) if out else default_out
+  writes = cli.is_main_process()
+  estimates, review_files = {}, {}
 
-  def assessed():  # the probabilities predict gives, with each mask's quality estimate
+  def assessed():  # the probabilities predict gives, with each mask's quality estimate and the page's volumes
     for patient in patients:
       volume, truth = data.volume(patient)
       result = seg.assess(volume, **settings.as_dict())
       estimates[patient] = result.estimate
+      if writes:
+        case = predict.Case(patient, [f"{patient}_{k + 1}" for k in range(len(volume))], volume, truth)
+        review_files[patient] = (predict.write_review_volumes(
+            case, result.masks, out / patient, result.probabilities if save_probabilities else None,
+            result.uncertainty if save_probabilities else None), predict.focus_slice(case, result.masks))
       yield patient, result.probabilities, truth
 
   summary, rows = score(cli.progress(assessed(), total=len(patients), desc="evaluate", unit="patient"),
@@ -212,16 +231,13 @@ def evaluate_run(models, *, checkpoint="best", split="test", manual_dir="", tta=
   summary.update(checkpoint_steps=[m.step for m in members], split="external" if manual_dir else split,
                  inference=settings.as_dict(), tta=settings.tta, runs=[str(m.source) for m in members],
                  dataset=data.manual_dir)
-  name = name or "_".join(["external" if manual_dir else split, f"step{members[0].step}"]
-                          + ([f"ensemble{len(members)}"] if len(members) > 1 else [])
-                          + ([f"tta-{settings.tta}"] if settings.tta != "none" else [])
-                          + (["lcc"] if settings.largest_component else [])
-                          + ([f"rank-{settings.component_rank}"] if settings.component_rank != "volume" else [])
-                          + ([f"frac-{settings.component_fraction:g}"] if settings.component_fraction else [])
-                          + ([f"thr-{threshold}"] if threshold not in ("model", "config") else []))
-  if cli.is_main_process():
-    default_out = (pathlib.Path(runs[0].source) / "evaluation" if runs else pathlib.Path("evaluation")) / name
-    write_outputs(pathlib.Path(out) if out else default_out, summary, rows)
+  if writes:
+    write_outputs(out, summary, rows)
+    review.write_index(out, "evaluate", [
+        {"case": r["patient"], **r,
+         "files": {k: f"{r['patient']}/{v}" for k, v in review_files[r["patient"]][0].items()},
+         "nifti_input": False, "focus_slice": review_files[r["patient"]][1]} for r in rows],
+        inference=settings.as_dict(), models=[str(m.source) for m in members])
   return summary
 
 
@@ -246,7 +262,8 @@ def best_checkpoint_on_test(workdir, config, data, mesh=None) -> dict:
 
 
 _NAME = flags.DEFINE_string("name", "", "Output subfolder name (default from the options).")
-command_flags.take("workdir", "model", "checkpoint", "split", "manual_dir", "out", *command_flags.INFERENCE)
+command_flags.take("workdir", "model", "checkpoint", "split", "manual_dir", "out", "save_probabilities",
+                   *command_flags.INFERENCE)
 # --model: export folder(s), run folder(s), or 'pretrained'; several: an ensemble.
 # Needs --manual_dir unless it is one run folder. --out default:
 # <first workdir>/evaluation/<name>.
@@ -261,7 +278,8 @@ def main(argv):
   threshold = f.threshold(allow_val=True)  # checked; the spelling given names the output folder
   summary = evaluate_run(models, checkpoint=f.CHECKPOINT.value, split=f.SPLIT.value,
                          manual_dir=f.MANUAL_DIR.value, threshold="model" if threshold is None else f.THRESHOLD.value.strip(),
-                         name=_NAME.value, out=f.OUT.value or "", **f.inference_overrides(with_threshold=False))
+                         name=_NAME.value, out=f.OUT.value or "", save_probabilities=f.SAVE_PROBABILITIES.value,
+                         **f.inference_overrides(with_threshold=False))
   print(f"per-patient Dice {summary['patient_dice']:.4f} (median {summary['patient_dice_median']:.4f}), "
         f"tumour-slice Dice {summary['tumour_slice_dice']:.4f}, HD95 {summary['hd95_px']:.1f} px "
         f"({summary['hd95_undefined']} undefined; {summary['hd95_px_penalised']:.1f} px with them at "

@@ -55,7 +55,7 @@ import numpy as np
 import tifffile
 from absl import flags, logging
 
-from lgg_jax import cli, command_flags, figures, loading, metrics, segmenter
+from lgg_jax import cli, command_flags, figures, loading, metrics, review, segmenter
 from lgg_jax.data import preprocess
 from lgg_jax.data import kaggle
 from lgg_jax.data.kaggle import DataError
@@ -265,12 +265,14 @@ def _nifti_case(folder: pathlib.Path) -> Case | None:
   return _nifti_volumes(folder.name, folder, _nifti_roles(files, alone=len(files) == 1))
 
 
-def write_nifti_volume(case: Case, slices: np.ndarray, path: pathlib.Path) -> None:
+def write_nifti_volume(case: Case, slices: np.ndarray, path: pathlib.Path, labels: bool = False) -> None:
   """(S, 256, 256) display slices of a case as NIfTI: for NIfTI input, back in
-  the input's grid, orientation, affine and qform/sform codes (bool masks
-  resized by nearest neighbour, float32 maps bilinearly); for slice folders,
-  a RAS+ volume of 1 x 1 x 1 voxels, slices in order, shown as the PNGs are."""
-  dtype = np.uint8 if slices.dtype == bool else np.float32
+  the input's grid, orientation, affine and qform/sform codes (bool masks and
+  `labels` resized by nearest neighbour, uint8 images and float32 maps
+  bilinearly); for slice folders, a RAS+ volume of 1 x 1 x 1 voxels, slices in
+  order, shown as the PNGs are (anterior at the top)."""
+  dtype = np.uint8 if slices.dtype in (bool, np.uint8) else np.float32
+  nearest = slices.dtype == bool or labels
   slices = slices.astype(dtype)
   reference = case.nifti
   if reference is None:
@@ -283,7 +285,7 @@ def write_nifti_volume(case: Case, slices: np.ndarray, path: pathlib.Path) -> No
   ras_shape = nib.orientations.apply_orientation(np.zeros(reference.shape[:3], bool),
                                                  nib.orientations.ornt_transform(orientation, _RAS)).shape
   rows, columns = ras_shape[1], ras_shape[0]  # display slices are (Y, X)
-  interpolation = cv2.INTER_NEAREST if dtype == np.uint8 else cv2.INTER_LINEAR
+  interpolation = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
   slices = np.stack([cv2.resize(p, (columns, rows), interpolation=interpolation) for p in slices])
   from_ras = nib.orientations.ornt_transform(_RAS, orientation)
   volume = nib.orientations.apply_orientation(from_display_slices(slices), from_ras).astype(dtype)
@@ -337,36 +339,86 @@ def describe(settings) -> str:
   return words
 
 
-def write_case(case: Case, probs: np.ndarray, pred: np.ndarray, settings, out: pathlib.Path) -> dict:
-  """Masks (the post-processed `pred`), overlays, GIF and panel of one case."""
+def error_labels(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+  """uint8 labels the review page colours: 1 found, 2 false positive, 3 missed."""
+  labels = np.zeros(pred.shape, np.uint8)
+  labels[pred & truth] = review.FOUND
+  labels[pred & ~truth] = review.FALSE_POSITIVE
+  labels[~pred & truth] = review.MISSED
+  return labels
+
+
+def write_review_volumes(case: Case, pred: np.ndarray, folder: pathlib.Path, probabilities: np.ndarray | None = None,
+                         uncertainty: np.ndarray | None = None) -> dict[str, str]:
+  """The compressed NIfTI volumes the review page shows (and ITK-SNAP or 3D
+  Slicer open): the three sequences as the model saw them, the mask, and where
+  given the truth, its error labels, the probability and the uncertainty.
+  Returns {layer: file name in `folder`}."""
+  volumes = {role: case.images[..., channel] for channel, role in enumerate(_CHANNEL_ROLES)}
+  volumes["mask"] = np.asarray(pred, bool)
+  if case.truth is not None:
+    volumes["truth"] = case.truth
+    volumes["errors"] = error_labels(np.asarray(pred, bool), case.truth)
+  if probabilities is not None:
+    volumes["probabilities"] = np.asarray(probabilities, np.float32)
+  if uncertainty is not None:
+    volumes["uncertainty"] = np.asarray(uncertainty, np.float32)
+  folder.mkdir(parents=True, exist_ok=True)
+  files = {}
+  for layer, slices in volumes.items():
+    files[layer] = f"{case.name}_{layer}.nii.gz"
+    write_nifti_volume(case, slices, folder / files[layer], labels=layer == "errors")
+  return files
+
+
+def focus_slice(case: Case, pred: np.ndarray) -> int:
+  """The slice the review page opens at: the most tumour (true, else predicted)."""
+  return int(np.argmax((case.truth if case.truth is not None else pred).sum(axis=(1, 2))))
+
+
+def voxel_ml(case: Case) -> float | None:
+  """The volume in ml of one voxel of the 256x256 display grid; None for
+  slice folders (no spacing)."""
+  if case.nifti is None:
+    return None
+  zooms = np.asarray(case.nifti.header.get_zooms()[:3], float)
+  return float(np.prod(zooms) * np.prod(case.nifti.shape[:3]) / (len(case.slice_names) * SIZE * SIZE) / 1000.0)
+
+
+def write_case(case: Case, probs: np.ndarray, pred: np.ndarray, settings, out: pathlib.Path,
+               overlays: bool = False) -> dict:
+  """Masks (the post-processed `pred`) and the panel of one case; with
+  `overlays`, the per-slice overlay PNGs and the GIF too."""
   folder = out / case.name
-  (folder / "overlays").mkdir(parents=True, exist_ok=True)
-  if case.nifti is not None:
-    write_nifti_mask(case, pred, folder / f"{case.name}_mask.nii.gz")
-  else:
+  folder.mkdir(parents=True, exist_ok=True)
+  if case.nifti is None:
     (folder / "masks").mkdir(exist_ok=True)
     for name, p in zip(case.slice_names, pred):
       cv2.imwrite(str(folder / "masks" / f"{name}_pred.png"), np.where(p, 255, 0).astype(np.uint8))
-  frames = []
-  for i, name in enumerate(case.slice_names):
-    frame = figures.overlay(case.images[i], pred[i], truth=None if case.truth is None else case.truth[i])
-    cv2.imwrite(str(folder / "overlays" / f"{name}.png"), frame[..., ::-1])
-    frames.append(frame)
-  figures.gif(frames, folder / f"{case.name}.gif")
-  area = (case.truth if case.truth is not None else pred).sum(axis=(1, 2))
-  k = int(np.argmax(area))
+  if overlays:
+    (folder / "overlays").mkdir(exist_ok=True)
+    frames = []
+    for i, name in enumerate(case.slice_names):
+      frame = figures.overlay(case.images[i], pred[i], truth=None if case.truth is None else case.truth[i])
+      cv2.imwrite(str(folder / "overlays" / f"{name}.png"), frame[..., ::-1])
+      frames.append(frame)
+    figures.gif(frames, folder / f"{case.name}.gif")
+  k = focus_slice(case, pred)
   figures.prediction_panel(case.images[k], None if case.truth is None else case.truth[k], probs[k], pred[k],
                            folder / f"{case.name}_panel.png", title=f"{case.name}, {case.slice_names[k]}",
                            mask_title=f"prediction ({describe(settings)})")
   result = {"case": case.name, "slices": len(case.slice_names), "predicted_pixels": int(pred.sum()),
             "slices_with_tumour_predicted": int(pred.any(axis=(1, 2)).sum())}
+  ml = voxel_ml(case)
+  if ml is not None:
+    result["predicted_volume_ml"] = round(float(pred.sum()) * ml, 3)
   if case.truth is not None:
     result["dice"] = float(metrics.dice_from_counts((pred & case.truth).sum(), pred.sum(), case.truth.sum()))
   return result
 
 
 def predict(models, input_path, out, *, checkpoint="best", tta=None, threshold=None, largest_component=None,
-            component_fraction=None, component_rank=None, save_probabilities=False) -> list[dict]:
+            component_fraction=None, component_rank=None, save_probabilities=False, overlays=False) -> list[dict]:
   """Masks, overlays, GIFs and panels for every case under `input_path`.
   `models`: a run folder, an export or a pretrained name, or a list of them
   (their mean probability). Masks come from the one inference path with the
@@ -378,24 +430,29 @@ def predict(models, input_path, out, *, checkpoint="best", tta=None, threshold=N
   seg = segmenter.Segmenter.load(models, checkpoint)
   settings = seg.settings.replace(tta=tta or None, threshold=threshold, largest_component=largest_component,
                                   component_fraction=component_fraction, component_rank=component_rank)
-  return predict_cases(seg, cases, pathlib.Path(out), settings, save_probabilities)
+  return predict_cases(seg, cases, pathlib.Path(out), settings, save_probabilities, overlays)
 
 
 def predict_cases(seg: segmenter.Segmenter, cases: list[Case], out: pathlib.Path, settings,
-                  save_probabilities: bool = False) -> list[dict]:
+                  save_probabilities: bool = False, overlays: bool = False) -> list[dict]:
   """What `predict` writes, for cases already read and a model already loaded."""
-  results = []
+  results, review_rows = [], []
   for case in cli.progress(cases, desc="predict", unit="case"):
     assessed = seg.assess(case.images, **settings.as_dict())
-    result = write_case(case, assessed.probabilities, assessed.masks, settings, out)
-    if save_probabilities:
-      write_nifti_volume(case, assessed.probabilities, out / case.name / f"{case.name}_probabilities.nii.gz")
-      write_nifti_volume(case, assessed.uncertainty, out / case.name / f"{case.name}_uncertainty.nii.gz")
-    results.append({**result, **assessed.estimate.as_row()})
+    result = {**write_case(case, assessed.probabilities, assessed.masks, settings, out, overlays),
+              **assessed.estimate.as_row()}
+    files = write_review_volumes(case, assessed.masks, out / case.name,
+                                 assessed.probabilities if save_probabilities else None,
+                                 assessed.uncertainty if save_probabilities else None)
+    results.append(result)
+    review_rows.append({**result, "files": {k: f"{case.name}/{v}" for k, v in files.items()},
+                        "nifti_input": case.nifti is not None, "focus_slice": focus_slice(case, assessed.masks)})
   if cli.is_main_process():
     (out / "predictions.json").write_text(json.dumps(
         {"models": [m.source for m in seg.members], "inference": settings.as_dict(),
          "quality_rule": dataclasses.asdict(seg.rule), "cases": results}, indent=2))
+    review.write_index(out, "predict", review_rows, inference=settings.as_dict(),
+                       models=[m.source for m in seg.members])
   return results
 
 
@@ -408,9 +465,9 @@ def review_lines(results: list[dict]) -> list[str]:
       f"  {r['case']}: {r['review_reason']}" for r in sorted(flagged, key=lambda r: r["quality"])]
 
 
-_SAVE_PROBABILITIES = flags.DEFINE_bool("save_probabilities", False, "Also write each case's mean probability "
-                                        "and voxel-wise uncertainty as float32 NIfTI.")
-command_flags.take("workdir", "model", "input", "out", "checkpoint", *command_flags.INFERENCE)
+_OVERLAYS = flags.DEFINE_bool("overlays", False, "Also write per-slice overlay PNGs and a GIF per case "
+                              "(`python -m lgg_jax.review OUT` shows the volumes instead).")
+command_flags.take("workdir", "model", "input", "out", "checkpoint", "save_probabilities", *command_flags.INFERENCE)
 DEFAULT_OUT = "predictions"  # --out when unset
 
 
@@ -423,10 +480,12 @@ def main(argv):
   if not f.INPUT.value:
     raise ValueError("give --input=SLICES|PATIENT_FOLDERS|NIFTI (the module's doc lists the forms)")
   results = predict(models, f.INPUT.value, f.OUT.value or DEFAULT_OUT, checkpoint=f.CHECKPOINT.value,
-                    save_probabilities=_SAVE_PROBABILITIES.value, **f.inference_overrides())
+                    save_probabilities=f.SAVE_PROBABILITIES.value, overlays=_OVERLAYS.value,
+                    **f.inference_overrides())
   for r in results:
     print(json.dumps(r))
   print("\n".join(review_lines(results)))
+  print(f"look at them: python -m lgg_jax.review {f.OUT.value or DEFAULT_OUT}")
 
 
 if __name__ == "__main__":

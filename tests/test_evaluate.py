@@ -2,11 +2,12 @@ import csv
 import json
 import shutil
 
+import nibabel as nib
 import numpy as np
 import pytest
 import tifffile
 
-from lgg_jax import baselines, evaluate, inference, loading, metrics, predict, report, train
+from lgg_jax import baselines, evaluate, inference, loading, metrics, predict, report, review, train
 from lgg_jax.data import pipeline
 from conftest import import_or_skip, tiny_config
 
@@ -231,7 +232,7 @@ def test_prediction_on_slices_writes_masks_overlays_gif_and_panel(trained_run, t
   workdir, _, _ = trained_run
   patient = _patient_folder(tiny_dataset)
   n = len([f for f in patient.iterdir() if not f.stem.endswith("_mask")])
-  results = predict.predict(workdir, patient.parent, tmp_path / "out")
+  results = predict.predict(workdir, patient.parent, tmp_path / "out", overlays=True)
   result = next(r for r in results if r["case"] == patient.name)
   assert result["slices"] == n and 0.0 <= result["dice"] <= 1.0
   folder = tmp_path / "out" / patient.name
@@ -242,6 +243,32 @@ def test_prediction_on_slices_writes_masks_overlays_gif_and_panel(trained_run, t
   frames = imageio.mimread(folder / f"{patient.name}.gif")
   assert len(frames) == n and frames[0].shape[:2] == (256, 256)
   assert (folder / f"{patient.name}_panel.png").stat().st_size > 1000
+  # The review page's volumes and index: the mask volume holds the PNG masks, slices in order.
+  index = json.loads((tmp_path / "out" / review.INDEX_FILE).read_text())
+  row = next(r for r in index["cases"] if r["case"] == patient.name)
+  assert set(row["files"]) == {"pre", "flair", "post", "mask", "truth", "errors"}
+  volume = nib.load(str(tmp_path / "out" / row["files"]["mask"]))
+  pngs = np.stack([cv2.imread(str(m), cv2.IMREAD_UNCHANGED) > 0 for m in
+                   sorted(masks, key=lambda m: int(m.stem.split("_")[-2]))])
+  np.testing.assert_array_equal(predict.to_display_slices(np.asarray(volume.dataobj)) > 0, pngs)
+  # Without overlays=True: no per-slice overlays or GIF.
+  predict.predict(workdir, patient, tmp_path / "plain")
+  assert not (tmp_path / "plain" / patient.name / "overlays").exists()
+  assert not (tmp_path / "plain" / patient.name / f"{patient.name}.gif").exists()
+
+
+def test_evaluation_writes_the_review_page_volumes_and_index(trained_run, tmp_path):
+  workdir, _, _ = trained_run
+  summary = evaluate.evaluate_run(workdir, out=tmp_path / "eval", save_probabilities=True)
+  index = json.loads((tmp_path / "eval" / review.INDEX_FILE).read_text())
+  per_patient = list(csv.DictReader((tmp_path / "eval" / "per_patient.csv").open()))
+  assert [r["case"] for r in index["cases"]] == [r["patient"] for r in per_patient]
+  assert len(index["cases"]) == summary["patients"] and index["kind"] == "evaluate"
+  for row in index["cases"]:
+    assert {"dice", "hd95_px", "quality", "review"} <= set(row)
+    assert set(row["files"]) == {"pre", "flair", "post", "mask", "truth", "errors", "probabilities", "uncertainty"}
+    assert all((tmp_path / "eval" / f).is_file() for f in row["files"].values())
+  assert review.find_index(tmp_path / "eval")["index"] == review.INDEX_FILE
 
 
 def test_nifti_in_any_axis_order_gives_the_tiff_folders_masks_and_keeps_its_header(trained_run, tiny_dataset,

@@ -1,0 +1,132 @@
+"""The review server: what it serves and what it refuses; the page's index."""
+
+import http.client
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import threading
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from lgg_jax import predict, review
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def served(tmp_path):
+  """A server on a free port over tmp_path/root, with a secret beside root."""
+  root = tmp_path / "root"
+  (root / "case").mkdir(parents=True)
+  (root / "case" / "inside.txt").write_text("inside")
+  (root / review.INDEX_FILE).write_text(json.dumps({"kind": "predict", "cases": []}))
+  (tmp_path / "secret.txt").write_text("secret")
+  (root / "out_link.txt").symlink_to(tmp_path / "secret.txt")
+  (root / "out_dir").symlink_to(tmp_path)
+  (root / "in_link.txt").symlink_to(root / "case" / "inside.txt")
+  server = review.make_server(root, port=0)
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  yield server
+  server.shutdown()
+  server.server_close()
+
+
+def _request(server, path, method="GET"):
+  connection = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
+  connection.request(method, path)  # the path goes out exactly as written
+  response = connection.getresponse()
+  body = response.read()
+  connection.close()
+  return response.status, body, response
+
+
+def test_serves_files_under_the_folder_and_the_page(served):
+  assert served.server_address[0] == "127.0.0.1"  # the default binds this machine only
+  assert _request(served, "/files/case/inside.txt")[:2] == (200, b"inside")
+  assert _request(served, "/files/in_link.txt")[:2] == (200, b"inside")  # a link that stays inside
+  status, body, _ = _request(served, "/")
+  assert status == 200 and b"review.js" in body
+  status, body, response = _request(served, "/assets/review.js")
+  assert status == 200 and response.getheader("Content-Type") == "text/javascript"
+  assert _request(served, "/assets/niivue/niivue.js")[0] == 200
+  about = json.loads(_request(served, "/api/about")[1])
+  assert about["index"] == review.INDEX_FILE and about["curves"] is None
+
+
+@pytest.mark.parametrize("path", [
+    "/files/../secret.txt", "/files/case/../../secret.txt", "/files/%2e%2e/secret.txt", "/files/..%2fsecret.txt",
+    "/files/%2E%2E%2Fsecret.txt", "/files/case%2F..%2F..%2Fsecret.txt", "/files//etc/passwd", "/files/%2Fetc%2Fpasswd",
+    "/files/..%5csecret.txt", "/files/out_link.txt", "/files/out_dir/secret.txt", "/assets/../review.py",
+    "/assets/%2e%2e/review.py", "/files/case", "/files/%00", "/secret.txt", "/files/missing.txt",
+])
+def test_refuses_everything_outside_the_folder(served, path):
+  status, body, _ = _request(served, path)
+  assert status == 404 and b"secret" not in body
+
+
+def test_answers_get_and_head_only(served):
+  status, body, response = _request(served, "/files/case/inside.txt", "HEAD")
+  assert status == 200 and body == b"" and response.getheader("Content-Length") == "6"
+  for method in ("POST", "PUT", "DELETE"):
+    assert _request(served, "/files/case/inside.txt", method)[0] == 501
+
+
+def test_a_run_folder_shows_its_newest_evaluation_and_curves(tmp_path):
+  run = tmp_path / "run"
+  for name in ("test_step1", "external_step2"):
+    (run / "evaluation" / name).mkdir(parents=True)
+    (run / "evaluation" / name / review.INDEX_FILE).write_text("{}")
+    os.utime(run / "evaluation" / name / review.INDEX_FILE, (1e9, 1e9 + len(name)))
+  (run / review.CURVES_FILE).write_text('{"step": 1, "train_loss": 1.0}\n')
+  about = review.find_index(run)
+  assert about == {"index": "evaluation/external_step2/review.json", "curves": "metrics.jsonl", "title": "run"}
+  with pytest.raises(FileNotFoundError, match=f"{tmp_path}.*holds no review.json"):
+    review.find_index(tmp_path)
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    review.find_index(tmp_path / "nowhere")
+
+
+def test_volumes_for_slice_folders_show_as_the_pngs_do_and_errors_are_labelled(tmp_path):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 255, (4, 256, 256, 3), dtype=np.uint8)
+  truth = np.zeros((4, 256, 256), bool)
+  truth[:, 10:20, 30:40] = True
+  pred = np.zeros_like(truth)
+  pred[:, 15:25, 30:40] = True
+  case = predict.Case("p", [f"p_{k + 1}" for k in range(4)], images, truth)
+  files = predict.write_review_volumes(case, pred, tmp_path)
+  assert set(files) == {"pre", "flair", "post", "mask", "truth", "errors"}
+  flair = nib.load(str(tmp_path / files["flair"]))
+  assert nib.aff2axcodes(flair.affine) == ("R", "A", "S") and flair.get_data_dtype() == np.uint8
+  # Display slice k, row r, column c is voxel (X-1-c, Y-1-r, k): anterior at the top, right on the left.
+  np.testing.assert_array_equal(predict.to_display_slices(np.asarray(flair.dataobj)), images[..., 1])
+  errors = predict.to_display_slices(np.asarray(nib.load(str(tmp_path / files["errors"])).dataobj))
+  assert (errors[truth & pred] == review.FOUND).all() and (errors[pred & ~truth] == review.FALSE_POSITIVE).all()
+  assert (errors[truth & ~pred] == review.MISSED).all() and (errors[~truth & ~pred] == 0).all()
+
+
+def test_the_command_prints_its_address_and_ctrl_c_stops_it(tmp_path):
+  (tmp_path / review.INDEX_FILE).write_text(json.dumps({"kind": "predict", "cases": []}))
+  process = subprocess.Popen([sys.executable, "-m", "lgg_jax.review", str(tmp_path), "--port=0"], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    line = process.stdout.readline()
+    assert "http://127.0.0.1:" in line, line + process.stderr.read()
+    port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("GET", "/api/about")
+    assert connection.getresponse().status == 200
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+  finally:
+    process.kill()
+  assert process.returncode == 0 and "stopped" in out and "Traceback" not in err, err
+  nothing = subprocess.run([sys.executable, "-m", "lgg_jax.review", str(tmp_path / "nowhere")], cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+  assert nothing.returncode == 1 and nothing.stderr.strip().splitlines()[-1].startswith("error: ")

@@ -128,7 +128,8 @@ def _missed_line(rows: list[dict]) -> str:
   return ("- Missed tumours (Dice < 0.1): " + "; ".join(
       f"{r['patient']} ({r['predicted_pixels']} pixels predicted, "
       f"{r['false_positive_slices']} false-positive slice{'s' * (r['false_positive_slices'] != 1)})" for r in missed)
-      + ". A mask in the wrong place is worse than none: look at the overlays `predict` writes.")
+      + ". A mask in the wrong place is worse than none: look at each mask on the review page "
+         "(`python -m lgg_jax.review OUT` after `predict`).")
 
 
 def _multifocal_line(rows: list[dict], settings: dict) -> str:

@@ -29,15 +29,19 @@ PATH may be
     0..255 by the volume's (a 4-D stack: each channel's) 99.5th percentile, as
     the published slices were.
 
-Per case it writes: the predicted masks (PNG per slice, or `<case>_mask.nii.gz`
-in the input's grid and orientation, with its affine and qform/sform codes),
-with `--save_probabilities` the mean probability and the voxel-wise
-uncertainty as float32 NIfTI (in the input's grid for NIfTI input; for slice
-folders a RAS+ volume of 1 x 1 x 1 voxels, slices in order),
-overlay PNGs (truth green when given,
-prediction red), `<case>.gif` through the slices, and `<case>_panel.png`
-(image / truth / probability / thresholded mask on the slice with the most
-tumour). Bad input (a wrong size or channel count, an unreadable file) is an
+Per case it writes: the predicted masks (PNG per slice for slice folders), the
+compressed NIfTI volumes the review page shows (`<case>_pre`, `_flair`,
+`_post`: the image as the model saw it; `_mask`; with a truth `_truth` and
+`_errors`, labels 1 found, 2 false positive, 3 missed; with
+`--save_probabilities` the mean probability and the voxel-wise uncertainty as
+float32), in the input's grid and orientation with its affine and qform/sform
+codes for NIfTI input, and for slice folders as RAS+ volumes of 1 x 1 x 1
+voxels, slices in order, anterior at the top; `<case>_panel.png` (image /
+truth / probability / thresholded mask on the slice with the most tumour);
+with `--overlays`, overlay PNGs per slice (truth green when given, prediction
+red) and `<case>.gif` through the slices. Then `predictions.json` and the
+page's index `review.json`: `python -m lgg_jax.review OUT` shows them. Bad
+input (a wrong size or channel count, an unreadable file) is an
 error naming the file.
 """
 

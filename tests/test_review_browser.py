@@ -7,6 +7,7 @@ import json
 import threading
 import time
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -55,7 +56,19 @@ def predicted(tmp_path_factory):
     truth = np.zeros(images.shape[:3], bool)
     truth[TUMOUR_SLICES.start:TUMOUR_SLICES.stop, TRUTH[0], TRUTH[1]] = True
     cases.append(predict.Case(name, [f"{name}_{k + 1}" for k in range(SLICES)], images, truth))
-  seg = PlantedSegmenter({0: 0.9, 1: 0.4, 2: 0.8})
+  # A NIfTI case (a 4-D stack and its mask, LPS-like axes, 0.9 x 0.9 x 3 mm): volumes in its own grid.
+  nifti = tmp_path_factory.mktemp("nifti_input") / "TCGA_DD_0004"
+  nifti.mkdir()
+  affine = np.diag([-0.9, -0.9, 3.0, 1.0])
+  stack = (rng.random((200, 220, SLICES, 3)) * 200).astype(np.uint8)
+  truth = np.zeros((200, 220, SLICES), np.uint8)
+  truth[60:140, 60:140, TUMOUR_SLICES.start:TUMOUR_SLICES.stop] = 1
+  nib.save(nib.Nifti1Image(stack, affine), str(nifti / "TCGA_DD_0004.nii.gz"))
+  nib.save(nib.Nifti1Image(truth, affine), str(nifti / "TCGA_DD_0004_mask.nii.gz"))
+  [case] = predict.find_cases(nifti)
+  case.images[0, 0, 0, 0] = 3
+  cases.append(case)
+  seg = PlantedSegmenter({0: 0.9, 1: 0.4, 2: 0.8, 3: 0.85})
   predict.predict_cases(seg, cases, out, inference.Settings(), save_probabilities=True)
   return out
 
@@ -153,6 +166,19 @@ def test_the_page_lists_sorts_and_shows_patients(predicted, browser):
     browser.find_element(By.TAG_NAME, "body").send_keys("n")
     _wait(browser, f"window.review.ready === true && window.review.rows[window.review.open].case === "
                    f"'{order[order.index(opened) + 1]}'")
+
+    # NIfTI input: its volume in ml, and NiiVue's multiplanar view.
+    row = browser.find_element(By.CSS_SELECTOR, "#patients tbody tr[data-case='TCGA_DD_0004']")
+    ml = next(c for c in cases if c["case"] == "TCGA_DD_0004")["predicted_volume_ml"]
+    assert f"{ml:.1f}" in [td.text for td in row.find_elements(By.TAG_NAME, "td")]
+    browser.find_element(By.CSS_SELECTOR, "#patients tbody tr[data-case='TCGA_AA_0001']").click()
+    _wait(browser, "window.review.ready === true && window.review.rows[window.review.open].case === 'TCGA_AA_0001'")
+    assert browser.find_element(By.ID, "multiplanar").get_attribute("hidden") is not None  # not for slices
+    browser.find_element(By.CSS_SELECTOR, "#patients tbody tr[data-case='TCGA_DD_0004']").click()
+    _wait(browser, "window.review.ready === true && window.review.rows[window.review.open].case === 'TCGA_DD_0004'")
+    assert browser.execute_script("return window.review.slices;") == SLICES
+    browser.find_element(By.ID, "multiplanar").click()
+    assert browser.execute_script("return window.review.nv.opts.sliceType;") == 3  # SLICE_TYPE.MULTIPLANAR
 
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors

@@ -114,18 +114,25 @@ function showSlice(k) {
   $('slice-number').textContent = `${k + 1} / ${state.slices}`;
 }
 
-function applyLayers() {
-  const opacity = Number($('opacity').value);
+function showBars() {
   let bars = false;
   state.names.forEach((name, index) => {
     if (index === 0) return;
-    const on = state.layers[name];
-    state.nv.volumes[index].colorbarVisible = on && LAYERS[name].bar;
-    bars = bars || (on && LAYERS[name].bar);
-    state.nv.setOpacity(index, on ? opacity : 0);
+    const visible = state.layers[name] && LAYERS[name].bar;
+    state.nv.volumes[index].colorbarVisible = visible;
+    bars = bars || visible;
   });
   state.nv.opts.isColorbar = bars;
-  state.nv.drawScene();
+}
+
+function applyLayers() {
+  // Opacities set directly, then one texture update (NiiVue's setOpacity updates once per call).
+  const opacity = Number($('opacity').value);
+  state.names.forEach((name, index) => {
+    if (index > 0) state.nv.volumes[index].opacity = state.layers[name] ? opacity : 0;
+  });
+  showBars();
+  state.nv.updateGLVolume();
 }
 
 function renderControls(row) {
@@ -178,16 +185,19 @@ async function openPatient(i) {
     if (!row.files[name]) continue;
     if (!(name in state.layers)) state.layers[name] = spec.on;
     list.push({ url: fileUrl(row, name), colormap: spec.colormap, cal_min: spec.cal_min, cal_max: spec.cal_max,
-                opacity: 0 });
+                opacity: state.layers[name] ? Number($('opacity').value) : 0 });
     state.names.push(name);
   }
+  const started = performance.now();
   await state.nv.loadVolumes(list);
   if (state.open !== i) return; // another patient was opened meanwhile
+  const loaded = performance.now();
   state.slices = state.nv.volumes[0].dimsRAS[3];
   $('slice').max = String(state.slices - 1);
   renderControls(row);
-  applyLayers();
+  showBars(); // the opacities came with the volumes
   setSlice(row.focus_slice ?? Math.floor(state.slices / 2));
+  state.openTimes = { loadMs: loaded - started, totalMs: performance.now() - started }; // for the benchmark
   state.ready = true;
 }
 
@@ -252,6 +262,7 @@ async function main() {
     + (index.inference ? `; threshold ${index.inference.threshold}, TTA ${index.inference.tta}` : '');
   sortRows();
   renderTable();
+  state.tableReadyMs = performance.now(); // benchmarks/review_page.py reads it
   state.nv = new Niivue({ isRadiologicalConvention: true, backColor: [0, 0, 0, 1], show3Dcrosshair: false,
                           crosshairColor: [1, 1, 0, 0.6], crosshairWidth: 1, isColorbar: false });
   state.nv.addColormap('lgg_errors', ERROR_COLOURS);

@@ -1,6 +1,6 @@
 """How fast the review page shows a cohort, and what it costs on disk.
 
-python -m benchmarks.review_page [--patients=48] [--repeats=5]
+python -m benchmarks.review_page [--patients=48] [--page_loads=5]
 
 Writes a `predict` output for N synthetic patients (256x256, 20-40 slices;
 the masks are the truth shifted by a few pixels: the page's speed does not
@@ -28,7 +28,7 @@ from lgg_jax import cli, inference, predict, quality, review, segmenter
 from lgg_jax.data import synthetic
 
 _PATIENTS = flags.DEFINE_integer("patients", 48, "Patients in the cohort (the outside test set has 48).")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Page loads timed, and patients opened.")
+_REPEATS = flags.DEFINE_integer("page_loads", 5, "Page loads timed, and patients opened.")
 
 
 class ShiftedTruth:

@@ -376,8 +376,9 @@ def write_review_volumes(case: Case, pred: np.ndarray, folder: pathlib.Path, pro
 
 
 def focus_slice(case: Case, pred: np.ndarray) -> int:
-  """The slice the review page opens at: the most tumour (true, else predicted)."""
-  return int(np.argmax((case.truth if case.truth is not None else pred).sum(axis=(1, 2))))
+  """The slice the review page opens at: the most true tumour, else the most predicted."""
+  truth = case.truth if case.truth is not None and case.truth.any() else pred
+  return int(np.argmax(np.asarray(truth).sum(axis=(1, 2))))
 
 
 def voxel_ml(case: Case) -> float | None:

@@ -18,7 +18,9 @@ stops it. The page loads nothing from the network: NiiVue is vendored
 from __future__ import annotations
 
 import http.server
+import ipaddress
 import json
+import math
 import mimetypes
 import os
 import pathlib
@@ -34,12 +36,25 @@ FOUND, FALSE_POSITIVE, MISSED = 1, 2, 3  # the labels of `<case>_errors.nii.gz`
 ASSETS = pathlib.Path(__file__).with_name("review_page")
 
 
+def _finite(value):
+  """NaN and infinities as null: JSON has neither, and browsers refuse them."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {k: _finite(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_finite(v) for v in value]
+  return value
+
+
 def write_index(out: pathlib.Path, kind: str, rows: list[dict], **about) -> pathlib.Path:
-  """The page's index: one row per patient, with its files relative to `out`.
-  Written whole or not at all (a reader never sees half a file)."""
+  """The page's index: one row per patient, with its files relative to `out`
+  (an undefined HD95 is null). Written whole or not at all (a reader never
+  sees half a file)."""
   path = pathlib.Path(out) / INDEX_FILE
   partial = path.with_name(path.name + ".partial")
-  partial.write_text(json.dumps({"kind": kind, "cases": rows, **about}, indent=1, default=str))
+  partial.write_text(json.dumps(_finite({"kind": kind, "cases": rows, **about}), indent=1, default=str,
+                                allow_nan=False))
   os.replace(partial, path)
   return path
 
@@ -68,17 +83,34 @@ def contained(base: pathlib.Path, relative: str) -> pathlib.Path | None:
   there: `..`, absolute paths and symlinks that lead out of `base` give None."""
   if "\x00" in relative or "\\" in relative or relative.startswith("/"):
     return None
-  base = base.resolve()
-  candidate = (base / relative).resolve()
-  if not candidate.is_relative_to(base) or not candidate.is_file():
+  try:
+    base = base.resolve()
+    candidate = (base / relative).resolve()
+    if not candidate.is_relative_to(base) or not candidate.is_file():
+      return None
+  except (OSError, RuntimeError):  # a symlink loop, a name too long
     return None
   return candidate
 
 
-def make_handler(root: pathlib.Path):
-  """A request handler serving the page's assets and the files under `root`."""
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+
+
+def _loopback(host: str) -> bool:
+  try:
+    return ipaddress.ip_address(host).is_loopback
+  except ValueError:
+    return host == "localhost"
+
+
+def make_handler(root: pathlib.Path, host: str = "127.0.0.1"):
+  """A request handler serving the page's assets and the files under `root`.
+  Bound to a loopback address, it answers only requests naming a loopback
+  host: a web page elsewhere cannot read the volumes through a name that
+  resolves to 127.0.0.1 (DNS rebinding)."""
   root = pathlib.Path(root).resolve()
   about = json.dumps(find_index(root)).encode()
+  check_host = _loopback(host)
 
   class Handler(http.server.BaseHTTPRequestHandler):
     server_version = "lgg_jax-review"
@@ -93,6 +125,9 @@ def make_handler(root: pathlib.Path):
       pass
 
     def _answer(self, body: bool):
+      if check_host and (self.headers.get("Host") or "").rsplit(":", 1)[0] not in LOOPBACK_NAMES:
+        self._send(403, "text/plain", b"this server answers requests to localhost only\n", body)
+        return
       # One decoding, then the path is checked as a file name: an encoded
       # separator or dot-dot becomes a plain one and meets the same check.
       path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
@@ -129,7 +164,7 @@ def make_handler(root: pathlib.Path):
 
 def make_server(root, host: str = "127.0.0.1", port: int = 8008) -> http.server.ThreadingHTTPServer:
   """The review server for `root` (port 0: a free one); not yet serving."""
-  return http.server.ThreadingHTTPServer((host, port), make_handler(root))
+  return http.server.ThreadingHTTPServer((host, port), make_handler(root, host))
 
 
 _PORT = flags.DEFINE_integer("port", 8008, "Port of the review page (0: any free port).")

@@ -260,7 +260,8 @@ def test_prediction_on_slices_writes_masks_overlays_gif_and_panel(trained_run, t
 def test_evaluation_writes_the_review_page_volumes_and_index(trained_run, tmp_path):
   workdir, _, _ = trained_run
   summary = evaluate.evaluate_run(workdir, out=tmp_path / "eval", save_probabilities=True)
-  index = json.loads((tmp_path / "eval" / review.INDEX_FILE).read_text())
+  index = json.loads((tmp_path / "eval" / review.INDEX_FILE).read_text(),  # strict JSON: browsers refuse NaN
+                     parse_constant=lambda c: pytest.fail(f"{c} in review.json"))
   per_patient = list(csv.DictReader((tmp_path / "eval" / "per_patient.csv").open()))
   assert [r["case"] for r in index["cases"]] == [r["patient"] for r in per_patient]
   assert len(index["cases"]) == summary["patients"] and index["kind"] == "evaluate"

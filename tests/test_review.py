@@ -29,6 +29,7 @@ def served(tmp_path):
   (root / "out_link.txt").symlink_to(tmp_path / "secret.txt")
   (root / "out_dir").symlink_to(tmp_path)
   (root / "in_link.txt").symlink_to(root / "case" / "inside.txt")
+  (root / "loop").symlink_to(root / "loop")
   server = review.make_server(root, port=0)
   thread = threading.Thread(target=server.serve_forever, daemon=True)
   thread.start()
@@ -63,11 +64,32 @@ def test_serves_files_under_the_folder_and_the_page(served):
     "/files/../secret.txt", "/files/case/../../secret.txt", "/files/%2e%2e/secret.txt", "/files/..%2fsecret.txt",
     "/files/%2E%2E%2Fsecret.txt", "/files/case%2F..%2F..%2Fsecret.txt", "/files//etc/passwd", "/files/%2Fetc%2Fpasswd",
     "/files/..%5csecret.txt", "/files/out_link.txt", "/files/out_dir/secret.txt", "/assets/../review.py",
-    "/assets/%2e%2e/review.py", "/files/case", "/files/%00", "/secret.txt", "/files/missing.txt",
+    "/assets/%2e%2e/review.py", "/files/case", "/files/%00", "/secret.txt", "/files/missing.txt", "/files/loop",
 ])
 def test_refuses_everything_outside_the_folder(served, path):
   status, body, _ = _request(served, path)
   assert status == 404 and b"secret" not in body
+
+
+def test_answers_only_requests_naming_this_machine(served):
+  """DNS rebinding: a page elsewhere reaching 127.0.0.1 under its own name gets nothing."""
+  port = served.server_address[1]
+  for host, status in ((f"evil.example:{port}", 403), (f"localhost:{port}", 200), (f"127.0.0.1:{port}", 200)):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.putrequest("GET", "/files/case/inside.txt", skip_host=True)
+    connection.putheader("Host", host)
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == status and (b"inside" in response.read()) == (status == 200)
+    connection.close()
+
+
+def test_an_index_is_strict_json_with_an_undefined_hd95_as_null(tmp_path):
+  rows = [{"case": "a", "hd95_px": float("nan"), "dice": 0.0, "nested": [float("inf")]}]
+  text = review.write_index(tmp_path, "evaluate", rows).read_text()
+  loaded = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in review.json"))
+  assert loaded["cases"][0]["hd95_px"] is None and loaded["cases"][0]["nested"] == [None]
+  assert not list(tmp_path.glob("*.partial"))
 
 
 def test_answers_get_and_head_only(served):

@@ -146,11 +146,11 @@ def test_the_page_lists_sorts_and_shows_patients(predicted, browser):
         "const nv = window.review.nv; return nv.frac2canvasPos(nv.vox2frac([185, 185, window.review.slice]));")
     ratio = browser.execute_script("return window.devicePixelRatio;")
     xy = [v / ratio for v in xy]
-    colour, before = _pixel(canvas, xy)
+    colour, _ = _pixel(canvas, xy)
     assert colour[0] > colour[1] + 40 and colour[0] > colour[2] + 40, colour
     browser.find_element(By.ID, "layer-mask").click()
     time.sleep(0.3)
-    colour, _ = _pixel(canvas, xy)
+    colour, before = _pixel(canvas, xy)
     assert abs(colour[0] - colour[1]) < 25 and abs(colour[0] - colour[2]) < 25, colour  # grey: the image alone
 
     # Another slice: the picture changes.
@@ -179,6 +179,11 @@ def test_the_page_lists_sorts_and_shows_patients(predicted, browser):
     assert browser.execute_script("return window.review.slices;") == SLICES
     browser.find_element(By.ID, "multiplanar").click()
     assert browser.execute_script("return window.review.nv.opts.sliceType;") == 3  # SLICE_TYPE.MULTIPLANAR
+
+    # Offline: every resource the page loaded came from this server (no CDN, no network).
+    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name);")
+    assert loaded and all(u.startswith(base) or u.startswith("data:") for u in loaded), loaded
 
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors

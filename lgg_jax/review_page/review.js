@@ -36,9 +36,9 @@ window.review = state; // the browser test reads the page's state here
 
 const $ = (id) => document.getElementById(id);
 
-function defaultOrder(a, b) { // flagged first, then worst first
+function defaultOrder(a, b) { // flagged first, then worst first (Dice where every patient has one)
   if (a.review !== b.review) return a.review ? -1 : 1;
-  const key = a.dice !== undefined && b.dice !== undefined ? 'dice' : 'quality';
+  const key = state.rows.every((r) => Number.isFinite(r.dice)) ? 'dice' : 'quality';
   return (a[key] ?? 0) - (b[key] ?? 0);
 }
 
@@ -94,8 +94,12 @@ function renderTable() {
   }));
 }
 
+function encodePath(path) {
+  return path.split('/').map(encodeURIComponent).join('/');
+}
+
 function fileUrl(row, layer) {
-  return '/files/' + (state.base + row.files[layer]).split('/').map(encodeURIComponent).join('/');
+  return '/files/' + encodePath(state.base + row.files[layer]);
 }
 
 function setSlice(k) {
@@ -126,6 +130,7 @@ function showBars() {
 }
 
 function applyLayers() {
+  if (!state.ready) return; // the volumes are still loading: applied when they are drawn
   // Opacities set directly, then one texture update (NiiVue's setOpacity updates once per call).
   const opacity = Number($('opacity').value);
   state.names.forEach((name, index) => {
@@ -168,32 +173,51 @@ function renderControls(row) {
   $('multiplanar').hidden = !row.nifti_input;
 }
 
-async function openPatient(i) {
-  if (i < 0 || i >= state.rows.length) return;
+let loading = Promise.resolve(); // NiiVue loads one patient at a time
+let request = 0; // the newest open request; an older one stops where it stands
+
+function openPatient(i) {
+  if (i < 0 || i >= state.rows.length || !state.nv) return loading;
+  const row = state.rows[i];
+  const mine = ++request;
   state.open = i;
   state.ready = false;
-  const row = state.rows[i];
   renderTable();
+  loading = loading.then(() => (mine === request ? show(row, mine) : undefined)).catch((error) => {
+    console.error(error);
+    $('patient-facts').textContent = `error: ${error.message}`;
+  });
+  return loading;
+}
+
+async function show(row, mine) {
   $('viewer').hidden = false;
   $('patient-name').textContent = row.case;
   $('patient-facts').textContent = [row.review ? `flagged: ${row.review_reason}` : 'not flagged',
-    row.dice !== undefined ? `Dice ${row.dice.toFixed(3)}` : ''].filter(Boolean).join(', ');
+    Number.isFinite(row.dice) ? `Dice ${row.dice.toFixed(3)}` : ''].filter(Boolean).join(', ');
   if (!row.files[state.sequence]) state.sequence = 'flair';
+  const opacity = Number($('opacity').value);
   const list = [{ url: fileUrl(row, state.sequence), colormap: 'gray' }];
-  state.names = ['image'];
+  const names = ['image'];
   for (const [name, spec] of Object.entries(LAYERS)) {
     if (!row.files[name]) continue;
     if (!(name in state.layers)) state.layers[name] = spec.on;
     list.push({ url: fileUrl(row, name), colormap: spec.colormap, cal_min: spec.cal_min, cal_max: spec.cal_max,
-                opacity: state.layers[name] ? Number($('opacity').value) : 0 });
-    state.names.push(name);
+                opacity: state.layers[name] ? opacity : 0 });
+    names.push(name);
   }
   const started = performance.now();
   await state.nv.loadVolumes(list);
-  if (state.open !== i) return; // another patient was opened meanwhile
+  if (mine !== request) return; // another patient was asked for meanwhile: it loads next
   const loaded = performance.now();
+  state.names = names;
   state.slices = state.nv.volumes[0].dimsRAS[3];
   $('slice').max = String(state.slices - 1);
+  if (!row.nifti_input && state.multiplanar) { // multiplanar is for NIfTI input only
+    state.multiplanar = false;
+    state.nv.setSliceType(SLICE_TYPE.AXIAL);
+    $('multiplanar').textContent = 'multiplanar';
+  }
   renderControls(row);
   showBars(); // the opacities came with the volumes
   setSlice(row.focus_slice ?? Math.floor(state.slices / 2));
@@ -202,8 +226,13 @@ async function openPatient(i) {
 }
 
 function drawCurves(text) {
-  const records = text.split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l))
-    .filter((r) => r.step !== undefined);
+  const records = [];
+  for (const line of text.split('\n')) { // a line being written, or one with NaN, is skipped
+    try {
+      const record = JSON.parse(line);
+      if (record && record.step !== undefined) records.push(record);
+    } catch (error) { /* not a whole JSON line */ }
+  }
   if (!records.length) return;
   const series = [['train_loss', '#1565c0', 'train loss'], ['val_dice', '#c62828', 'validation Dice']]
     .filter(([key]) => records.some((r) => Number.isFinite(r[key])));
@@ -226,7 +255,7 @@ function drawCurves(text) {
 }
 
 function onKey(event) {
-  if (event.target instanceof HTMLInputElement && event.target.type !== 'range') return;
+  if (event.target.matches('input[type=text], input[type=number], input[type=search], textarea')) return;
   const step = { ArrowUp: 1, ArrowDown: -1 }[event.key];
   if (step !== undefined && state.ready) {
     setSlice(state.slice + step);
@@ -246,7 +275,11 @@ async function main() {
   $('title').textContent = `lgg_jax review: ${state.about.title}`;
   document.title = `review: ${state.about.title}`;
   if (state.about.curves) {
-    drawCurves(await (await fetch(`/files/${state.about.curves}`)).text());
+    try {
+      drawCurves(await (await fetch(`/files/${encodePath(state.about.curves)}`)).text());
+    } catch (error) {
+      console.warn('training curves not shown:', error);
+    }
   }
   if (!state.about.index) {
     $('no-index').textContent = 'No evaluation yet: python -m lgg_jax.evaluate --workdir=<this run> writes one.';
@@ -254,7 +287,7 @@ async function main() {
     return;
   }
   state.base = state.about.index.includes('/') ? state.about.index.replace(/[^/]*$/, '') : '';
-  const index = await (await fetch(`/files/${state.about.index}`)).json();
+  const index = await (await fetch(`/files/${encodePath(state.about.index)}`)).json();
   state.rows = index.cases;
   state.columns = COLUMNS.filter(([key]) => state.rows.some((r) => r[key] !== undefined && r[key] !== null));
   const flagged = state.rows.filter((r) => r.review).length;
@@ -271,7 +304,7 @@ async function main() {
   state.nv.onLocationChange = (data) => {
     if (state.slices > 1) showSlice(Math.min(state.slices - 1, Math.floor(data.frac[2] * state.slices)));
   };
-  $('slice').addEventListener('input', () => setSlice(Number($('slice').value)));
+  $('slice').addEventListener('input', () => { if (state.ready) setSlice(Number($('slice').value)); });
   $('opacity').addEventListener('input', applyLayers);
   $('multiplanar').addEventListener('click', () => {
     state.multiplanar = !state.multiplanar;

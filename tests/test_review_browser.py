@@ -161,6 +161,13 @@ def test_the_page_lists_sorts_and_shows_patients(predicted, browser):
     _, after = _pixel(canvas, xy)
     assert np.abs(after.astype(int) - before.astype(int)).mean() > 1
 
+    # The mouse wheel over the image moves through slices too (NiiVue's own), and the slider follows.
+    from selenium.webdriver import ActionChains
+    from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
+    ActionChains(browser).scroll_from_origin(ScrollOrigin.from_element(canvas), 0, 120).perform()
+    _wait(browser, f"window.review.slice !== {slice_before + 1} && "
+                   "document.getElementById('slice').value === String(window.review.slice)")
+
     # The keyboard opens the next patient in the table's order.
     order = names()
     browser.find_element(By.TAG_NAME, "body").send_keys("n")

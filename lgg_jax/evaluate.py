@@ -208,7 +208,7 @@ def evaluate_run(models, *, checkpoint="best", split="test", manual_dir="", tta=
   default_out = (pathlib.Path(runs[0].source) / "evaluation" if runs else pathlib.Path("evaluation")) / name
   out = pathlib.Path(out) if out else default_out
   writes = cli.is_main_process()
-  estimates, review_files = {}, {}
+  estimates, pages = {}, {}
 
   def assessed():  # the probabilities predict gives, with each mask's quality estimate and the page's volumes
     for patient in patients:
@@ -217,9 +217,9 @@ def evaluate_run(models, *, checkpoint="best", split="test", manual_dir="", tta=
       estimates[patient] = result.estimate
       if writes:
         case = predict.Case(patient, [f"{patient}_{k + 1}" for k in range(len(volume))], volume, truth)
-        review_files[patient] = (predict.write_review_volumes(
-            case, result.masks, out / patient, result.probabilities if save_probabilities else None,
-            result.uncertainty if save_probabilities else None), predict.focus_slice(case, result.masks))
+        pages[patient] = predict.write_review_volumes(case, result.masks, out,
+                                                      result.probabilities if save_probabilities else None,
+                                                      result.uncertainty if save_probabilities else None)
       yield patient, result.probabilities, truth
 
   summary, rows = score(cli.progress(assessed(), total=len(patients), desc="evaluate", unit="patient"),
@@ -233,11 +233,8 @@ def evaluate_run(models, *, checkpoint="best", split="test", manual_dir="", tta=
                  dataset=data.manual_dir)
   if writes:
     write_outputs(out, summary, rows)
-    review.write_index(out, "evaluate", [
-        {"case": r["patient"], **r,
-         "files": {k: f"{r['patient']}/{v}" for k, v in review_files[r["patient"]][0].items()},
-         "nifti_input": False, "focus_slice": review_files[r["patient"]][1]} for r in rows],
-        inference=settings.as_dict(), models=[str(m.source) for m in members])
+    review.write_index(out, "evaluate", [{"case": r["patient"], **r, **pages[r["patient"]]} for r in rows],
+                       inference=settings.as_dict(), models=[str(m.source) for m in members])
   return summary
 
 

@@ -352,12 +352,13 @@ def error_labels(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
   return labels
 
 
-def write_review_volumes(case: Case, pred: np.ndarray, folder: pathlib.Path, probabilities: np.ndarray | None = None,
-                         uncertainty: np.ndarray | None = None) -> dict[str, str]:
+def write_review_volumes(case: Case, pred: np.ndarray, out: pathlib.Path, probabilities: np.ndarray | None = None,
+                         uncertainty: np.ndarray | None = None) -> dict:
   """The compressed NIfTI volumes the review page shows (and ITK-SNAP or 3D
-  Slicer open): the three sequences as the model saw them, the mask, and where
-  given the truth, its error labels, the probability and the uncertainty.
-  Returns {layer: file name in `folder`}."""
+  Slicer open), in `out`/<case>/: the three sequences as the model saw them,
+  the mask, and where given the truth, its error labels, the probability and
+  the uncertainty. Returns what the page's index says of them: the files
+  (relative to `out`), whether the input was NIfTI, the slice to open at."""
   volumes = {role: case.images[..., channel] for channel, role in enumerate(_CHANNEL_ROLES)}
   volumes["mask"] = np.asarray(pred, bool)
   if case.truth is not None:
@@ -367,12 +368,12 @@ def write_review_volumes(case: Case, pred: np.ndarray, folder: pathlib.Path, pro
     volumes["probabilities"] = np.asarray(probabilities, np.float32)
   if uncertainty is not None:
     volumes["uncertainty"] = np.asarray(uncertainty, np.float32)
-  folder.mkdir(parents=True, exist_ok=True)
+  (out / case.name).mkdir(parents=True, exist_ok=True)
   files = {}
   for layer, slices in volumes.items():
-    files[layer] = f"{case.name}_{layer}.nii.gz"
-    write_nifti_volume(case, slices, folder / files[layer], labels=layer == "errors")
-  return files
+    files[layer] = f"{case.name}/{case.name}_{layer}.nii.gz"
+    write_nifti_volume(case, slices, out / files[layer], labels=layer == "errors")
+  return {"files": files, "nifti_input": case.nifti is not None, "focus_slice": focus_slice(case, pred)}
 
 
 def focus_slice(case: Case, pred: np.ndarray) -> int:
@@ -446,12 +447,10 @@ def predict_cases(seg: segmenter.Segmenter, cases: list[Case], out: pathlib.Path
     assessed = seg.assess(case.images, **settings.as_dict())
     result = {**write_case(case, assessed.probabilities, assessed.masks, settings, out, overlays),
               **assessed.estimate.as_row()}
-    files = write_review_volumes(case, assessed.masks, out / case.name,
-                                 assessed.probabilities if save_probabilities else None,
-                                 assessed.uncertainty if save_probabilities else None)
+    page = write_review_volumes(case, assessed.masks, out, assessed.probabilities if save_probabilities else None,
+                                assessed.uncertainty if save_probabilities else None)
     results.append(result)
-    review_rows.append({**result, "files": {k: f"{case.name}/{v}" for k, v in files.items()},
-                        "nifti_input": case.nifti is not None, "focus_slice": focus_slice(case, assessed.masks)})
+    review_rows.append({**result, **page})
   if cli.is_main_process():
     (out / "predictions.json").write_text(json.dumps(
         {"models": [m.source for m in seg.members], "inference": settings.as_dict(),

@@ -122,7 +122,7 @@ def test_volumes_for_slice_folders_show_as_the_pngs_do_and_errors_are_labelled(t
   pred = np.zeros_like(truth)
   pred[:, 15:25, 30:40] = True
   case = predict.Case("p", [f"p_{k + 1}" for k in range(4)], images, truth)
-  files = predict.write_review_volumes(case, pred, tmp_path)
+  files = predict.write_review_volumes(case, pred, tmp_path)["files"]
   assert set(files) == {"pre", "flair", "post", "mask", "truth", "errors"}
   flair = nib.load(str(tmp_path / files["flair"]))
   assert nib.aff2axcodes(flair.affine) == ("R", "A", "S") and flair.get_data_dtype() == np.uint8

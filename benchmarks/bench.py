@@ -228,7 +228,7 @@ def training_row(seconds: float, batch: int, size: int, step_s: float | None, ti
                "data.on_device": True, "augment.name": "distortions", "optimizer.learning_rate": 3e-4,
                "data.synthetic.num_patients": patients, "data.synthetic.min_slices": low,
                "data.synthetic.max_slices": high, "num_epochs": epochs,
-               "optimizer.warmup_steps": min(50, steps_per_epoch), "write_report": False}
+               "schedule.warmup_steps": min(50, steps_per_epoch), "write_report": False}
   if tiny:
     overrides.update({k: v for k, v in TINY.items() if k.startswith("model.")})
   folder = pathlib.Path(tempfile.mkdtemp(prefix="lgg_bench_training_"))

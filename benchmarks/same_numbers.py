@@ -32,13 +32,13 @@ try:
 except ImportError:  # a commit before lgg_jax.command_flags
   _OUT = flags.DEFINE_string("out", None, "The JSON file to write the numbers to.")
 
-_OLD = flags.DEFINE_bool("old_layout", False, "Rename the cases' keys to the layout before the model blocks.")
+_OLD = flags.DEFINE_bool("old_layout", False, "Rename the cases' keys to the layout before the per-part blocks.")
 _COMPARE = flags.DEFINE_string("compare", None, "A JSON file written by an earlier run to compare with.")
 _CASES = flags.DEFINE_list("cases", None, "Run only these cases (default: all).")
 
 TINY = {"data.image_size": 32, "data.synthetic.num_patients": 8, "data.synthetic.min_slices": 6,
         "data.synthetic.max_slices": 8, "global_batch_size": 8, "eval_batch_size": 16, "num_epochs": 2,
-        "split.num_folds": 4, "split.val_fraction": 0.2, "optimizer.warmup_steps": 2,
+        "split.num_folds": 4, "split.val_fraction": 0.2, "schedule.warmup_steps": 2,
         "optimizer.learning_rate": 3e-3, "write_report": False}
 UNET = {"model.unet.base_width": 4, "model.unet.depth": 3}
 
@@ -54,7 +54,7 @@ CASES = {
                       "data.image_size": 256, "data.crop_size": 32, "data.normalization": "patient",
                       "data.crop_context": 8, "data.tumour_fraction": 0.33, "augment.name": "seed"},
     "unet_on_device": {**UNET, "data.on_device": True, "augment.name": "distortions", "loss.name": "dice",
-                       "optimizer.name": "adam", "optimizer.schedule": "constant"},
+                       "optimizer.name": "adam", "schedule.name": "constant"},
     "fpn": {"model.name": "fpn", "model.fpn.base_width": 4, "model.fpn.pyramid_channels": 8,
             "model.fpn.segmentation_channels": 8, "model.fpn.group_norm_groups": 4, "loss.name": "bce",
             "inference.tta": "flips"},
@@ -67,7 +67,8 @@ CASES = {
 
 # Today's key prefixes -> the layout before the model blocks (--old_layout).
 OLD_LAYOUT = (("model.unet.", "model."), ("model.fpn.base_width", "model.base_width"),
-              ("model.resnext_unet.", "model.resnext."))
+              ("model.resnext_unet.", "model.resnext."), ("schedule.name", "optimizer.schedule"),
+              ("schedule.warmup_steps", "optimizer.warmup_steps"))
 
 
 def old_layout(overrides: dict) -> dict:

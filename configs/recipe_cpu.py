@@ -23,7 +23,7 @@ def get_config():
   config.num_epochs = 40
   config.global_batch_size = 16
   config.optimizer.learning_rate = 2e-3
-  config.optimizer.warmup_steps = 200
+  config.schedule.warmup_steps = 200
   # Per-patient intensity normalisation over the brain (nnU-Net's MRI scheme).
   config.data.normalization = "patient"
   # 2.5-D: each slice with its two neighbours, 9 input channels.

@@ -16,5 +16,5 @@ def get_config():
   config.num_epochs = 6
   config.global_batch_size = 16
   config.optimizer.learning_rate = 2e-3
-  config.optimizer.warmup_steps = 50
+  config.schedule.warmup_steps = 50
   return config

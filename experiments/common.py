@@ -7,7 +7,7 @@ TINY = {
     "model.fpn.base_width": 4, "model.fpn.pyramid_channels": 8, "model.fpn.segmentation_channels": 8,
     "model.fpn.group_norm_groups": 4, "model.resnext_unet.stem_width": 8, "model.resnext_unet.blocks": (1, 1, 1, 1),
     "model.resnext_unet.groups": 4, "model.resnext_unet.width_per_group": 16, "global_batch_size": 8, "eval_batch_size": 16, "num_epochs": 1,
-    "optimizer.warmup_steps": 2, "write_report": False,
+    "schedule.warmup_steps": 2, "write_report": False,
 }
 
 

@@ -41,7 +41,7 @@ def rows(tiny: bool = False) -> list[dict]:
   sampling = {**neighbours, "data.tumour_fraction": 0.33}
   augmentation = {**sampling, "augment.name": "nnunet", "augment.affine_probability": 0.3,
                   "augment.rotate_limit": 30.0, "augment.scale_limit": 0.2, "augment.shift_limit": 0.05,
-                  "optimizer.warmup_steps": 200}
+                  "schedule.warmup_steps": 200}
   missing = {**augmentation, "augment.missing_sequence_probability": 0.25}
   batchnorm = {**missing, "model.unet.norm": "batch"}
   recipe = {"config": "configs/recipe_cpu.py", **NO_INFERENCE_EXTRAS}

@@ -24,6 +24,16 @@ RENAMED = {
     "model.align_corners": ("model.unet.align_corners", "model.fpn.align_corners"),
     "model.deep_supervision": ("model.unet.deep_supervision",),
     "model.resnext": ("model.resnext_unet",),
+    "loss.bce_weight": ("loss.dice_bce.bce_weight",),
+    "loss.dice_weight": ("loss.dice_bce.dice_weight",),
+    "loss.smooth": ("loss.dice_bce.smooth", "loss.dice.smooth"),
+    "optimizer.b1": ("optimizer.adamw.b1", "optimizer.adam.b1"),
+    "optimizer.b2": ("optimizer.adamw.b2", "optimizer.adam.b2"),
+    "optimizer.weight_decay": ("optimizer.adamw.weight_decay",),
+    "optimizer.momentum": ("optimizer.sgd.momentum",),
+    "optimizer.schedule": ("schedule.name",),
+    "optimizer.warmup_steps": ("schedule.warmup_steps",),
+    "optimizer.final_lr_fraction": ("schedule.cosine.final_lr_fraction",),
 }
 # Keys that older versions wrote and no version reads any more (dropped on loading).
 REMOVED = ("model.resnext.grouped_conv",)
@@ -191,23 +201,40 @@ def get_config() -> ml_collections.ConfigDict:
   # in the penalised mean it costs this (the 256x256 image diagonal, px).
   config.evaluation.hd95_penalty = 362.0
 
+  # Loss, optimizer and schedule: `name` picks a registry entry and the block
+  # of that name holds its keyword arguments (only the named block is read).
   config.loss = ml_collections.ConfigDict()
   config.loss.name = "dice_bce"      # "dice_bce" | "dice" | "bce"
-  config.loss.bce_weight = 1.0
-  config.loss.dice_weight = 1.0
-  config.loss.smooth = 1.0
+  config.loss.dice_bce = ml_collections.ConfigDict()
+  config.loss.dice_bce.bce_weight = 1.0
+  config.loss.dice_bce.dice_weight = 1.0
+  config.loss.dice_bce.smooth = 1.0   # the soft Dice's smoothing term
+  config.loss.dice = ml_collections.ConfigDict()
+  config.loss.dice.smooth = 1.0
+  config.loss.bce = ml_collections.ConfigDict()
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adamw"    # "adamw" | "adam" | "sgd"
-  config.optimizer.learning_rate = 1e-3
-  config.optimizer.schedule = "cosine"  # "cosine" | "constant"
-  config.optimizer.warmup_steps = 100
-  config.optimizer.final_lr_fraction = 0.01
-  config.optimizer.weight_decay = 1e-4
-  config.optimizer.b1 = 0.9
-  config.optimizer.b2 = 0.999
-  config.optimizer.momentum = 0.9    # sgd only
+  config.optimizer.learning_rate = 1e-3  # the schedule's peak
   config.optimizer.grad_clip_norm = 1.0  # 0 disables
+  config.optimizer.adamw = ml_collections.ConfigDict()
+  config.optimizer.adamw.b1 = 0.9
+  config.optimizer.adamw.b2 = 0.999
+  config.optimizer.adamw.weight_decay = 1e-4
+  config.optimizer.adam = ml_collections.ConfigDict()
+  config.optimizer.adam.b1 = 0.9
+  config.optimizer.adam.b2 = 0.999
+  config.optimizer.sgd = ml_collections.ConfigDict()
+  config.optimizer.sgd.momentum = 0.9
+  config.optimizer.sgd.nesterov = True
+
+  # Linear warm-up from 0 to config.optimizer.learning_rate, then the named shape.
+  config.schedule = ml_collections.ConfigDict()
+  config.schedule.name = "cosine"    # "cosine" | "constant"
+  config.schedule.warmup_steps = 100
+  config.schedule.cosine = ml_collections.ConfigDict()
+  config.schedule.cosine.final_lr_fraction = 0.01  # of the peak, at the last step
+  config.schedule.constant = ml_collections.ConfigDict()
   return config
 
 

@@ -1,11 +1,14 @@
 """Training losses on logits, chosen by `config.loss.name` (lgg_jax/registry.py).
 
-Each registered loss combines the per-sample binary cross-entropy and soft
-Dice score; `per_sample_loss` (logits) and `probability_loss` (probabilities)
-compute those two once and hand them to it.
+Each registered loss is built from its own block (`config.loss.<name>`) into
+a `Loss`: how it combines the per-sample binary cross-entropy and soft Dice
+score, and the Dice smoothing. `per_sample_loss` (logits) and
+`probability_loss` (probabilities) compute those two once and hand them to it.
 """
 
 from __future__ import annotations
+
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,28 +34,34 @@ def _dice_score(probs, masks, smooth: float, axes) -> jax.Array:
   return (2 * inter + smooth) / (total + smooth)
 
 
-def dice_bce(bce, dice_score, loss_config):
-  return loss_config.bce_weight * bce + loss_config.dice_weight * (1.0 - dice_score)
+class Loss(NamedTuple):
+  combine: Callable[[jax.Array, jax.Array], jax.Array]  # (per-sample BCE, soft Dice score) -> loss
+  smooth: float  # the soft Dice's smoothing term
 
 
-def bce(bce, dice_score, loss_config):
-  del dice_score, loss_config
-  return bce
+def dice_bce(*, bce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1.0) -> Loss:
+  return Loss(lambda bce, dice_score: bce_weight * bce + dice_weight * (1.0 - dice_score), smooth)
 
 
-def dice(bce, dice_score, loss_config):
-  del bce, loss_config
-  return 1.0 - dice_score
+def bce() -> Loss:
+  return Loss(lambda bce, dice_score: bce, smooth=1.0)  # the Dice score is not used
 
 
-def _combine(bce, dice_score, loss_config):
-  return registry.get("loss", loss_config.name)(bce, dice_score, loss_config)
+def dice(*, smooth: float = 1.0) -> Loss:
+  return Loss(lambda bce, dice_score: 1.0 - dice_score, smooth)
+
+
+def make_loss(loss_config) -> Loss:
+  """The named loss built from its block; a misspelt or foreign key is an error naming it."""
+  name = loss_config.name
+  return registry.build("loss", name, registry.block(loss_config, name), f"config.loss.{name}")
 
 
 def per_sample_loss(logits: jax.Array, masks: jax.Array, loss_config) -> jax.Array:
   """Loss of each sample, so callers can weight (and mask padding) as needed."""
+  loss = make_loss(loss_config)
   bce = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, masks), axis=(1, 2, 3))
-  return _combine(bce, soft_dice(logits, masks, loss_config.smooth), loss_config)
+  return loss.combine(bce, soft_dice(logits, masks, loss.smooth))
 
 
 def deep_supervision_weights(auxiliary_levels: int) -> jax.Array:
@@ -77,7 +86,8 @@ def deep_supervision_loss(logits: jax.Array, auxiliary: list[jax.Array], masks: 
 def probability_loss(probs, masks, loss_config) -> jax.Array:
   """The same loss per slice of probabilities (N, H, W) against masks: the
   validation loss at the scoring resolution, where only probabilities exist."""
+  loss = make_loss(loss_config)
   probs = jnp.clip(jnp.asarray(probs, jnp.float32), 1e-7, 1 - 1e-7)
   masks = jnp.asarray(masks, jnp.float32)
   bce = -jnp.mean(masks * jnp.log(probs) + (1 - masks) * jnp.log1p(-probs), axis=(1, 2))
-  return _combine(bce, _dice_score(probs, masks, loss_config.smooth, axes=(1, 2)), loss_config)
+  return loss.combine(bce, _dice_score(probs, masks, loss.smooth, axes=(1, 2)))

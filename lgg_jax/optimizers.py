@@ -1,5 +1,6 @@
-"""The optimizer and its learning-rate schedule, built by name from
-`config.optimizer` (lgg_jax/registry.py), and freezing an encoder.
+"""The optimizer and its learning-rate schedule, each built by name from its
+own block (`config.optimizer.<name>`, `config.schedule.<name>`;
+lgg_jax/registry.py), and freezing an encoder.
 
 With `config.model.freeze_encoder_epochs` the parameters are partitioned
 (encoder, rest) with `optax.partition`, and the encoder's part is masked
@@ -22,35 +23,40 @@ from lgg_jax import registry
 ENCODER, REST = "encoder", "rest"  # the optimizer's partitions while an encoder may be frozen
 
 
-def adamw(opt, learning_rate):
-  return optax.adamw(learning_rate, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay)
+def adamw(learning_rate, *, b1: float = 0.9, b2: float = 0.999, weight_decay: float = 1e-4):
+  return optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay)
 
 
-def adam(opt, learning_rate):
-  return optax.adam(learning_rate, b1=opt.b1, b2=opt.b2)
+def adam(learning_rate, *, b1: float = 0.9, b2: float = 0.999):
+  return optax.adam(learning_rate, b1=b1, b2=b2)
 
 
-def sgd(opt, learning_rate):
-  return optax.sgd(learning_rate, momentum=opt.momentum, nesterov=True)
+def sgd(learning_rate, *, momentum: float = 0.9, nesterov: bool = True):
+  return optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov)
 
 
-def _warmup(opt, total_steps: int) -> int:
-  return min(opt.warmup_steps, max(total_steps - 1, 0))
+def cosine(learning_rate: float, total_steps: int, warmup_steps: int, *, final_lr_fraction: float = 0.01):
+  return optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps, max(total_steps, 1),
+                                            end_value=learning_rate * final_lr_fraction)
 
 
-def cosine(opt, total_steps: int):
-  return optax.warmup_cosine_decay_schedule(0.0, opt.learning_rate, _warmup(opt, total_steps), max(total_steps, 1),
-                                            end_value=opt.learning_rate * opt.final_lr_fraction)
+def constant(learning_rate: float, total_steps: int, warmup_steps: int):
+  del total_steps
+  return optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warmup_steps),
+                               optax.constant_schedule(learning_rate)], [warmup_steps])
 
 
-def constant(opt, total_steps: int):
-  warmup = _warmup(opt, total_steps)
-  return optax.join_schedules([optax.linear_schedule(0.0, opt.learning_rate, warmup),
-                               optax.constant_schedule(opt.learning_rate)], [warmup])
+def make_schedule(config, total_steps: int):
+  """The named schedule from `config.schedule`: warm-up to config.optimizer.learning_rate over
+  `warmup_steps` (at most all steps but one), then the schedule's own shape."""
+  name = config.schedule.name
+  warmup = min(config.schedule.warmup_steps, max(total_steps - 1, 0))
+  return registry.build("schedule", name, registry.block(config.schedule, name), f"config.schedule.{name}",
+                        learning_rate=config.optimizer.learning_rate, total_steps=total_steps, warmup_steps=warmup)
 
 
 def make_optimizer(config, total_steps: int, *, frozen_steps: int = 0):
-  """(optax transformation, learning-rate schedule).
+  """(optax transformation, learning-rate schedule), each built by name from its own block.
 
   `frozen_steps`: with config.model.freeze_encoder_epochs, the steps before
   the encoder trains. Partitioned, each part is the optimizer at learning
@@ -58,14 +64,18 @@ def make_optimizer(config, total_steps: int, *, frozen_steps: int = 0):
   which equals the optimizer at the scheduled rate.
   """
   opt = config.optimizer
-  schedule = registry.get("schedule", opt.schedule)(opt, total_steps)
-  optimizer = registry.get("optimizer", opt.name)
+  schedule = make_schedule(config, total_steps)
+
+  def optimizer(learning_rate):
+    return registry.build("optimizer", opt.name, registry.block(opt, opt.name), f"config.optimizer.{opt.name}",
+                          learning_rate=learning_rate)
+
   clip = [optax.clip_by_global_norm(opt.grad_clip_norm)] if opt.grad_clip_norm else []
   if config.model.freeze_encoder_epochs:
-    encoder = optax.transforms.conditionally_mask(optimizer(opt, 1.0), lambda count: count >= frozen_steps)
-    parts = optax.partition({ENCODER: encoder, REST: optimizer(opt, 1.0)}, _encoder_labels)
+    encoder = optax.transforms.conditionally_mask(optimizer(1.0), lambda count: count >= frozen_steps)
+    parts = optax.partition({ENCODER: encoder, REST: optimizer(1.0)}, _encoder_labels)
     return optax.chain(*clip, parts, optax.scale_by_schedule(schedule)), schedule
-  return optax.chain(*clip, optimizer(opt, schedule)), schedule
+  return optax.chain(*clip, optimizer(schedule)), schedule
 
 
 def in_encoder(path) -> bool:

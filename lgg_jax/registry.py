@@ -2,8 +2,9 @@
 
 A leaf: it imports only `choices` (itself a leaf), so command-line flags, configs and
 the data layer can list the names without loading models or optimizers.
-Entries are "module:attribute" strings imported on first use. A model is
-built from its own config block (`config.model.<name>`) passed as keyword
+Entries are "module:attribute" strings imported on first use. Each part is
+built from its own config block (`config.model.<name>`, `config.loss.<name>`,
+`config.optimizer.<name>`, `config.schedule.<name>`) passed as keyword
 arguments; the constructor's signature decides which keys are allowed.
 Adding a model is one file plus one line in MODELS (README: "How the code
 is laid out").
@@ -22,17 +23,17 @@ PARTS = {
         "fpn": "lgg_jax.models.fpn:FPN",
         "resnext_unet": "lgg_jax.models.resnext:ResNeXtUNet",
     },
-    "loss": {  # (bce, soft Dice score, loss block) -> per-sample loss
+    "loss": {  # config.loss.<name> -> losses.Loss
         "dice_bce": "lgg_jax.losses:dice_bce",
         "bce": "lgg_jax.losses:bce",
         "dice": "lgg_jax.losses:dice",
     },
-    "optimizer": {  # config.optimizer -> the transformation before the learning rate
+    "optimizer": {  # (learning rate, **config.optimizer.<name>) -> optax transformation
         "adamw": "lgg_jax.optimizers:adamw",
         "adam": "lgg_jax.optimizers:adam",
         "sgd": "lgg_jax.optimizers:sgd",
     },
-    "schedule": {  # (config.optimizer, total steps) -> optax schedule
+    "schedule": {  # (peak rate, total and warm-up steps, **config.schedule.<name>) -> optax schedule
         "cosine": "lgg_jax.optimizers:cosine",
         "constant": "lgg_jax.optimizers:constant",
     },
@@ -52,7 +53,7 @@ PARTS = {
 
 # The config setting each part's name is read from, for error messages.
 SETTINGS = {"model": "config.model.name", "loss": "config.loss.name", "optimizer": "config.optimizer.name",
-            "schedule": "config.optimizer.schedule", "augmentation": "config.augment.name",
+            "schedule": "config.schedule.name", "augmentation": "config.augment.name",
             "tta": "config.inference.tta"}
 
 
@@ -63,6 +64,12 @@ def names(part: str) -> tuple[str, ...]:
 def check(part: str, name) -> None:
   """Raises ValueError naming the setting, the bad name and the known names."""
   choices.check(SETTINGS[part], name, names(part))
+
+
+def block(parent, name: str) -> dict:
+  """The settings of the part called `name`: the block of that name under its
+  config block (`block(config.model, "unet")` is config.model.unet); {} if absent."""
+  return dict(parent[name]) if name in parent else {}
 
 
 def get(part: str, name):

@@ -19,7 +19,7 @@ from lgg_jax import cli, figures, inference, loading, models, parallel
 from lgg_jax.data import pipeline
 
 _KNOBS = ("model.name", "data.image_size", "data.normalization", "data.neighbours", "data.tumour_fraction",
-          "augment.name", "loss.name", "optimizer.name", "optimizer.learning_rate", "optimizer.schedule",
+          "augment.name", "loss.name", "optimizer.name", "optimizer.learning_rate", "schedule.name",
           "global_batch_size", "num_epochs", "split.protocol", "split.num_folds", "split.fold",
           "compute_dtype", "inference.tta", "inference.largest_component")
 _METRICS = ("patient_dice", "patient_dice_median", "tumour_slice_dice", "slice_dice", "pooled_dice",

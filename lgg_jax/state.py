@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import pathlib
 
 import jax
@@ -20,7 +21,9 @@ from flax import nnx
 from lgg_jax import config_defaults, models, parallel
 from lgg_jax.models import weights
 
-CHECKPOINT_FOLDERS = {"best": "best", "latest": "checkpoints"}
+CHECKPOINTS = "checkpoints"  # the run's one checkpoint manager: the latest saves and the best
+OLD_BEST = "best"  # runs written before one manager kept both had the best here, beside checkpoints/
+CHECKPOINT_CHOICES = ("best", "latest")
 
 
 def in_channels(config) -> int:
@@ -89,15 +92,61 @@ def load_config(workdir) -> ml_collections.ConfigDict:
   return config_from_dict(json.loads(path.read_text()), str(path))
 
 
+def improved_dice(metrics) -> float:
+  """What ranks a save for "best": the validation Dice of a save that beat every
+  earlier one; any other save ranks below all (so a later epoch that only ties
+  the best, or a mid-epoch preemption save, is never the best)."""
+  if not metrics or not metrics.get("improved", True):  # an old best/ folder's saves all improved
+    return -math.inf
+  return float(metrics["val_dice"])
+
+
+def checkpoint_manager(folder, keep: int | None = None, *, create: bool = False) -> ocp.CheckpointManager:
+  """One manager keeps the `keep` latest saves and the best (Orbax preservation
+  policies); saves carry metrics {"val_dice", "improved"}. Without `keep`, it
+  only reads."""
+  policies = [ocp.checkpoint_managers.BestN(get_metric_fn=improved_dice, n=1, keep_checkpoints_without_metrics=False)]
+  if keep:
+    policies.insert(0, ocp.checkpoint_managers.LatestN(keep))
+  options = ocp.CheckpointManagerOptions(
+      create=create, best_fn=improved_dice, best_mode="max",
+      preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies))
+  return ocp.CheckpointManager(folder, options=options)
+
+
+def best_of(manager: ocp.CheckpointManager) -> tuple[int, float] | None:
+  """(step, validation Dice) of the best save a manager holds, or None."""
+  step = manager.best_step()
+  if step is None or improved_dice(manager.metrics(step)) == -math.inf:
+    return None
+  return step, improved_dice(manager.metrics(step))
+
+
+def best_checkpoint(workdir) -> tuple[pathlib.Path, int, float] | None:
+  """(folder, step, validation Dice) of a run's best checkpoint, in either layout, or None."""
+  workdir = pathlib.Path(workdir).expanduser().resolve()
+  folder = workdir / (OLD_BEST if (workdir / OLD_BEST).is_dir() else CHECKPOINTS)
+  if not folder.is_dir():
+    return None
+  with checkpoint_manager(folder) as manager:
+    best = best_of(manager)
+  return None if best is None else (folder, *best)
+
+
 def checkpoint_path(workdir, checkpoint: str = "best") -> tuple[pathlib.Path, int]:
   """The state item of a run's checkpoint: 'best', 'latest' or a step number."""
   workdir = pathlib.Path(workdir).expanduser().resolve()
-  if checkpoint not in CHECKPOINT_FOLDERS and not str(checkpoint).isdigit():
+  if checkpoint not in CHECKPOINT_CHOICES and not str(checkpoint).isdigit():
     raise ValueError(f"checkpoint: want 'best', 'latest' or a step number, got {checkpoint!r}")
-  folder = workdir / CHECKPOINT_FOLDERS.get(checkpoint, "checkpoints")
+  if checkpoint == "best":
+    best = best_checkpoint(workdir)
+    if best is None:
+      raise FileNotFoundError(f"no checkpoint 'best' in {workdir / CHECKPOINTS}")
+    return best[0] / str(best[1]) / "state", best[1]
+  folder = workdir / CHECKPOINTS
   steps = sorted(int(p.name) for p in folder.glob("*") if p.name.isdigit() and (p / "state").is_dir()) \
       if folder.is_dir() else []
-  step = (steps[-1] if steps else None) if checkpoint in CHECKPOINT_FOLDERS else int(checkpoint)
+  step = (steps[-1] if steps else None) if checkpoint == "latest" else int(checkpoint)
   if step is None or step not in steps:
     raise FileNotFoundError(f"no checkpoint {checkpoint!r} in {folder}")
   return folder / str(step) / "state", step

@@ -2,9 +2,9 @@
 
 The loop only: data-parallel steps (`steps.make_train_step`, shard_map over
 a 1-D mesh of every device), a validation per epoch through the shared
-inference layer, Orbax checkpoints (latest and best), resumption, and at the
+inference layer, one Orbax checkpoint manager (latest and best), resumption, and at the
 end the best checkpoint scored on the test patients. Everything it opens
-(progress bar, SIGTERM handler, checkpoint managers, metric and text logs) is
+(progress bar, SIGTERM handler, checkpoint manager, metric and text logs) is
 closed by one ExitStack on every exit: done, preempted, non-finite loss or
 an exception.
 """
@@ -48,10 +48,10 @@ def validate_config(config, device_count: int, process_count: int) -> None:
                        f"device count ({device_count})")
     if value % process_count:
       raise ValueError(f"config.{name}={value} must divide among {process_count} processes")
-  for part, name in (("loss", config.loss.name), ("augmentation", config.augment.name),
-                     ("optimizer", config.optimizer.name), ("schedule", config.optimizer.schedule),
-                     ("tta", config.inference.tta)):
+  for part, name in (("augmentation", config.augment.name), ("tta", config.inference.tta)):
     registry.check(part, name)
+  losses.make_loss(config.loss)  # the constructors check their names and blocks
+  optimizers.make_optimizer(config, total_steps=1)
   for setting, value, allowed in (
       ("config.data.normalization", config.data.normalization, preprocess.NORMALIZATIONS),
       ("config.split.protocol", config.split.protocol, splits.PROTOCOLS),
@@ -111,23 +111,6 @@ def _writable_workdir(workdir) -> pathlib.Path:
 
 
 # --------------------------------------------------------------------------- checkpoints and logs
-
-def _checkpoint_managers(workdir: pathlib.Path, config):
-  latest = ocp.CheckpointManager(
-      workdir / "checkpoints",
-      options=ocp.CheckpointManagerOptions(
-          max_to_keep=config.keep_checkpoints, create=True,
-          # Two managers save side by side: their multi-host barriers need distinct names.
-          multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix="latest")),
-      item_names=("state", "data"))
-  best = ocp.CheckpointManager(
-      workdir / "best",
-      options=ocp.CheckpointManagerOptions(
-          max_to_keep=1, best_fn=lambda m: m["val_dice"], best_mode="max", create=True,
-          multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix="best")),
-      item_names=("state",))
-  return latest, best
-
 
 class MetricsLog:
   """metrics.jsonl, TensorBoard (tensorboardX: no TensorFlow) and progress.png; process 0 only.
@@ -214,21 +197,21 @@ class _Preemption:
       self.previous = None
 
 
-def _restore(latest, run: _Setup):
+def _restore(checkpoints, run: _Setup):
   """(step, partial-epoch statistics, state) from the latest checkpoint."""
-  step = latest.latest_step()
-  restored = latest.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))
+  step = checkpoints.latest_step()
+  restored = checkpoints.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))
   saved_order = restored["data"].get("data_order")
   if saved_order != run.order:  # None: a checkpoint that saved no data order
-    raise ValueError(f"{latest.directory}: the training records differ from this run's (the dataset, its "
+    raise ValueError(f"{checkpoints.directory}: the training records differ from this run's (the dataset, its "
                      "version or the split changed, or the checkpoint saved no data order); resuming would "
                      "train on a different data order. Start a new workdir or restore the original data and "
                      "config.")
   try:
-    restored = latest.restore(step, args=ocp.args.Composite(
+    restored = checkpoints.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(state.abstract(run.train_state)), data=ocp.args.JsonRestore()))
   except (ValueError, KeyError, TypeError) as e:  # Orbax: the saved tree is not this run's
-    raise ValueError(f"{latest.directory}: the saved train state does not fit this run's model and optimizer "
+    raise ValueError(f"{checkpoints.directory}: the saved train state does not fit this run's model and optimizer "
                      "(a changed config, or a frozen-encoder run checkpointed before lgg_jax kept one optimizer "
                      f"state layout); resuming is impossible. Start a new workdir. ({type(e).__name__}: "
                      f"{str(e)[:300]})") from e
@@ -237,21 +220,8 @@ def _restore(latest, run: _Setup):
   # record equals an uninterrupted run's.
   partial = restored["data"]["epoch_stats"]
   epoch_stats = [{k: np.float32(v[i]) for k, v in partial.items()} for i in range(len(partial["loss"]))]
-  logging.info("resumed from %s at step %d", latest.directory, step)
+  logging.info("resumed from %s at step %d", checkpoints.directory, step)
   return step, epoch_stats, restored["state"]
-
-
-def _kept_best(best, start_step: int) -> float | None:
-  """The validation Dice of the best checkpoint kept, or None.
-
-  A resumed run drops best checkpoints written after the step it resumes
-  from, as it drops their metric records: it redoes those epochs.
-  """
-  for step in best.all_steps():
-    if step > start_step:
-      best.delete(step)
-  kept = best.best_step()
-  return None if kept is None else float(best.metrics(kept)["val_dice"])
 
 
 # --------------------------------------------------------------------------- validation and the end
@@ -399,13 +369,17 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     stack.enter_context(cli.log_to(workdir / ("log.txt" if is_main else f"log_process{jax.process_index()}.txt")))
     mesh = parallel.make_mesh()
     run = _set_up(config, mesh)
-    latest, best = _checkpoint_managers(workdir, config)
-    stack.callback(latest.close)  # waits for saves in flight
-    stack.callback(best.close)
+    checkpoints = state.checkpoint_manager(workdir / state.CHECKPOINTS, config.keep_checkpoints, create=True)
+    stack.callback(checkpoints.close)  # waits for saves in flight
+    if (workdir / state.OLD_BEST).is_dir() and (checkpoints.latest_step() or 0) < run.total_steps:
+      raise ValueError(f"{workdir / state.OLD_BEST}: this run was started by an lgg_jax that kept its best "
+                       "checkpoint apart; finish its training with that version (evaluate, predict and export "
+                       "read it as it is) or start a new workdir.")
     start_step, epoch_stats = 0, []
-    if latest.latest_step() is not None:
-      start_step, epoch_stats, run.train_state = _restore(latest, run)
-    best_val_dice = _kept_best(best, start_step)
+    if checkpoints.latest_step() is not None:
+      start_step, epoch_stats, run.train_state = _restore(checkpoints, run)
+    best = state.best_checkpoint(workdir)  # every save is at or before the latest: nothing to drop on resuming
+    best_val_dice = None if best is None else best[2]
     train_state = parallel.replicate(run.train_state, mesh)
     log = MetricsLog(workdir, start_step, config)
     stack.callback(log.close)
@@ -416,9 +390,9 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     preemption = _Preemption(config.preemption_check_every_steps)
     stack.callback(preemption.close)
 
-    def save_latest(step_done: int):
+    def save(step_done: int, metrics: dict):
       host = jax.device_get(epoch_stats)
-      latest.save(step_done, force=True, args=ocp.args.Composite(
+      checkpoints.save(step_done, force=True, metrics=metrics, args=ocp.args.Composite(
           state=ocp.args.StandardSave(train_state),
           data=ocp.args.JsonSave({"iterator": run.train_iter.get_state(), "data_order": run.order,
                                   "epoch_stats": {k: [float(h[k]) for h in host] for k in STAT_KEYS}})))
@@ -448,7 +422,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
         if not np.isfinite(host["loss"]).all():
           raise FloatingPointError(
               f"non-finite training loss in epoch {epoch} (step {step + 1}); stopping. The last good "
-              f"checkpoint is step {latest.latest_step()} in {workdir / 'checkpoints'}.")
+              f"checkpoint is step {checkpoints.latest_step()} in {checkpoints.directory}.")
         member = inference.Member(config, run.graphdefs["eval"], {"params": train_state["params"],
                                                                   "model_state": train_state["model_state"]})
         val, overlays = validate(inference.Predictor(member, mesh, inference.validation_settings(config)),
@@ -457,24 +431,22 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
         log.write(record, overlays)
         if is_main:
           bar.write(_epoch_line(record))
-        if epoch % config.checkpoint_every_epochs == 0 or step + 1 == run.total_steps:
-          save_latest(step + 1)
-        # Every epoch that improves, checkpoint epoch or not: the best epoch's weights are kept.
-        if best_val_dice is None or val["patient_dice"] > best_val_dice:
+        # Checkpoint epochs, and every epoch that improves: the best epoch's weights are kept.
+        improved = best_val_dice is None or val["patient_dice"] > best_val_dice
+        if improved:
           best_val_dice = float(val["patient_dice"])
-          best.save(step + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(train_state)),
-                    metrics={"val_dice": best_val_dice})
+        if improved or epoch % config.checkpoint_every_epochs == 0 or step + 1 == run.total_steps:
+          save(step + 1, {"val_dice": float(val["patient_dice"]), "improved": improved})
       if preemption.requested(step) and step + 1 < run.total_steps:
-        if latest.latest_step() != step + 1:
-          save_latest(step + 1)
-        latest.wait_until_finished()
+        if checkpoints.latest_step() != step + 1:
+          save(step + 1, {"improved": False})
+        checkpoints.wait_until_finished()
         message = f"preempted (SIGTERM): saved step {step + 1}; run the same command to resume"
         logging.warning(message)
         if is_main:
           bar.write(message)
         return {"preempted": True, "step": step + 1}
-    latest.wait_until_finished()
-    best.wait_until_finished()
+    checkpoints.wait_until_finished()
     run.train_state = train_state
     summary = _summary(config, workdir, run, log.records, best_val_dice, mesh)
     if start_step == run.total_steps:  # finished earlier: summarised again, not trained here

@@ -8,12 +8,13 @@ import sys
 
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import pytest
 from flax import nnx
 from ml_collections.config_flags import config_path
 
 from configs import default
-from lgg_jax import cli, config_defaults, models, registry
+from lgg_jax import cli, config_defaults, models, optimizers, registry, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # config.json of the shipped ensemble's fold 0, as written before the model
@@ -36,6 +37,10 @@ def test_a_config_of_the_old_layout_loads_with_every_value_in_its_new_place():
   assert config.inference.component_rank == "volume"
   # Nothing of the old layout is left over.
   assert "base_width" not in config.model and "resnext" not in config.model and "threshold" not in config
+  assert config.optimizer.adamw.weight_decay == flat["optimizer.weight_decay"]
+  assert config.schedule.name == flat["optimizer.schedule"] and config.loss.dice_bce.smooth == flat["loss.smooth"]
+  assert not {"b1", "b2", "weight_decay", "momentum", "schedule", "warmup_steps"} & set(config.optimizer)
+  assert not {"bce_weight", "dice_weight", "smooth"} & set(config.loss)
 
 
 def test_a_key_older_versions_wrote_and_none_reads_is_dropped():
@@ -78,7 +83,7 @@ def test_the_command_line_names_the_replacement_of_a_renamed_flag(tmp_path):
 def test_an_unknown_name_lists_the_registered_ones():
   with pytest.raises(ValueError, match=r"config.model.name: unknown value 'vnet' \(known: unet, fpn, resnext_unet\)"):
     registry.get("model", "vnet")
-  with pytest.raises(ValueError, match=r"config.optimizer.schedule: unknown value 'step' \(known: cosine, constant\)"):
+  with pytest.raises(ValueError, match=r"config.schedule.name: unknown value 'step' \(known: cosine, constant\)"):
     registry.check("schedule", "step")
 
 
@@ -98,6 +103,46 @@ def test_each_model_block_holds_exactly_its_constructors_settings_with_its_defau
   assert {key: parameters[key].default for key in block} == dict(block)
   shared = {"self", "in_channels", "conv_impl", "dtype", "rngs", "axis_name"}
   assert set(parameters) - shared == set(block)
+
+
+# Parts other than models: (registry part, the config block holding the named blocks, the
+# arguments the builder sets itself).
+BLOCK_PARTS = (("loss", "loss", ()), ("optimizer", "optimizer", ("learning_rate",)),
+               ("schedule", "schedule", ("learning_rate", "total_steps", "warmup_steps")))
+
+
+@pytest.mark.parametrize("part,parent,fixed", BLOCK_PARTS)
+def test_each_loss_optimizer_and_schedule_block_holds_exactly_its_builders_settings(part, parent, fixed):
+  config = default.get_config()[parent]
+  for name in registry.names(part):
+    parameters = registry.signature(registry.get(part, name)).parameters
+    assert {key: parameters[key].default for key in config[name]} == dict(config[name]), name
+    assert set(parameters) - set(fixed) == set(config[name]), name
+
+
+@pytest.mark.parametrize("block,key", [("loss.dice_bce", "smoth"), ("optimizer.adamw", "momentum"),
+                                       ("schedule.cosine", "final_lr")])
+def test_a_misspelt_or_foreign_part_setting_is_named_when_the_run_is_checked(block, key):
+  config = default.get_config()
+  parent, name = block.split(".")
+  config[parent][name][key] = 0.1
+  with pytest.raises(ValueError, match=rf"config.{block}: {key} is not a setting of {name} \(its settings: "):
+    train.validate_config(config, device_count=1, process_count=1)
+
+
+def test_only_the_named_parts_block_is_read():
+  config = default.get_config()
+  config.optimizer.name, config.optimizer.grad_clip_norm, config.optimizer.learning_rate = "sgd", 0.0, 0.1
+  config.schedule.name, config.schedule.warmup_steps = "constant", 0
+  config.optimizer.adamw.b1 = 0.5  # another optimizer's block: ignored, as model blocks are
+  params, grads = {"w": jnp.ones(3)}, {"w": jnp.full(3, 2.0)}
+  steps = {}
+  for momentum in (0.9, 0.0):
+    config.optimizer.sgd.momentum = momentum
+    tx, _ = optimizers.make_optimizer(config, total_steps=10)
+    steps[momentum] = tx.update(grads, tx.init(params), params)[0]["w"]
+  np.testing.assert_allclose(steps[0.0], -0.1 * 2.0 * np.ones(3), rtol=1e-6)  # plain SGD
+  np.testing.assert_allclose(steps[0.9], -0.1 * 2.0 * 1.9 * np.ones(3), rtol=1e-6)  # Nesterov: g + 0.9 g
 
 
 class TinyNet(nnx.Module):

@@ -23,7 +23,7 @@ def _model_config(**kw):
 
 
 def _loss_config():
-  return ml_collections.ConfigDict(dict(name="dice_bce", bce_weight=1.0, dice_weight=1.0, smooth=1.0))
+  return default.get_config().loss
 
 
 def test_auxiliary_outputs_at_each_lower_decoder_level_and_the_rest_initialised_as_without():
@@ -90,8 +90,9 @@ def test_auxiliary_heads_train_and_stay_out_of_inference_and_exports(tmp_path):
   assert tensors and not any("auxiliary" in key for key in tensors)
   # The heads did train: the checkpoint holds them, moved from their initial values.
   import orbax.checkpoint as ocp
-  step = summary["best_step"]
-  saved = ocp.StandardCheckpointer().restore(tmp_path / "run" / "best" / str(step) / "state")
+  path, step = state.checkpoint_path(tmp_path / "run", "best")
+  assert step == summary["best_step"]
+  saved = ocp.StandardCheckpointer().restore(path)
   initial = nnx.to_pure_dict(nnx.state(state.create_model(config), nnx.Param))["auxiliary_heads"]
   assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(saved["params"]["auxiliary_heads"]),
                                                     jax.tree.leaves(initial)))

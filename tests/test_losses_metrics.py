@@ -6,9 +6,8 @@ import pytest
 from lgg_jax import losses, metrics
 
 
-def _loss_config(name="dice_bce", bce_weight=1.0, dice_weight=1.0, smooth=1.0):
-  return ml_collections.ConfigDict(dict(name=name, bce_weight=bce_weight, dice_weight=dice_weight,
-                                        smooth=smooth))
+def _loss_config(name="dice_bce", **block):
+  return ml_collections.ConfigDict({"name": name, name: block})
 
 
 def test_dice_bce_against_hand_computation():

@@ -81,22 +81,24 @@ def test_training_lowers_loss_and_a_resumed_run_equals_an_uninterrupted_one(tmp_
   assert summary["provenance"]["dataset"]["fingerprint"]
   assert summary["provenance"]["devices"]["host_cpu"] not in ("", "unknown")  # reruns match on one kind of CPU
 
-  # Same run "killed" after its epoch-2 checkpoint: drop what came later, rerun.
+  # One manager keeps the 2 latest saves (keep_checkpoints) and the best.
+  steps = sorted(int(p.name) for p in (full / "checkpoints").iterdir() if p.name.isdigit())
+  per_epoch = records[0]["step"]
+  assert steps == sorted({3 * per_epoch, 4 * per_epoch, summary["best_step"]})
+  # Same run "killed" after its epoch-3 checkpoint: drop what came later, rerun.
   interrupted = tmp_path / "interrupted"
   shutil.copytree(full, interrupted)
-  steps = sorted(int(p.name) for p in (interrupted / "checkpoints").iterdir() if p.name.isdigit())
-  assert len(steps) == 2  # keep_checkpoints
   shutil.rmtree(interrupted / "checkpoints" / str(steps[-1]))
-  resumed_from = steps[0]
+  resumed_from = 3 * per_epoch
   lines = [r for r in _records(interrupted) if r["step"] <= resumed_from]
   (interrupted / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
   train.train_and_evaluate(config, interrupted)
   assert _records(interrupted) == records  # same data order, same numbers
   for a, b in zip(jax.tree.leaves(_params(full, steps[-1])), jax.tree.leaves(_params(interrupted, steps[-1]))):
     np.testing.assert_array_equal(a, b)
-  # The best checkpoint of the epochs redone is written again, not kept from before.
-  best_steps = [sorted(p.name for p in (run / "best").iterdir() if p.name.isdigit()) for run in (full, interrupted)]
-  assert best_steps[0] == best_steps[1] == [str(summary["best_step"])]
+  # The best checkpoint is the same step, whether it was kept or written again.
+  best = [state.best_checkpoint(run)[1:] for run in (full, interrupted)]
+  assert best[0] == best[1] == (summary["best_step"], summary["best_val_dice"])
   # A finished run summarised again (a sweep taking it up) keeps the commit that trained it.
   written = json.loads((full / "summary.json").read_text())
   written["provenance"]["git_commit"] = "0" * 40
@@ -255,7 +257,7 @@ def test_the_encoder_unfreezes_with_a_fresh_optimizer(tmp_path):
   config = _tiny_model(tiny_config(tmp_path), "resnext_unet")
   config.model.resnext_unet.sync_batch_norm = False  # one device; the reference gradient is taken outside the mesh
   config.model.freeze_encoder_epochs = 1
-  config.optimizer.schedule, config.optimizer.warmup_steps = "constant", 0
+  config.schedule.name, config.schedule.warmup_steps = "constant", 0
   mesh = parallel.make_mesh(jax.devices()[:1])
   run = train._set_up(config, mesh)
   local = _learnable_batch()
@@ -412,7 +414,7 @@ def test_non_finite_loss_stops_training_and_keeps_good_checkpoints(tmp_path):
   config = tiny_config(tmp_path)
   config.num_epochs = 1
   config.optimizer.name, config.optimizer.grad_clip_norm = "sgd", 0.0
-  config.optimizer.schedule, config.optimizer.warmup_steps = "constant", 0
+  config.schedule.name, config.schedule.warmup_steps = "constant", 0
   config.optimizer.learning_rate = 1e-3
   workdir = tmp_path / "run"
   train.train_and_evaluate(config, workdir)

@@ -22,7 +22,7 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 
 def block(model_config) -> dict:
   """The named model's own settings, as constructor keyword arguments."""
-  return dict(model_config[model_config.name]) if model_config.name in model_config else {}
+  return registry.block(model_config, model_config.name)
 
 
 def _fixed(model_class, model_config, in_channels: int, compute_dtype: str, rngs) -> dict:

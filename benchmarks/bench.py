@@ -57,6 +57,8 @@ _CHECK = flags.DEFINE_bool("check", False, "Run the prepared check list (benchma
 command_flags.take("models", "out")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Check mode at tiny sizes on the CPU.")
 _DEADLINE = flags.DEFINE_float("deadline_s", 420.0, "Check mode: stop starting measurements after this.")
+_MAX_MEASUREMENTS = flags.DEFINE_integer("max_measurements", 0, "Check mode: stop after this many (0: no limit); "
+                                         "the rest are listed as pending.")
 _WORKERS = flags.DEFINE_integer("workers", 16, "Check mode: grain workers for the host input path.")
 _ONE = flags.DEFINE_string("one", "", "Internal: run one measurement (JSON spec), print its JSON row.")
 
@@ -344,7 +346,8 @@ def _markdown(report: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def run_check(out: pathlib.Path, dry_run: bool, deadline_s: float, workers: int, peer: str) -> dict:
+def run_check(out: pathlib.Path, dry_run: bool, deadline_s: float, workers: int, peer: str,
+              max_measurements: int = 0) -> dict:
   started = time.perf_counter()
   out.mkdir(parents=True, exist_ok=True)
   script = peer_script(peer)
@@ -363,7 +366,7 @@ def run_check(out: pathlib.Path, dry_run: bool, deadline_s: float, workers: int,
   step_s = None
   for item in items:
     left = deadline_s - (time.perf_counter() - started)
-    if left < (5 if dry_run else 30):
+    if left < (5 if dry_run else 30) or (max_measurements and len(report["measurements"]) >= max_measurements):
       break
     entry = {"name": item.name}
     begun = time.perf_counter()
@@ -406,7 +409,7 @@ def main(argv):
     if not command_flags.OUT.value:
       raise ValueError("--check needs --out=DIR")
     report = run_check(pathlib.Path(command_flags.OUT.value), _DRY_RUN.value, _DEADLINE.value, _WORKERS.value,
-                       _PEER.value)
+                       _PEER.value, _MAX_MEASUREMENTS.value)
     print((pathlib.Path(command_flags.OUT.value) / "check.md").read_text())
     failed = [m["name"] for m in report["measurements"] if "error" in m]
     if failed:

@@ -3,6 +3,7 @@
 #
 #   bash benchmarks/gpu_check.sh --out=DIR [--wheels=DIR] [--peer=../shared/peers] [--deadline_s=S] [--workers=16]
 #   bash benchmarks/gpu_check.sh --out=DIR --dry_run     # the same script on the CPU, tiny sizes, under 2 minutes
+#   (--max_measurements=N stops after N measurements, listing the rest as pending)
 #
 # On a GPU machine that has only jax, flax, optax, orbax and torch (no network),
 # --wheels=DIR installs the rest (Python 3.12 wheels that benchmarks/fetch_wheels.sh
@@ -18,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
-out="" wheels="" peer="../shared/peers" deadline="" workers=16 dry_run=0
+out="" wheels="" peer="../shared/peers" deadline="" workers=16 dry_run=0 max_measurements=0
 for arg in "$@"; do
   case "$arg" in
     --out=*) out="${arg#*=}" ;;
@@ -27,6 +28,7 @@ for arg in "$@"; do
     --deadline_s=*) deadline="${arg#*=}" ;;
     --workers=*) workers="${arg#*=}" ;;
     --dry_run) dry_run=1 ;;
+    --max_measurements=*) max_measurements="${arg#*=}" ;;
     *) echo "error: unknown argument $arg" >&2; exit 2 ;;
   esac
 done
@@ -78,4 +80,5 @@ PY
     exit 1; }
   deadline="${deadline:-$(( 480 - 20 - ($(date +%s) - started) ))}"
 fi
-python -m benchmarks.bench --check --out="$out" --deadline_s="$deadline" --workers="$workers" --peer="$peer" "${extra[@]}"
+python -m benchmarks.bench --check --out="$out" --deadline_s="$deadline" --workers="$workers" --peer="$peer" \
+  --max_measurements="$max_measurements" "${extra[@]}"

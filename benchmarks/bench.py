@@ -342,12 +342,16 @@ def _markdown(report: dict) -> str:
                  f"{r.get('images_per_s', r.get('images_per_s_overall', float('nan'))):.1f} | "
                  f"{r.get('compile_s', float('nan')):.1f} | {memory} | {notes} |")
   if report["pending"]:
-    lines += ["", "Not measured before the deadline: " + ", ".join(report["pending"])]
+    why = (f"after --max_measurements={report['max_measurements']}" if report.get("max_measurements")
+           and len(report["measurements"]) >= report["max_measurements"] else "before the deadline")
+    lines += ["", f"Not measured ({why}): " + ", ".join(report["pending"])]
   return "\n".join(lines) + "\n"
 
 
 def run_check(out: pathlib.Path, dry_run: bool, deadline_s: float, workers: int, peer: str,
               max_measurements: int = 0) -> dict:
+  if max_measurements < 0:
+    raise ValueError(f"--max_measurements={max_measurements} must be >= 0 (0: no limit)")
   started = time.perf_counter()
   out.mkdir(parents=True, exist_ok=True)
   script = peer_script(peer)
@@ -361,7 +365,8 @@ def run_check(out: pathlib.Path, dry_run: bool, deadline_s: float, workers: int,
                       f"{os.cpu_count()} CPU cores)", "dry_run": dry_run, "started": time.strftime("%Y-%m-%d %H:%M"),
             "jax": jax.__version__, "python": platform.python_version(),
             "preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "(unset)"),
-            "peer": str(script) if script else None, "deadline_s": deadline_s, "measurements": [],
+            "peer": str(script) if script else None, "deadline_s": deadline_s,
+            "max_measurements": max_measurements, "measurements": [],
             "pending": [c.name for c in items]}
   step_s = None
   for item in items:

@@ -101,17 +101,19 @@ def improved_dice(metrics) -> float:
   return float(metrics["val_dice"])
 
 
-def checkpoint_manager(folder, keep: int | None = None, *, create: bool = False) -> ocp.CheckpointManager:
-  """One manager keeps the `keep` latest saves and the best (Orbax preservation
-  policies); saves carry metrics {"val_dice", "improved"}. Without `keep`, it
-  only reads."""
-  policies = [ocp.checkpoint_managers.BestN(get_metric_fn=improved_dice, n=1, keep_checkpoints_without_metrics=False)]
-  if keep:
-    policies.insert(0, ocp.checkpoint_managers.LatestN(keep))
-  options = ocp.CheckpointManagerOptions(
-      create=create, best_fn=improved_dice, best_mode="max",
-      preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies))
-  return ocp.CheckpointManager(folder, options=options)
+def checkpoint_manager(folder, keep: int | None = None) -> ocp.CheckpointManager:
+  """The run's one manager: it keeps the `keep` latest saves and the best
+  (Orbax preservation policies); saves carry metrics {"val_dice", "improved"}.
+  Without `keep` it only reads (and creates nothing). Opening one is a
+  collective call when several processes run: every process must."""
+  if keep is None:  # (read_only=True would say so in two warnings on every command)
+    return ocp.CheckpointManager(folder, options=ocp.CheckpointManagerOptions(
+        create=False, best_fn=improved_dice, best_mode="max"))
+  policies = [ocp.checkpoint_managers.LatestN(keep),
+              ocp.checkpoint_managers.BestN(get_metric_fn=improved_dice, n=1, keep_checkpoints_without_metrics=False)]
+  return ocp.CheckpointManager(folder, options=ocp.CheckpointManagerOptions(
+      create=True, best_fn=improved_dice, best_mode="max",
+      preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies)))
 
 
 def best_of(manager: ocp.CheckpointManager) -> tuple[int, float] | None:
@@ -122,10 +124,15 @@ def best_of(manager: ocp.CheckpointManager) -> tuple[int, float] | None:
   return step, improved_dice(manager.metrics(step))
 
 
+def best_folder(workdir) -> pathlib.Path:
+  """Where a run's best checkpoint lies: best/ in runs written before the one manager."""
+  workdir = pathlib.Path(workdir).expanduser().resolve()
+  return workdir / (OLD_BEST if (workdir / OLD_BEST).is_dir() else CHECKPOINTS)
+
+
 def best_checkpoint(workdir) -> tuple[pathlib.Path, int, float] | None:
   """(folder, step, validation Dice) of a run's best checkpoint, in either layout, or None."""
-  workdir = pathlib.Path(workdir).expanduser().resolve()
-  folder = workdir / (OLD_BEST if (workdir / OLD_BEST).is_dir() else CHECKPOINTS)
+  folder = best_folder(workdir)
   if not folder.is_dir():
     return None
   with checkpoint_manager(folder) as manager:
@@ -141,7 +148,7 @@ def checkpoint_path(workdir, checkpoint: str = "best") -> tuple[pathlib.Path, in
   if checkpoint == "best":
     best = best_checkpoint(workdir)
     if best is None:
-      raise FileNotFoundError(f"no checkpoint 'best' in {workdir / CHECKPOINTS}")
+      raise FileNotFoundError(f"no checkpoint 'best' in {best_folder(workdir)}")
     return best[0] / str(best[1]) / "state", best[1]
   folder = workdir / CHECKPOINTS
   steps = sorted(int(p.name) for p in folder.glob("*") if p.name.isdigit() and (p / "state").is_dir()) \

@@ -65,6 +65,9 @@ def validate_config(config, device_count: int, process_count: int) -> None:
     raise ValueError(f"config.data.tumour_fraction={config.data.tumour_fraction} must be in [0, 1]")
   if config.model.pretrained_path and not pathlib.Path(config.model.pretrained_path).expanduser().is_file():
     raise ValueError(f"config.model.pretrained_path={config.model.pretrained_path} is not a file")
+  if config.keep_checkpoints < 1:
+    raise ValueError(f"config.keep_checkpoints={config.keep_checkpoints} must be at least 1 (resuming needs the "
+                     "latest save)")
   if config.num_epochs <= 0:
     raise ValueError(f"config.num_epochs must be positive, got {config.num_epochs}")
   if config.data.on_device:
@@ -369,7 +372,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     stack.enter_context(cli.log_to(workdir / ("log.txt" if is_main else f"log_process{jax.process_index()}.txt")))
     mesh = parallel.make_mesh()
     run = _set_up(config, mesh)
-    checkpoints = state.checkpoint_manager(workdir / state.CHECKPOINTS, config.keep_checkpoints, create=True)
+    checkpoints = state.checkpoint_manager(workdir / state.CHECKPOINTS, config.keep_checkpoints)
     stack.callback(checkpoints.close)  # waits for saves in flight
     if (workdir / state.OLD_BEST).is_dir() and (checkpoints.latest_step() or 0) < run.total_steps:
       raise ValueError(f"{workdir / state.OLD_BEST}: this run was started by an lgg_jax that kept its best "

@@ -37,6 +37,7 @@ def test_gpu_check_dry_run_measures_in_priority_order_and_writes_json_and_markdo
   assert first["step_s"] > 0 and first["compile_s"] > 0 and first["resident_data_counted"] is False
   assert not any("compile" in n for n in names + report["pending"])  # no torch.compile on the CPU
   assert (tmp_path / "check.md").read_text().count("\n|") >= len(names)
+  assert "Not measured (after --max_measurements=1): " in (tmp_path / "check.md").read_text()
 
 
 def test_the_check_lists_input_rows_measure_both_input_paths():

@@ -39,8 +39,9 @@ def test_every_sweep_states_command_runtime_and_expectation():
 
 # Sweeps whose tiny variant trains in the suite: every row sweep (rows of settings, rescoring rows,
 # chains) and two grid sweeps (one with a member lacking its file). The other grid sweeps vary one
-# setting whose training other tests cover (each model, loss and augmentation set); their members
-# pass the config checks below.
+# setting that other tests train or compute (each model in test_train, each loss in
+# test_losses_metrics, each augmentation set on the host and the device in test_augment and
+# test_device_augment); their members pass the config checks below.
 TRAINED = ("recipe", "ensemble", "full_resolution", "pretrained_encoder", "split_protocol")
 
 
@@ -50,9 +51,10 @@ def test_every_member_of_every_sweep_passes_the_config_checks():
       sweep = run.load_sweep(path, tiny=tiny)
       for member in sweep["members"]:
         overrides = {**sweep.get("common", {}), **run.overrides_of(member)}
-        overrides.pop("data.manual_dir", None)  # the dev patients need not be on this machine
-        if run.missing_files(overrides):
-          continue
+        # Files (the dev patients, ImageNet weights) need not be on this machine.
+        overrides.pop("data.manual_dir", None)
+        overrides.pop("model.pretrained_path", None)
+        assert not run.missing_files(overrides), (path.stem, member)
         config = run.build_config(sweep["config"], overrides)
         train.validate_config(config, device_count=1, process_count=1)
 

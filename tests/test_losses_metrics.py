@@ -21,6 +21,21 @@ def test_dice_bce_against_hand_computation():
   np.testing.assert_allclose(got, [0.3 * bce + 2.0 * (1 - dice)], rtol=1e-5)
 
 
+def test_bce_and_dice_alone_against_hand_computation():
+  logits = jnp.array([0.5, 1.5, -1.0, -3.0]).reshape(1, 2, 2, 1)
+  masks = jnp.array([1.0, 0.0, 1.0, 0.0]).reshape(1, 2, 2, 1)
+  p = 1 / (1 + np.exp(-np.array([0.5, 1.5, -1.0, -3.0])))
+  y = np.array([1.0, 0.0, 1.0, 0.0])
+  bce = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+  dice = (2 * (p * y).sum() + 0.25) / (p.sum() + y.sum() + 0.25)
+  np.testing.assert_allclose(losses.per_sample_loss(logits, masks, _loss_config("bce")), [bce], rtol=1e-5)
+  np.testing.assert_allclose(losses.per_sample_loss(logits, masks, _loss_config("dice", smooth=0.25)), [1 - dice],
+                             rtol=1e-5)
+  probs = jnp.asarray(p.reshape(1, 2, 2))
+  np.testing.assert_allclose(losses.probability_loss(probs, masks[..., 0], _loss_config("dice", smooth=0.25)),
+                             [1 - dice], rtol=1e-5)
+
+
 def test_soft_dice_on_empty_truth_rewards_predicting_nothing():
   masks = jnp.zeros((2, 4, 4, 1))
   logits = jnp.stack([jnp.full((4, 4, 1), -20.0), jnp.full((4, 4, 1), 20.0)])

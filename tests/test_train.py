@@ -120,7 +120,7 @@ def test_the_best_checkpoint_is_the_best_epoch_whatever_checkpoint_every_epochs(
   summary = train.train_and_evaluate(config, workdir)
   records = _records(workdir)
   best = max(records, key=lambda r: r["val_dice"])
-  assert best["epoch"] == 1 and best["val_dice"] > 0, records  # the case: no latest checkpoint of the best epoch
+  assert best["epoch"] == 1 and best["val_dice"] > 0, records  # the case: the best epoch is no checkpoint epoch
   assert (summary["best_step"], summary["best_val_dice"]) == (best["step"], best["val_dice"])
   member = loading.member_from_run(workdir, "best")
   assert member.step == best["step"]
@@ -163,6 +163,8 @@ def test_train_data_order_is_a_function_of_seed_and_step(tmp_path, tiny_dataset)
     ("inference.tta", "d8", "config.inference.tta: unknown value 'd8'"),
     ("data.normalization", "volume", "config.data.normalization: unknown value 'volume'"),
     ("data.tumour_fraction", 1.5, "tumour_fraction"),
+    ("keep_checkpoints", 0, "config.keep_checkpoints=0 must be at least 1"),
+    ("schedule.name", "step", "config.schedule.name: unknown value 'step'"),
 ])
 def test_bad_config_fails_before_work(tmp_path, key, value, message):
   config = cli.override(tiny_config(tmp_path), {key: value})

@@ -30,53 +30,14 @@ import tensorboardX
 import tqdm
 from jax.experimental import multihost_utils
 
-from lgg_jax import choices, cli, evaluate, figures, inference, losses, models, optimizers, parallel, provenance, registry, state, steps
-from lgg_jax.data import crops, device_augment, device_pipeline, pipeline, preprocess, splits
+from lgg_jax import cli, config_checks, evaluate, figures, inference, losses, optimizers, parallel, provenance, state, steps
+from lgg_jax.data import device_pipeline, pipeline, splits
 
 STAT_KEYS = ("loss", "dice_sum", "slices", "grad_norm")
 TIMED_STEPS = 5  # steps after the compiled one that the time estimate takes
 
 
 # --------------------------------------------------------------------------- setup
-
-def validate_config(config, device_count: int, process_count: int) -> None:
-  """Fails before any work on settings that would fail (or mislead) later."""
-  for name in ("global_batch_size", "eval_batch_size"):
-    value = config[name]
-    if value <= 0 or value % device_count:
-      raise ValueError(f"config.{name}={value} must be a positive multiple of the "
-                       f"device count ({device_count})")
-    if value % process_count:
-      raise ValueError(f"config.{name}={value} must divide among {process_count} processes")
-  for part, name in (("augmentation", config.augment.name), ("tta", config.inference.tta)):
-    registry.check(part, name)
-  losses.make_loss(config.loss)  # the constructors check their names and blocks
-  optimizers.make_optimizer(config, total_steps=1)
-  for setting, value, allowed in (
-      ("config.data.normalization", config.data.normalization, preprocess.NORMALIZATIONS),
-      ("config.split.protocol", config.split.protocol, splits.PROTOCOLS),
-      ("config.inference.component_rank", config.inference.component_rank, choices.COMPONENT_RANKS)):
-    choices.check(setting, value, allowed)
-  models.check(config.model, config.data.image_size, config.compute_dtype)
-  crops.check(config.data, models.input_divisor(config.model))
-  if config.data.neighbours < 0:
-    raise ValueError(f"config.data.neighbours={config.data.neighbours} must be >= 0")
-  if not 0.0 <= config.data.tumour_fraction <= 1.0:
-    raise ValueError(f"config.data.tumour_fraction={config.data.tumour_fraction} must be in [0, 1]")
-  if config.model.pretrained_path and not pathlib.Path(config.model.pretrained_path).expanduser().is_file():
-    raise ValueError(f"config.model.pretrained_path={config.model.pretrained_path} is not a file")
-  if config.keep_checkpoints < 1:
-    raise ValueError(f"config.keep_checkpoints={config.keep_checkpoints} must be at least 1 (resuming needs the "
-                     "latest save)")
-  if config.num_epochs <= 0:
-    raise ValueError(f"config.num_epochs must be positive, got {config.num_epochs}")
-  if config.data.on_device:
-    device_augment.check_supported(config.augment)
-  if config.split.file and not pathlib.Path(config.split.file).expanduser().is_file():
-    raise ValueError(f"config.split.file={config.split.file} is not a file")
-  if config.data.manual_dir and not pathlib.Path(config.data.manual_dir).expanduser().exists():
-    raise ValueError(f"config.data.manual_dir={config.data.manual_dir} does not exist")
-
 
 def initialize_distributed(config) -> None:
   """jax.distributed.initialize() when config.distributed.enabled.
@@ -365,7 +326,7 @@ def _done_line(summary: dict, workdir: pathlib.Path) -> str:
 
 def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
   """Trains, validates every epoch, checkpoints, resumes; returns the summary."""
-  validate_config(config, jax.device_count(), jax.process_count())
+  config_checks.validate_config(config, jax.device_count(), jax.process_count())
   workdir = _writable_workdir(workdir)
   is_main = jax.process_index() == 0
   with contextlib.ExitStack() as stack:

@@ -14,7 +14,7 @@ from flax import nnx
 from ml_collections.config_flags import config_path
 
 from configs import default
-from lgg_jax import cli, config_defaults, models, optimizers, registry, train
+from lgg_jax import cli, config_checks, config_defaults, models, optimizers, registry
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # config.json of the shipped ensemble's fold 0, as written before the model
@@ -127,7 +127,7 @@ def test_a_misspelt_or_foreign_part_setting_is_named_when_the_run_is_checked(blo
   parent, name = block.split(".")
   config[parent][name][key] = 0.1
   with pytest.raises(ValueError, match=rf"config.{block}: {key} is not a setting of {name} \(its settings: "):
-    train.validate_config(config, device_count=1, process_count=1)
+    config_checks.validate_config(config, device_count=1, process_count=1)
 
 
 def test_only_the_named_parts_block_is_read():

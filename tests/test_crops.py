@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from lgg_jax import baselines, cli, inference, loading, models, parallel, registry, train
+from lgg_jax import baselines, cli, config_checks, inference, loading, models, parallel, registry, train
 from lgg_jax.data import crops, device_pipeline, pipeline
 from conftest import tiny_config
 
@@ -104,7 +104,7 @@ def test_the_first_crop_is_its_slices_pixels_at_its_origin(resident):
 def test_bad_crop_settings_fail_at_config_time_naming_the_setting(tmp_path, change, message):
   config = cli.override(crop_config(tmp_path, ""), change)
   with pytest.raises(ValueError, match=message):
-    train.validate_config(config, 1, 1)
+    config_checks.validate_config(config, 1, 1)
 
 
 def test_every_model_takes_whole_slices_and_crops_of_its_divisor(tmp_path):
@@ -114,7 +114,7 @@ def test_every_model_takes_whole_slices_and_crops_of_its_divisor(tmp_path):
     divisor = models.input_divisor(config.model)
     assert 256 % divisor == 0
     config.data.crop_size = divisor * 2
-    train.validate_config(config, 1, 1)
+    config_checks.validate_config(config, 1, 1)
 
 
 def test_a_model_trained_on_crops_beats_the_flair_threshold_on_whole_held_out_slices(tmp_path):

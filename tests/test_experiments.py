@@ -10,7 +10,7 @@ from flax import traverse_util
 
 from configs import recipe_cpu
 from experiments import common, ensemble, recipe, run
-from lgg_jax import provenance, train
+from lgg_jax import config_checks, provenance
 
 SWEEPS = sorted((pathlib.Path(__file__).resolve().parents[1] / "experiments").glob("*.py"))
 SWEEPS = [p for p in SWEEPS if p.stem not in ("__init__", "run", "common")]
@@ -56,7 +56,7 @@ def test_every_member_of_every_sweep_passes_the_config_checks():
         overrides.pop("model.pretrained_path", None)
         assert not run.missing_files(overrides), (path.stem, member)
         config = run.build_config(sweep["config"], overrides)
-        train.validate_config(config, device_count=1, process_count=1)
+        config_checks.validate_config(config, device_count=1, process_count=1)
 
 
 @pytest.mark.parametrize("path", [p for p in SWEEPS if p.stem in TRAINED], ids=lambda p: p.stem)

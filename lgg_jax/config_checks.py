@@ -1,0 +1,52 @@
+"""The checks a run's config gets before any work: what no constructor checks
+(batch sizes against devices and processes, files that must exist, ranges),
+and building the loss, optimizer and schedule and checking the model and crop
+settings once, up front, so a mistake fails in a second rather than after the
+data is prepared. The trainer calls it; tests and the sweeps' checks too.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+from lgg_jax import choices, losses, models, optimizers, registry
+from lgg_jax.data import crops, device_augment, preprocess, splits
+
+
+def validate_config(config, device_count: int, process_count: int) -> None:
+  """Fails before any work on settings that would fail (or mislead) later."""
+  for name in ("global_batch_size", "eval_batch_size"):
+    value = config[name]
+    if value <= 0 or value % device_count:
+      raise ValueError(f"config.{name}={value} must be a positive multiple of the "
+                       f"device count ({device_count})")
+    if value % process_count:
+      raise ValueError(f"config.{name}={value} must divide among {process_count} processes")
+  for part, name in (("augmentation", config.augment.name), ("tta", config.inference.tta)):
+    registry.check(part, name)
+  losses.make_loss(config.loss)  # the constructors check their names and blocks
+  optimizers.make_optimizer(config, total_steps=1)
+  for setting, value, allowed in (
+      ("config.data.normalization", config.data.normalization, preprocess.NORMALIZATIONS),
+      ("config.split.protocol", config.split.protocol, splits.PROTOCOLS),
+      ("config.inference.component_rank", config.inference.component_rank, choices.COMPONENT_RANKS)):
+    choices.check(setting, value, allowed)
+  models.check(config.model, config.data.image_size, config.compute_dtype)
+  crops.check(config.data, models.input_divisor(config.model))
+  if config.data.neighbours < 0:
+    raise ValueError(f"config.data.neighbours={config.data.neighbours} must be >= 0")
+  if not 0.0 <= config.data.tumour_fraction <= 1.0:
+    raise ValueError(f"config.data.tumour_fraction={config.data.tumour_fraction} must be in [0, 1]")
+  if config.model.pretrained_path and not pathlib.Path(config.model.pretrained_path).expanduser().is_file():
+    raise ValueError(f"config.model.pretrained_path={config.model.pretrained_path} is not a file")
+  if config.keep_checkpoints < 1:
+    raise ValueError(f"config.keep_checkpoints={config.keep_checkpoints} must be at least 1 (resuming needs the "
+                     "latest save)")
+  if config.num_epochs <= 0:
+    raise ValueError(f"config.num_epochs must be positive, got {config.num_epochs}")
+  if config.data.on_device:
+    device_augment.check_supported(config.augment)
+  if config.split.file and not pathlib.Path(config.split.file).expanduser().is_file():
+    raise ValueError(f"config.split.file={config.split.file} is not a file")
+  if config.data.manual_dir and not pathlib.Path(config.data.manual_dir).expanduser().exists():
+    raise ValueError(f"config.data.manual_dir={config.data.manual_dir} does not exist")

@@ -119,9 +119,8 @@ def checkpoint_manager(folder, keep: int | None = None) -> ocp.CheckpointManager
 def best_of(manager: ocp.CheckpointManager) -> tuple[int, float] | None:
   """(step, validation Dice) of the best save a manager holds, or None."""
   step = manager.best_step()
-  if step is None or improved_dice(manager.metrics(step)) == -math.inf:
-    return None
-  return step, improved_dice(manager.metrics(step))
+  dice = -math.inf if step is None else improved_dice(manager.metrics(step))
+  return None if dice == -math.inf else (step, dice)
 
 
 def best_folder(workdir) -> pathlib.Path:

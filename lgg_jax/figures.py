@@ -61,7 +61,7 @@ def training_curves(metrics_path: pathlib.Path, out_dir: pathlib.Path) -> list[p
 
 
 def progress(records: list[dict], path: pathlib.Path) -> None:
-  """nnU-Net's progress.png: losses, Dice and the learning rate per epoch, redrawn every epoch."""
+  """nnU-Net's progress.png: losses, Dice and the learning rate per epoch (redrawn by train.MetricsLog)."""
   if not records:
     return
   p = plt()

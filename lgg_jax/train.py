@@ -84,10 +84,15 @@ class MetricsLog:
   each epoch a grid of validation overlays (truth green, prediction red).
   """
 
+  # progress.png is redrawn after an epoch at most this often, and always on closing: drawing it
+  # takes about half a second, a large share of a short epoch.
+  REDRAW_SECONDS = 30.0
+
   def __init__(self, workdir: pathlib.Path, resume_step: int, config):
     self.enabled = jax.process_index() == 0
     self.path, self.progress_path = workdir / "metrics.jsonl", workdir / "progress.png"
     self.records = []
+    self._drawn, self._drawn_at = 0, -math.inf  # records in the figure, and when it was drawn
     # A resumed run drops records written after its checkpoint, so the log
     # reads like one uninterrupted run.
     if self.path.exists():
@@ -119,11 +124,18 @@ class MetricsLog:
     if overlays is not None:
       self.writer.add_image("validation/overlays", overlays, record["step"], dataformats="HWC")
     self.writer.flush()
+    if time.monotonic() - self._drawn_at >= self.REDRAW_SECONDS:
+      self._draw()
+
+  def _draw(self):
     figures.progress(self.records, self.progress_path)
+    self._drawn, self._drawn_at = len(self.records), time.monotonic()
 
   def close(self):
     if self.enabled:
       self.writer.close()
+      if self._drawn != len(self.records):
+        self._draw()
 
 
 class _Preemption:

@@ -18,6 +18,18 @@ REAL_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "l
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
+# The files that take longest, first: .ci/run hands whole files to its two xdist workers in
+# collection order (--dist loadfile --no-loadscope-reorder), and a heavy file started last leaves
+# one worker idle while the other finishes it. Only an ordering: a stale list costs time, not tests.
+LONGEST_FIRST = ("test_experiments", "test_train", "test_multiprocess", "test_evaluate", "test_crops",
+                 "test_models", "test_data", "test_segmenter")
+
+
+def pytest_collection_modifyitems(config, items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: files keep their order
+
+
 def require(path, what):
   """Skip (outside CI) or fail (CI=true) a test that needs `path`."""
   if not pathlib.Path(path).exists():

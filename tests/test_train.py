@@ -447,3 +447,20 @@ def test_grain_workers_give_the_same_batches(tmp_path, tiny_dataset):
     np.testing.assert_array_equal(a["index"], b["index"])
     np.testing.assert_array_equal(a["image"], b["image"])
     np.testing.assert_array_equal(a["mask"], b["mask"])
+
+
+def test_progress_figure_shows_every_epoch_once_the_log_closes(tmp_path, monkeypatch):
+  """Short epochs do not redraw progress.png each time, but the figure left
+  behind always holds every epoch."""
+  drawn = []
+  monkeypatch.setattr(train.figures, "progress", lambda records, path: drawn.append(len(records)))
+  config = tiny_config(tmp_path)
+  log = train.MetricsLog(tmp_path, 0, config)
+  for epoch in (1, 2, 3):
+    log.write({"epoch": epoch, "step": 4 * epoch, "train_loss": 1.0 / epoch})
+  assert drawn == [1]  # the first epoch at once; the next two came within REDRAW_SECONDS
+  log.close()
+  assert drawn == [1, 3]
+  resumed = train.MetricsLog(tmp_path, 8, config)  # resuming at step 8 keeps epochs 1-2
+  resumed.close()
+  assert drawn == [1, 3, 2]

@@ -135,8 +135,11 @@ def test_volumes_for_slice_folders_show_as_the_pngs_do_and_errors_are_labelled(t
 
 def test_the_command_prints_its_address_and_ctrl_c_stops_it(tmp_path):
   (tmp_path / review.INDEX_FILE).write_text(json.dumps({"kind": "predict", "cases": []}))
+  # SIGINT at its default, as from a terminal, even when the suite itself was started in the
+  # background (a non-interactive shell's `cmd &` ignores SIGINT, and children inherit that).
   process = subprocess.Popen([sys.executable, "-m", "lgg_jax.review", str(tmp_path), "--port=0"], cwd=REPO,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   try:
     line = process.stdout.readline()
     assert "http://127.0.0.1:" in line, line + process.stderr.read()

@@ -26,7 +26,6 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-import tensorboardX
 import tqdm
 from jax.experimental import multihost_utils
 
@@ -102,6 +101,7 @@ class MetricsLog:
         self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
     if not self.enabled:
       return
+    import tensorboardX  # here, not at the top: it imports torch when torch is installed (1-2 s)
     self.writer = tensorboardX.SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1)
     if resume_step == 0:
       self.writer.add_text("config", "```\n" + config.to_json_best_effort(indent=2) + "\n```", 0)

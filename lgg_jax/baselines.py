@@ -26,16 +26,24 @@ def predict(volume: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def patient_dice(volumes, masks, threshold: float) -> np.ndarray:
-  return np.array([float(metrics.dice_from_counts(
-      (predict(v, threshold) & (m > 0)).sum(), predict(v, threshold).sum(), (m > 0).sum()))
-      for v, m in zip(volumes, masks)])
+  return _dice_grid(volumes, masks, [threshold])[:, 0]
 
 
 def fit_threshold(volumes, masks, grid=np.linspace(0.2, 1.5, 27)) -> tuple[float, float]:
   """(best threshold, its mean per-patient Dice) on the given patients."""
-  scores = [patient_dice(volumes, masks, t).mean() for t in grid]
+  scores = _dice_grid(volumes, masks, grid).mean(axis=0)
   best = int(np.argmax(scores))
   return float(grid[best]), float(scores[best])
+
+
+def _dice_grid(volumes, masks, thresholds) -> np.ndarray:
+  """Per-patient Dice at each threshold, [patients, thresholds]; each volume normalised once."""
+  rows = []
+  for volume, mask in zip(volumes, masks):
+    flair, truth = normalised_flair(volume), mask > 0
+    rows.append([float(metrics.dice_from_counts((flair >= t)[truth].sum(), (flair >= t).sum(), truth.sum()))
+                 for t in thresholds])
+  return np.array(rows)
 
 
 def main(argv):

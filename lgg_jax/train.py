@@ -185,7 +185,7 @@ def _restore(checkpoints, run: _Setup):
                      "config.")
   try:
     restored = checkpoints.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(state.abstract(run.train_state)), data=ocp.args.JsonRestore()))
+        state=state.restore_args(state.abstract(run.train_state)), data=ocp.args.JsonRestore()))
   except (ValueError, KeyError, TypeError) as e:  # Orbax: the saved tree is not this run's
     raise ValueError(f"{checkpoints.directory}: the saved train state does not fit this run's model and optimizer "
                      "(a changed config, or a frozen-encoder run checkpointed before lgg_jax kept one optimizer "
@@ -369,7 +369,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     def save(step_done: int, metrics: dict):
       host = jax.device_get(epoch_stats)
       checkpoints.save(step_done, force=True, metrics=metrics, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(train_state),
+          state=state.save_args(train_state),
           data=ocp.args.JsonSave({"iterator": run.train_iter.get_state(), "data_order": run.order,
                                   "epoch_stats": {k: [float(h[k]) for h in host] for k in STAT_KEYS}})))
 

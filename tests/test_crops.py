@@ -124,7 +124,7 @@ def test_a_model_trained_on_crops_beats_the_flair_threshold_on_whole_held_out_sl
   config.model.unet.base_width, config.model.unet.depth = 8, 4
   config.data.neighbours = 0
   config.augment.name = "none"
-  config.num_epochs = 12
+  config.num_epochs = 5
   config.optimizer.learning_rate = 3e-3
   config.split.num_folds = 5
   config.write_report = False

@@ -40,9 +40,9 @@ PARTS = {
     "augmentation": {  # config.augment -> fn(example, rng) -> example (data/device_augment.py has each in JAX)
         "none": "lgg_jax.data.augment:no_augmentation",
         "flips": "lgg_jax.data.augment:flips",
-        "seed": "lgg_jax.data.augment:Albumentations",
-        "distortions": "lgg_jax.data.augment:Albumentations",
-        "nnunet": "lgg_jax.data.augment:Albumentations",
+        "seed": "lgg_jax.data.albumentations_sets:Albumentations",
+        "distortions": "lgg_jax.data.albumentations_sets:Albumentations",
+        "nnunet": "lgg_jax.data.albumentations_sets:Albumentations",
     },
     "tta": {  # -> the test-time views, each a (forward, inverse) pair of array maps
         "none": "lgg_jax.inference:no_views",

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from lgg_jax.data import augment
+from lgg_jax.data import albumentations_sets, augment
 
 
 def _config(name):
@@ -36,7 +36,7 @@ def test_configured_transforms_use_only_valid_arguments():
       cfg[probability] = 1.0
     with warnings.catch_warnings():
       warnings.simplefilter("error")
-      augment.build_compose(cfg, seed=0)(**_blob_example(channels=9))
+      albumentations_sets.build_compose(cfg, seed=0)(**_blob_example(channels=9))
 
 
 @pytest.mark.parametrize("channels", [3, 9])
@@ -94,7 +94,7 @@ def test_nnunet_noise_is_independent_per_channel():
 
 def test_contrast_scales_each_channel_around_its_mean():
   image = np.dstack([np.full((4, 4), 100, np.uint8), np.tile([[40, 60]], (4, 2)).astype(np.uint8)])
-  out = augment.ContrastAroundMean(limit=0.5, p=1.0).apply(image, factor=1.5)
+  out = albumentations_sets.ContrastAroundMean(limit=0.5, p=1.0).apply(image, factor=1.5)
   np.testing.assert_array_equal(out[..., 0], 100)
   np.testing.assert_array_equal(out[..., 1], np.tile([[35, 65]], (4, 2)))
 
@@ -121,7 +121,7 @@ def test_transforms_of_a_set_draw_independently():
   outcomes = {"none": image, "h": image[:, ::-1], "v": image[::-1], "hv": image[::-1, ::-1]}
   seen = {name: 0 for name in outcomes}
   for seed in range(200):
-    out = augment.build_compose(cfg, seed=seed)(image=image)["image"]
+    out = albumentations_sets.build_compose(cfg, seed=seed)(image=image)["image"]
     seen[next(name for name, expected in outcomes.items() if np.array_equal(out, expected))] += 1
   assert min(seen.values()) >= 30, seen
 

@@ -12,7 +12,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from configs import default
 from lgg_jax import registry
-from lgg_jax.data import augment, device_augment
+from lgg_jax.data import albumentations_sets, augment, device_augment
 
 SIZE = 64
 # Per-draw parameters make the statistics noisy: over 200 draws a set's mean
@@ -181,9 +181,9 @@ _ELASTIC = dict(alpha=30.0, sigma=1.5)
 _GRID = dict(num_steps=_SEED_AFFINE.grid_num_steps, distort_limit=_SEED_AFFINE.grid_distort_limit)
 _OPTICAL = dict(distort_limit=_SEED_AFFINE.optical_distort_limit)
 _GEOMETRIC_CASES = {
-    "affine": (lambda seed: augment.build_compose(_SEED_AFFINE, seed),
+    "affine": (lambda seed: albumentations_sets.build_compose(_SEED_AFFINE, seed),
                lambda: _device_set_displacements(_SEED_AFFINE)),
-    "nnunet_rotation_scale": (lambda seed: augment.build_compose(_NNUNET_AFFINE, seed),
+    "nnunet_rotation_scale": (lambda seed: albumentations_sets.build_compose(_NNUNET_AFFINE, seed),
                               lambda: _device_set_displacements(_NNUNET_AFFINE)),
     "elastic": (lambda seed: A.Compose([A.ElasticTransform(**_ELASTIC, fill=0, p=1.0)], seed=seed),
                 lambda: _device_map_displacements(

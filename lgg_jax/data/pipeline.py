@@ -25,7 +25,7 @@ import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
 from lgg_jax.data import builder as builder_lib
-from lgg_jax.data import crops, preprocess, splits, synthetic
+from lgg_jax.data import augment, crops, preprocess, splits, synthetic
 
 
 @dataclasses.dataclass
@@ -312,10 +312,7 @@ def train_dataset(res: Resident, config, process_index: int = 0, process_count: 
   order = train_order(res, config)
   plan = crop_plan(res, order, config)
   ds = _Stream(order).map(_Element(res, plan))
-  # Imported here: albumentations imports torch when it is installed (seconds), and
-  # only training augments on the host.
-  from lgg_jax.data import augment as augment_lib  # pylint: disable=import-outside-toplevel
-  ds = ds.random_map(augment_lib.make(config.augment), seed=config.seed + 1)
+  ds = ds.random_map(augment.make(config.augment), seed=config.seed + 1)
   if plan is not None:
     ds = ds.map(_Centre(plan))
   ds = ds.map(_Finish(res, config.data.normalization))

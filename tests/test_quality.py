@@ -175,3 +175,25 @@ def test_evaluate_takes_the_given_setting_for_members_that_disagree(tiny_run, ti
   summary = evaluate.evaluate_run([str(low), str(high)], manual_dir=str(tiny_dataset.parent), threshold="0.5",
                                   out=tmp_path / "eval")
   assert summary["threshold"] == 0.5 and summary["quality"]["rule"]["signal"] == "member_agreement"
+
+
+def test_the_capped_threshold_rule_flags_at_most_its_share_where_youden_flags_more():
+  """benchmarks/quality_estimate.py's two stated rules on 40 patients whose
+  signal separates the 12 below Dice 0.7 perfectly: Youden's rule flags those
+  12 (30%); the capped rule (20%) flags the 8 lowest, all of them failures."""
+  from benchmarks import quality_estimate
+  rng = np.random.default_rng(0)
+  dice = np.concatenate([rng.uniform(0.1, 0.6, 12), rng.uniform(0.75, 0.95, 28)])
+  rows = [{"patient": f"p{i}", "fold": i % 5, "dice": float(d), "predicted_voxels": 1000,
+           **{s: float(rng.random()) for s in quality.SINGLE_MODEL_SIGNALS}, "view_and_threshold": float(d)}
+          for i, d in enumerate(dice)]
+  values = quality_estimate.scores(rows, "view_and_threshold")
+  youden, capped = quality_estimate.choose(rows), quality_estimate.choose(rows, max_flagged=0.2)
+  assert youden.signal == capped.signal == "view_and_threshold"
+  assert (values < youden.review_threshold).sum() == 12
+  assert (values < capped.review_threshold).sum() == 8 and (dice[values < capped.review_threshold] < 0.7).all()
+  _, flagged, rules = quality_estimate.cross_validate(rows, max_flagged=0.2)
+  for fold, rule in rules.items():  # each fold's threshold respects the cap on its training patients
+    train = np.array([r["fold"] != fold for r in rows])
+    assert (values[train] < rule.review_threshold).mean() <= 0.2
+  assert flagged.mean() <= 0.25 and not flagged[dice >= 0.7].any()  # held out: no needless flag here

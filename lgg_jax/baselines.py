@@ -38,12 +38,13 @@ def fit_threshold(volumes, masks, grid=np.linspace(0.2, 1.5, 27)) -> tuple[float
 
 def _dice_grid(volumes, masks, thresholds) -> np.ndarray:
   """Per-patient Dice at each threshold, [patients, thresholds]; each volume normalised once."""
-  rows = []
-  for volume, mask in zip(volumes, masks):
+  dice = np.zeros((len(volumes), len(thresholds)))
+  for i, (volume, mask) in enumerate(zip(volumes, masks)):
     flair, truth = normalised_flair(volume), mask > 0
-    rows.append([float(metrics.dice_from_counts((flair >= t)[truth].sum(), (flair >= t).sum(), truth.sum()))
-                 for t in thresholds])
-  return np.array(rows)
+    for j, t in enumerate(thresholds):
+      predicted = flair >= t
+      dice[i, j] = metrics.dice_from_counts(predicted[truth].sum(), predicted.sum(), truth.sum())
+  return dice
 
 
 def main(argv):

@@ -42,11 +42,30 @@ cannot be cross-validated here: every dev patient trained four of the five
 members, so their agreement on dev patients is optimistic and this threshold
 flags more patients outside the project; the independent evaluation
 measures it.
+
+Member agreement on patients no member saw (`--held_out=DIR[,DIR...]`), a
+measurement stated on 2026-12-06 before it was computed. Each DIR is another
+`benchmarks.cv_probabilities` folder, from fold models of another recipe or
+run trained on the same patient folds (the full-resolution sweep's f1), so
+every patient in all folders has a small ensemble none of whose members
+trained on it: its members are the --probabilities folder's model and each
+DIR's. Its mask is the members' mean probability with the shipped settings;
+its estimate is member_agreement (quality.signals, each member's mask with
+the same settings), 0 for "no tumour found"; the truth is that mask's Dice.
+The threshold comes from the same leave-one-fold-out rule (--threshold_rule)
+with the signal fixed; the shipped ensemble's fixed threshold (its
+quality.json) is applied beside it as is. Patients missing from a folder are
+named and left out of this part only. It decides nothing that ships: the
+shipped ensemble has five members of one recipe, not these. It reports
+whether member agreement, cross-validated, meets the goals that the
+single-model estimate misses (at least 80% of the patients below 0.7
+flagged, at most 20% of all patients flagged).
 """
 
 from __future__ import annotations
 
 import json
+import pathlib
 
 import numpy as np
 import scipy.stats
@@ -67,6 +86,8 @@ command_flags.take("probabilities", "json")  # --probabilities (cv_probabilities
 _ENSEMBLE = flags.DEFINE_string("ensemble", "", "Also fix an ensemble's rule (e.g. pretrained:recipe_cpu).")
 command_flags.take("manual_dir")  # with --ensemble: the dev patients' folder
 _WRITE_ENSEMBLE_RULE = flags.DEFINE_string("write_ensemble_rule", "", "Write the ensemble's rule to DIR/quality.json.")
+_HELD_OUT = flags.DEFINE_list("held_out", [], "Other cv_probabilities folders on the same folds: measure the "
+                              "agreement of an ensemble none of whose members saw the patient.")
 
 
 def ensemble_agreement(models: str, manual_dir: str, patients: list[str]) -> dict[str, float]:
@@ -112,12 +133,14 @@ def scores(rows: list[dict], signal: str) -> np.ndarray:
   return np.array([0.0 if r["predicted_voxels"] < quality.MIN_VOXELS else r[signal] for r in rows])
 
 
-def choose(rows: list[dict], max_flagged: float = 1.0) -> quality.Rule:
-  """The stated rule: best Spearman signal, then the Youden-optimal threshold
-  among those flagging at most `max_flagged` of `rows` (1: any)."""
+def choose(rows: list[dict], max_flagged: float = 1.0,
+           candidates: tuple[str, ...] = quality.SINGLE_MODEL_SIGNALS) -> quality.Rule:
+  """The stated rule: best Spearman signal among `candidates`, then the
+  Youden-optimal threshold among those flagging at most `max_flagged` of
+  `rows` (1: any)."""
   dice = np.array([r["dice"] for r in rows])
-  rhos = [scipy.stats.spearmanr(scores(rows, s), dice).statistic for s in quality.SINGLE_MODEL_SIGNALS]
-  signal = quality.SINGLE_MODEL_SIGNALS[int(np.nanargmax(rhos))]
+  rhos = [scipy.stats.spearmanr(scores(rows, s), dice).statistic for s in candidates]
+  signal = candidates[int(np.nanargmax(rhos))]
   values, failed = scores(rows, signal), dice < FAILURE_DICE
   best, threshold = -np.inf, 0.0
   for t in sorted(set(values.tolist()) | {0.0, 1.0}):
@@ -147,11 +170,12 @@ def bootstrap(score, dice, flagged, rounds: int = 2000, seed: int = 0) -> dict:
   return {k: tuple(np.nanpercentile([d[k] for d in draws], [2.5, 97.5]).tolist()) for k in draws[0]}
 
 
-def cross_validate(rows: list[dict], max_flagged: float = 1.0) -> tuple[np.ndarray, np.ndarray, dict[int, quality.Rule]]:
+def cross_validate(rows: list[dict], max_flagged: float = 1.0, candidates: tuple[str, ...] = quality.SINGLE_MODEL_SIGNALS
+                   ) -> tuple[np.ndarray, np.ndarray, dict[int, quality.Rule]]:
   score, flagged, rules = np.zeros(len(rows)), np.zeros(len(rows), bool), {}
   folds = np.array([r["fold"] for r in rows])
   for fold in sorted(set(folds.tolist())):
-    rule = choose([r for r, f in zip(rows, folds) if f != fold], max_flagged)
+    rule = choose([r for r, f in zip(rows, folds) if f != fold], max_flagged, candidates)
     held = folds == fold
     held_rows = [r for r, h in zip(rows, held) if h]
     score[held] = scores(held_rows, rule.signal)
@@ -159,6 +183,62 @@ def cross_validate(rows: list[dict], max_flagged: float = 1.0) -> tuple[np.ndarr
     flagged[held] = (score[held] < rule.review_threshold) | nothing
     rules[fold] = rule
   return score, flagged, rules
+
+
+def held_out_rows(saved: list[dict], folders: list[str], settings: inference.Settings = SHIPPED
+                  ) -> tuple[list[dict], list[str]]:
+  """Rows of the ensemble of each patient's held-out models (`saved`'s and
+  each folder's), and the patients left out because a folder lacks them."""
+  rows, missing = [], []
+  for s in saved:
+    members = [s["probabilities"]]
+    for folder in folders:
+      path = pathlib.Path(folder) / f"{s['patient']}.npz"
+      if not path.is_file():
+        missing.append(s["patient"])
+        break
+      other = cv_files.load_patient(path)
+      if other["fold"] != s["fold"] or other["probabilities"].shape != s["probabilities"].shape:
+        raise ValueError(f"{path}: fold {other['fold']}, shape {other['probabilities'].shape}; want the fold "
+                         f"{s['fold']} and shape {s['probabilities'].shape} of the --probabilities folder's file")
+      members.append(other["probabilities"])
+    else:
+      mean = np.mean(members, axis=0)
+      mask = inference.postprocess(mean, settings)
+      row, _ = evaluate.score_patient(mask, s["truth"])
+      rows.append({"patient": s["patient"], "fold": s["fold"], "dice": row["dice"],
+                   "predicted_voxels": int(mask.sum()),
+                   **quality.signals(mean, mask, settings,
+                                     member_masks=[inference.postprocess(m, settings) for m in members])})
+  return rows, missing
+
+
+def report_held_out(saved: list[dict], folders: list[str], max_flagged: float) -> dict:
+  """The stated measurement of member agreement on patients no member saw."""
+  from lgg_jax import pretrained  # pylint: disable=import-outside-toplevel
+  rows, missing = held_out_rows(saved, folders)
+  if len(rows) < 10:
+    raise ValueError(f"--held_out: {len(rows)} patients are in every folder; want at least 10")
+  dice = np.array([r["dice"] for r in rows])
+  folds = sorted({r["fold"] for r in rows})
+  print(f"\nheld-out ensembles of {1 + len(folders)} members: {len(rows)} patients (folds {folds}), "
+        f"{int((dice < FAILURE_DICE).sum())} below Dice {FAILURE_DICE}, mean Dice {dice.mean():.3f}"
+        + (f"; left out, missing from a --held_out folder: {', '.join(missing)}" if missing else ""))
+  score, flagged, rules = cross_validate(rows, max_flagged, ("member_agreement",))
+  m, ci = measures(score, dice, flagged), bootstrap(score, dice, flagged)
+  shipped = quality.Rule.load(pretrained.model_dir(pretrained.DEFAULT))
+  fixed = (score < shipped.review_threshold) | np.array([r["predicted_voxels"] < quality.MIN_VOXELS for r in rows])
+  f = measures(score, dice, fixed)
+  print("leave-one-fold-out thresholds: " + "; ".join(f"fold {k}: < {r.review_threshold:.3f}"
+                                                      for k, r in rules.items()))
+  print("\n| member agreement, held out | cross-validated threshold [95% CI] | shipped threshold "
+        f"{shipped.review_threshold:.4f} |\n|---|---|---|")
+  for key, label in (("rho", "Spearman rho vs Dice"), ("auroc", "ROC AUC, Dice < 0.7"),
+                     ("failures_flagged", "patients below 0.7 flagged"), ("flagged", "all patients flagged")):
+    print(f"| {label} | {m[key]:.3f} [{ci[key][0]:.3f}, {ci[key][1]:.3f}] | {f[key]:.3f} |")
+  missed = [r["patient"] for r, g in zip(rows, flagged) if r["dice"] < FAILURE_DICE and not g]
+  print(f"failures not flagged (cross-validated threshold): {', '.join(missed) or 'none'}")
+  return {"rows": rows, "cross_validated": m, "intervals": ci, "shipped_threshold": f, "left_out": missing}
 
 
 def main(argv):
@@ -169,7 +249,8 @@ def main(argv):
   if not 0 < _MAX_FLAGGED_SHARE.value <= 1:
     raise ValueError(f"--max_flagged_share: want a share in (0, 1], got {_MAX_FLAGGED_SHARE.value}")
   max_flagged = _MAX_FLAGGED_SHARE.value if _THRESHOLD_RULE.value == "capped" else 1.0
-  rows = patient_rows([cv_files.load_patient(p) for p in cli.progress(paths, desc="load", unit="patient")])
+  saved = [cv_files.load_patient(p) for p in cli.progress(paths, desc="load", unit="patient")]
+  rows = patient_rows(saved)
   dice = np.array([r["dice"] for r in rows])
   print(f"{len(rows)} patients, {int((dice < FAILURE_DICE).sum())} below Dice {FAILURE_DICE}")
   print("\n| signal (all patients, no choice) | Spearman rho | ROC AUC (Dice < 0.7) |\n|---|---|---|")
@@ -207,10 +288,11 @@ def main(argv):
           f"(flags {(values < threshold).mean():.3f} of the dev patients)")
     if _WRITE_ENSEMBLE_RULE.value:
       print(f"wrote {ensemble_rule.save(_WRITE_ENSEMBLE_RULE.value)}")
+  held_out = report_held_out(saved, _HELD_OUT.value, max_flagged) if _HELD_OUT.value else None
   if cv_files.JSON.value:
     with open(cv_files.JSON.value, "w") as f:
       json.dump({"rows": rows, "cross_validated": m, "intervals": ci, "flagged": flagged.tolist(),
-                 "rule": final.__dict__}, f, indent=1)
+                 "rule": final.__dict__, "held_out": held_out}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -197,3 +197,36 @@ def test_the_capped_threshold_rule_flags_at_most_its_share_where_youden_flags_mo
     train = np.array([r["fold"] != fold for r in rows])
     assert (values[train] < rule.review_threshold).mean() <= 0.2
   assert flagged.mean() <= 0.25 and not flagged[dice >= 0.7].any()  # held out: no needless flag here
+
+
+def test_held_out_ensembles_agree_on_a_found_tumour_and_disagree_on_a_false_positive(tmp_path):
+  """benchmarks/quality_estimate.py --held_out: each patient's held-out models
+  from two folders make one ensemble. Where both find the tumour, they agree
+  and the Dice is high; where one keeps a false positive, agreement drops.
+  A patient missing from a folder is named, and a fold mismatch is an error."""
+  from benchmarks import cv_files, quality_estimate
+  shape = (8, 64, 64)
+  truth = _blob(shape, (2, 20, 20), (4, 16, 16), 1) > 0
+  tumour = _blob(shape, (2, 20, 20), (4, 16, 16), 0.9)
+  false_positive = _blob(shape, (0, 40, 40), (8, 20, 20), 0.95)  # larger than the tumour
+  first, second = tmp_path / "first", tmp_path / "second"
+  first.mkdir(), second.mkdir()
+
+  def save(folder, patient, probabilities, fold):
+    np.savez_compressed(folder / f"{patient}.npz", probabilities=probabilities, truth=truth,
+                        mirrored=probabilities, fold=np.int32(fold))
+
+  save(first, "TCGA_A", tumour, 0), save(second, "TCGA_A", tumour, 0)
+  save(first, "TCGA_B", tumour, 1), save(second, "TCGA_B", np.maximum(tumour, false_positive), 1)
+  save(first, "TCGA_C", tumour, 2)  # not in the second folder
+  saved = [cv_files.load_patient(p) for p in cv_files.saved_patients(first)]
+  rows, missing = quality_estimate.held_out_rows(saved, [str(second)])
+  assert missing == ["TCGA_C"] and [r["patient"] for r in rows] == ["TCGA_A", "TCGA_B"]
+  agreeing, disagreeing = rows
+  assert agreeing["member_agreement"] == 1.0 and agreeing["dice"] == pytest.approx(1.0)
+  # B's mean probability: the tumour 0.9, the false positive 0.475 (under 0.5): the mask is the tumour,
+  # which the second member's largest component (the false positive) does not share.
+  assert disagreeing["dice"] == pytest.approx(1.0) and disagreeing["member_agreement"] == pytest.approx(0.5)
+  save(second, "TCGA_A", tumour, 3)
+  with pytest.raises(ValueError, match="TCGA_A.npz: fold 3"):
+    quality_estimate.held_out_rows(saved, [str(second)])

@@ -7,7 +7,7 @@ saved (each dev patient predicted by the fold model that held it out) and
 scores every rule of `inference.COMPONENT_RANKS` with the shipped threshold
 and no TTA, per patient at 256x256: Dice, HD95, false positives on tumour-free
 slices, missed patients, and the mean over patients with small tumours
-(fewer than SMALL_TUMOUR_PIXELS true pixels). Prints a markdown table, and for each confidence
+(fewer than evaluate.SMALL_TUMOUR_PIXELS true pixels). Prints a markdown table, and for each confidence
 rule its paired per-patient Dice difference to "volume" with a 95% BCa
 bootstrap interval over patients, and the patients whose Dice it moves.
 
@@ -29,7 +29,6 @@ from experiments import run
 from lgg_jax import cli, command_flags, config_defaults, evaluate, inference
 
 SHIPPED_THRESHOLD = 0.5
-SMALL_TUMOUR_PIXELS = 10_000  # "small tumours": fewer true tumour pixels than this in the whole volume
 
 command_flags.take("threshold")  # the probability threshold; 'model': the shipped one, 0.5
 command_flags.take("probabilities", "json")  # --probabilities (cv_probabilities' folder), --json (per-patient rows)
@@ -61,7 +60,7 @@ def table(rows: dict[str, list[dict]]) -> tuple[list[str], dict[str, dict]]:
   differences = {}
   for rank, patient_rows in rows.items():
     dice = np.array([r["dice"] for r in patient_rows])
-    small = np.array([r["true_pixels"] < SMALL_TUMOUR_PIXELS for r in patient_rows])
+    small = np.array([0 < r["true_pixels"] < evaluate.SMALL_TUMOUR_PIXELS for r in patient_rows])
     hd = np.array([r["hd95_px"] for r in patient_rows], float)
     empty = sum(r["slices"] - r["tumour_slices"] for r in patient_rows)
     fp = sum(r["false_positive_slices"] for r in patient_rows) / max(empty, 1)

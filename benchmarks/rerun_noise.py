@@ -8,7 +8,9 @@ python -m benchmarks.rerun_noise --old=ensemble/e0-recipe --new=full_resolution/
 
 Prints, per fold finished in both and over all of them, each side's mean
 per-patient Dice and the paired difference (new - old) with its bootstrap
-95% interval. The two were trained with the same code, command, seed,
+95% interval; then, over all of them, each side's median, patients below 0.7,
+missed patients, HD95, false positives on tumour-free slices, and the mean
+over small tumours (fewer than evaluate.SMALL_TUMOUR_PIXELS true pixels). The two were trained with the same code, command, seed,
 package versions and data on different machines (benchmarks/QUALITY.md): the
 difference is what a retraining alone moves, the floor under any recipe
 comparison made from single runs.
@@ -23,7 +25,7 @@ import numpy as np
 from absl import flags
 
 from experiments import run
-from lgg_jax import cli, inference
+from lgg_jax import cli, evaluate, inference
 
 RESULTS = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "results"
 
@@ -60,7 +62,20 @@ def compare(old: tuple[str, str], new: tuple[str, str]) -> list[str]:
     new_mean = np.mean([p["dice"] for r in a for p in r["test_per_patient"]])
     lines.append(f"| {label} | {d['patients']} | {old_mean:.4f} | {new_mean:.4f} | "
                  f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] |")
+  lines += ["", "| all folds | median | below 0.7 | missed | HD95 px | FP slices | small tumours |",
+            "|---|---|---|---|---|---|---|"]
+  for name, results in ((f"{old[1]} (old)", [before[f] for f in folds]), (f"{new[1]} (new)", [after[f] for f in folds])):
+    lines.append(_summary(name, results))
   return lines
+
+
+def _summary(name: str, results: list[dict]) -> str:
+  t = run.summarise_group(results)
+  rows = [p for r in results for p in r["test_per_patient"]]
+  dice = np.array([p["dice"] for p in rows])
+  small = np.array([0 < p["true_pixels"] < evaluate.SMALL_TUMOUR_PIXELS for p in rows])
+  return (f"| {name} | {t['median']:.3f} | {int((dice < 0.7).sum())} | {t['missed']} | {t['hd95']:.1f} | "
+          f"{t['fp_rate']:.1%} | {dice[small].mean():.3f} ({int(small.sum())}) |")
 
 
 def _row(value: str, sweep: str) -> tuple[str, str]:

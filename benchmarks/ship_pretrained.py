@@ -109,15 +109,13 @@ def _describe(settings: dict) -> str:
   return words
 
 
-SMALL_TUMOUR_PIXELS = 10_000  # at 256x256: about a 2 cm wide abnormality over a few slices
-
-
 def _small_tumour_line(rows: list[dict]) -> str:
-  small = [r["dice"] for r in rows if 0 < r["true_pixels"] < SMALL_TUMOUR_PIXELS]
-  large = [r["dice"] for r in rows if r["true_pixels"] >= SMALL_TUMOUR_PIXELS]
+  limit = evaluate.SMALL_TUMOUR_PIXELS
+  small = [r["dice"] for r in rows if 0 < r["true_pixels"] < limit]
+  large = [r["dice"] for r in rows if r["true_pixels"] >= limit]
   if not small or not large:
-    return f"- Small tumours: {len(small)} held-out patients have fewer than {SMALL_TUMOUR_PIXELS:,} tumour pixels."
-  return (f"- Small tumours: the {len(small)} held-out patients with fewer than {SMALL_TUMOUR_PIXELS:,} tumour "
+    return f"- Small tumours: {len(small)} held-out patients have fewer than {limit:,} tumour pixels."
+  return (f"- Small tumours: the {len(small)} held-out patients with fewer than {limit:,} tumour "
           f"pixels score mean Dice {np.mean(small):.3f}, the {len(large)} others {np.mean(large):.3f}.")
 
 

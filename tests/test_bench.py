@@ -80,9 +80,13 @@ def test_rerun_noise_pairs_each_patient_and_refuses_other_settings(tmp_path, mon
   def write(sweep, row, fold, dice, inference=settings):
     folder = tmp_path / sweep
     folder.mkdir(exist_ok=True)
-    rows = [{"patient": f"p{fold}{i}", "dice": d} for i, d in enumerate(dice)]
+    # Every patient: 10 slices, 4 with tumour; the first of a fold is a small tumour with one false positive.
+    rows = [{"patient": f"p{fold}{i}", "dice": d, "slices": 10, "tumour_slices": 4, "hd95_px": 2.0 + i,
+             "false_positive_slices": int(i == 0), "true_pixels": 5000 if i == 0 else 20000}
+            for i, d in enumerate(dice)]
     (folder / f"{row}-fold{fold}-seed0.json").write_text(json.dumps(
-        {"overrides": {"split.fold": fold}, "inference": inference, "test_per_patient": rows}))
+        {"overrides": {"split.fold": fold}, "inference": inference, "test_per_patient": rows, "epochs": 1,
+         "test": {"patient_dice": float(np.mean(dice))}}))
 
   monkeypatch.setattr(rerun_noise, "RESULTS", tmp_path)
   write("recipe", "old", 0, [0.8, 0.6, 0.7])
@@ -92,6 +96,9 @@ def test_rerun_noise_pairs_each_patient_and_refuses_other_settings(tmp_path, mon
   lines = rerun_noise.compare(("recipe", "old"), ("ensemble", "new"))
   table = [line for line in lines if line.startswith("| 0 |") or line.startswith("| all |")]
   assert table[0].startswith("| 0 | 3 | 0.7000 | 0.7333 | +0.0333") and table[1].startswith("| all | 3 |")
+  # Over fold 0: median, below 0.7, missed, HD95 (2, 3, 4), FP (1 of 18 tumour-free slices), small tumours.
+  assert "| old (old) | 0.700 | 1 | 0 | 3.0 | 5.6% | 0.800 (1) |" in lines
+  assert "| new (new) | 0.700 | 0 | 0 | 3.0 | 5.6% | 0.700 (1) |" in lines
   write("ensemble", "new", 1, [0.9, 0.5], {**settings, "tta": "none"})
   with pytest.raises(ValueError, match="fold 1: old and new were scored with different settings"):
     rerun_noise.compare(("recipe", "old"), ("ensemble", "new"))

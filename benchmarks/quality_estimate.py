@@ -72,7 +72,7 @@ import scipy.stats
 from absl import flags
 
 from benchmarks import cv_files
-from lgg_jax import cli, command_flags, evaluate, inference, quality
+from lgg_jax import cli, command_flags, evaluate, inference, pretrained, quality
 
 FAILURE_DICE = 0.7
 SHIPPED = inference.Settings(0.5, "none", True, 0.0, "volume")
@@ -215,7 +215,9 @@ def held_out_rows(saved: list[dict], folders: list[str], settings: inference.Set
 
 def report_held_out(saved: list[dict], folders: list[str], max_flagged: float) -> dict:
   """The stated measurement of member agreement on patients no member saw."""
-  from lgg_jax import pretrained  # pylint: disable=import-outside-toplevel
+  for folder in folders:
+    if not cv_files.saved_patients(folder):
+      raise FileNotFoundError(f"--held_out: {folder} holds no saved patients (run benchmarks.cv_probabilities)")
   rows, missing = held_out_rows(saved, folders)
   if len(rows) < 10:
     raise ValueError(f"--held_out: {len(rows)} patients are in every folder; want at least 10")

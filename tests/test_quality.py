@@ -230,3 +230,5 @@ def test_held_out_ensembles_agree_on_a_found_tumour_and_disagree_on_a_false_posi
   save(second, "TCGA_A", tumour, 3)
   with pytest.raises(ValueError, match="TCGA_A.npz: fold 3"):
     quality_estimate.held_out_rows(saved, [str(second)])
+  with pytest.raises(FileNotFoundError, match="--held_out: .*nowhere holds no saved patients"):
+    quality_estimate.report_held_out(saved, [str(tmp_path / "nowhere")], 1.0)

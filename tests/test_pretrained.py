@@ -169,9 +169,9 @@ def _committed_results(folder: pathlib.Path, run: pathlib.Path, row: str, settin
   summary = json.loads((run / "summary.json").read_text())
   folder.mkdir(parents=True, exist_ok=True)
   for fold in ship_pretrained.FOLDS:
-    for name, inference in (("e0-recipe", summary["inference"]), (row, settings)):
+    for name, scored_with in (("e0-recipe", summary["inference"]), (row, settings)):
       (folder / f"{name}-fold{fold}-seed0.json").write_text(json.dumps(
-          {"inference": inference, "test": summary["test"], "test_per_patient": summary["test_per_patient"]}))
+          {"inference": scored_with, "test": summary["test"], "test_per_patient": summary["test_per_patient"]}))
 
 
 def test_shipping_exports_every_fold_with_the_rows_settings(tiny_export, tmp_path):

@@ -60,7 +60,7 @@ def table(rows: dict[str, list[dict]]) -> tuple[list[str], dict[str, dict]]:
   differences = {}
   for rank, patient_rows in rows.items():
     dice = np.array([r["dice"] for r in patient_rows])
-    small = np.array([0 < r["true_pixels"] < evaluate.SMALL_TUMOUR_PIXELS for r in patient_rows])
+    small = np.array([evaluate.is_small_tumour(r) for r in patient_rows])
     hd = np.array([r["hd95_px"] for r in patient_rows], float)
     empty = sum(r["slices"] - r["tumour_slices"] for r in patient_rows)
     fp = sum(r["false_positive_slices"] for r in patient_rows) / max(empty, 1)

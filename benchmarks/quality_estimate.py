@@ -74,7 +74,7 @@ from absl import flags
 from benchmarks import cv_files
 from lgg_jax import cli, command_flags, evaluate, inference, pretrained, quality
 
-FAILURE_DICE = 0.7
+FAILURE_DICE = quality.FAILURE_DICE
 SHIPPED = inference.Settings(0.5, "none", True, 0.0, "volume")
 
 _WRITE_RULE = flags.DEFINE_string("write_rule", "", "Write the rule chosen on all patients to DIR/quality.json.")

@@ -10,10 +10,10 @@ Prints, per fold finished in both and over all of them, each side's mean
 per-patient Dice and the paired difference (new - old) with its bootstrap
 95% interval; then, over all of them, each side's median, patients below 0.7,
 missed patients, HD95, false positives on tumour-free slices, and the mean
-over small tumours (fewer than evaluate.SMALL_TUMOUR_PIXELS true pixels). The two were trained with the same code, command, seed,
-package versions and data on different machines (benchmarks/QUALITY.md): the
-difference is what a retraining alone moves, the floor under any recipe
-comparison made from single runs.
+over small tumours (evaluate.is_small_tumour). The two were trained with the
+same code, command, seed, package versions and data on different machines
+(benchmarks/QUALITY.md): the difference is what a retraining alone moves,
+the floor under any recipe comparison made from single runs.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 from absl import flags
 
 from experiments import run
-from lgg_jax import cli, evaluate, inference
+from lgg_jax import cli, evaluate, inference, quality
 
 RESULTS = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "results"
 
@@ -73,8 +73,8 @@ def _summary(name: str, results: list[dict]) -> str:
   t = run.summarise_group(results)
   rows = [p for r in results for p in r["test_per_patient"]]
   dice = np.array([p["dice"] for p in rows])
-  small = np.array([0 < p["true_pixels"] < evaluate.SMALL_TUMOUR_PIXELS for p in rows])
-  return (f"| {name} | {t['median']:.3f} | {int((dice < 0.7).sum())} | {t['missed']} | {t['hd95']:.1f} | "
+  small = np.array([evaluate.is_small_tumour(p) for p in rows])
+  return (f"| {name} | {t['median']:.3f} | {int((dice < quality.FAILURE_DICE).sum())} | {t['missed']} | {t['hd95']:.1f} | "
           f"{t['fp_rate']:.1%} | {dice[small].mean():.3f} ({int(small.sum())}) |")
 
 

@@ -111,7 +111,7 @@ def _describe(settings: dict) -> str:
 
 def _small_tumour_line(rows: list[dict]) -> str:
   limit = evaluate.SMALL_TUMOUR_PIXELS
-  small = [r["dice"] for r in rows if 0 < r["true_pixels"] < limit]
+  small = [r["dice"] for r in rows if evaluate.is_small_tumour(r)]
   large = [r["dice"] for r in rows if r["true_pixels"] >= limit]
   if not small or not large:
     return f"- Small tumours: {len(small)} held-out patients have fewer than {limit:,} tumour pixels."

@@ -7,7 +7,7 @@ saved (each dev patient predicted by the fold model that held it out) and
 scores every rule of `inference.COMPONENT_RANKS` with the shipped threshold
 and no TTA, per patient at 256x256: Dice, HD95, false positives on tumour-free
 slices, missed patients, and the mean over patients with small tumours
-(fewer than evaluate.SMALL_TUMOUR_PIXELS true pixels). Prints a markdown table, and for each confidence
+(fewer than metrics.SMALL_TUMOUR_PIXELS true pixels). Prints a markdown table, and for each confidence
 rule its paired per-patient Dice difference to "volume" with a 95% BCa
 bootstrap interval over patients, and the patients whose Dice it moves.
 

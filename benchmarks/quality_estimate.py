@@ -33,6 +33,18 @@ meet both goals (at least 80% of the patients below 0.7 flagged, at most 20%
 of all patients flagged); otherwise the Youden rule stays and the capped one
 is reported beside it.
 
+Three more signals (`--candidates=` all of quality.SINGLE_MODEL_SIGNALS), stated
+on 2026-12-06 before any of them was computed, after both rules above were
+measured (neither met both goals): predicted volume and the entropy inside
+and around the mask, which the issue names and which were not measured, and
+expected Dice, which weighs boundary doubt by the mask's size. They join the
+candidates of the same leave-one-fold-out choice (best Spearman rho on the
+four training folds), under either threshold rule. The shipped single-model
+rule changes only if one threshold rule's cross-validated point estimates
+meet both goals (the Youden rule first, if both do); otherwise it stays and
+these figures are reported beside it. The default `--candidates` are the
+five signals measured first, so the tables above reproduce.
+
 The ensemble's rule (`--ensemble=pretrained:recipe_cpu --manual_dir=...`),
 stated before it was computed: the estimate is the members' agreement
 (quality.member_agreement) and its review threshold flags the same share of
@@ -86,6 +98,10 @@ command_flags.take("probabilities", "json")  # --probabilities (cv_probabilities
 _ENSEMBLE = flags.DEFINE_string("ensemble", "", "Also fix an ensemble's rule (e.g. pretrained:recipe_cpu).")
 command_flags.take("manual_dir")  # with --ensemble: the dev patients' folder
 _WRITE_ENSEMBLE_RULE = flags.DEFINE_string("write_ensemble_rule", "", "Write the ensemble's rule to DIR/quality.json.")
+FIRST_CANDIDATES = ("view_agreement", "threshold_stability", "view_and_threshold", "confidence", "kept_fraction")
+_CANDIDATES = flags.DEFINE_list("candidates", list(FIRST_CANDIDATES),
+                                "The single-model signals the leave-one-fold-out rule chooses among "
+                                f"(any of {', '.join(quality.SINGLE_MODEL_SIGNALS)}).")
 _HELD_OUT = flags.DEFINE_list("held_out", [], "Other cv_probabilities folders on the same folds: measure the "
                               "agreement of an ensemble none of whose members saw the patient.")
 
@@ -134,7 +150,7 @@ def scores(rows: list[dict], signal: str) -> np.ndarray:
 
 
 def choose(rows: list[dict], max_flagged: float = 1.0,
-           candidates: tuple[str, ...] = quality.SINGLE_MODEL_SIGNALS) -> quality.Rule:
+           candidates: tuple[str, ...] = FIRST_CANDIDATES) -> quality.Rule:
   """The stated rule: best Spearman signal among `candidates`, then the
   Youden-optimal threshold among those flagging at most `max_flagged` of
   `rows` (1: any)."""
@@ -170,7 +186,7 @@ def bootstrap(score, dice, flagged, rounds: int = 2000, seed: int = 0) -> dict:
   return {k: tuple(np.nanpercentile([d[k] for d in draws], [2.5, 97.5]).tolist()) for k in draws[0]}
 
 
-def cross_validate(rows: list[dict], max_flagged: float = 1.0, candidates: tuple[str, ...] = quality.SINGLE_MODEL_SIGNALS
+def cross_validate(rows: list[dict], max_flagged: float = 1.0, candidates: tuple[str, ...] = FIRST_CANDIDATES
                    ) -> tuple[np.ndarray, np.ndarray, dict[int, quality.Rule]]:
   score, flagged, rules = np.zeros(len(rows)), np.zeros(len(rows), bool), {}
   folds = np.array([r["fold"] for r in rows])
@@ -245,6 +261,11 @@ def report_held_out(saved: list[dict], folders: list[str], max_flagged: float) -
 
 def main(argv):
   del argv
+  unknown = sorted(set(_CANDIDATES.value) - set(quality.SINGLE_MODEL_SIGNALS))
+  if unknown or not _CANDIDATES.value:
+    raise ValueError(f"--candidates: want some of {', '.join(quality.SINGLE_MODEL_SIGNALS)}, got "
+                     f"{', '.join(unknown) or 'none'}")
+  candidates = tuple(_CANDIDATES.value)
   paths = cv_files.saved_patients(cv_files.PROBABILITIES.value)
   if not paths:
     raise FileNotFoundError(f"{cv_files.PROBABILITIES.value}: no saved patients (run benchmarks.cv_probabilities first)")
@@ -256,10 +277,10 @@ def main(argv):
   dice = np.array([r["dice"] for r in rows])
   print(f"{len(rows)} patients, {int((dice < FAILURE_DICE).sum())} below Dice {FAILURE_DICE}")
   print("\n| signal (all patients, no choice) | Spearman rho | ROC AUC (Dice < 0.7) |\n|---|---|---|")
-  for signal in quality.SINGLE_MODEL_SIGNALS:
+  for signal in candidates:
     m = measures(scores(rows, signal), dice, np.zeros(len(dice), bool))
     print(f"| {signal} | {m['rho']:.3f} | {m['auroc']:.3f} |")
-  score, flagged, rules = cross_validate(rows, max_flagged)
+  score, flagged, rules = cross_validate(rows, max_flagged, candidates)
   m, ci = measures(score, dice, flagged), bootstrap(score, dice, flagged)
   print(f"\nthreshold rule: {_THRESHOLD_RULE.value}" + (f" (at most {max_flagged:.0%} flagged)" if max_flagged < 1 else ""))
   print("leave-one-fold-out choices: " + "; ".join(f"fold {k}: {r.signal} < {r.review_threshold:.3f}"
@@ -270,7 +291,7 @@ def main(argv):
     print(f"| {label} | {m[key]:.3f} [{ci[key][0]:.3f}, {ci[key][1]:.3f}] |")
   missed = [r["patient"] for r, f in zip(rows, flagged) if r["dice"] < FAILURE_DICE and not f]
   print(f"\nfailures not flagged: {', '.join(missed) or 'none'}")
-  final = choose(rows, max_flagged)
+  final = choose(rows, max_flagged, candidates)
   print(f"rule on all {len(rows)} patients: {final.signal} < {final.review_threshold:.4f}")
   if _WRITE_RULE.value:
     print(f"wrote {final.save(_WRITE_RULE.value)}")

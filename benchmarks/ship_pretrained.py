@@ -33,7 +33,7 @@ import numpy as np
 from absl import flags
 
 from experiments import run
-from lgg_jax import cli, command_flags, evaluate, export, inference, pretrained, quality
+from lgg_jax import cli, command_flags, evaluate, export, inference, metrics, pretrained, quality
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FOLDS = (0, 1, 2, 3, 4)
@@ -110,7 +110,7 @@ def _describe(settings: dict) -> str:
 
 
 def _small_tumour_line(rows: list[dict]) -> str:
-  limit = evaluate.SMALL_TUMOUR_PIXELS
+  limit = metrics.SMALL_TUMOUR_PIXELS
   small = [r["dice"] for r in rows if evaluate.is_small_tumour(r)]
   large = [r["dice"] for r in rows if r["true_pixels"] >= limit]
   if not small or not large:

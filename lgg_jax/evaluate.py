@@ -44,14 +44,11 @@ from lgg_jax import cli, command_flags, inference, loading, metrics, parallel, p
 from lgg_jax.data import pipeline
 
 MISSED_DICE = 0.1
-# Reports give patients with fewer true tumour pixels than this (at 256x256: about a 2 cm wide
-# abnormality over a few slices) a mean of their own: they lose the most at low resolution.
-SMALL_TUMOUR_PIXELS = 10_000
 
 
 def is_small_tumour(row: dict) -> bool:
-  """A per-patient row (score_patient's) of a patient with a tumour under SMALL_TUMOUR_PIXELS."""
-  return 0 < row["true_pixels"] < SMALL_TUMOUR_PIXELS
+  """A per-patient row (score_patient's) of a patient with a tumour under metrics.SMALL_TUMOUR_PIXELS."""
+  return 0 < row["true_pixels"] < metrics.SMALL_TUMOUR_PIXELS
 THRESHOLD_GRID = np.round(np.linspace(0.1, 0.9, 17), 4)
 
 

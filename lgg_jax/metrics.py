@@ -15,6 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.ndimage as ndi
 
+# Reports give patients with fewer true tumour pixels than this (at 256x256: about a 2 cm wide
+# abnormality over a few slices) a mean of their own: they lose the most at low resolution.
+SMALL_TUMOUR_PIXELS = 10_000
+
 
 def slice_counts(logits: jax.Array, masks: jax.Array, threshold: float = 0.5) -> dict:
   """Per-slice integer counts for thresholded predictions (NHWC inputs)."""

@@ -10,6 +10,16 @@ without the truth from what the model itself says:
   confidence           mean probability inside the mask
   kept_fraction        share of the above-threshold voxels the component
                        step kept (1 without the step)
+  expected_dice        soft Dice of the probabilities against the mask: the
+                       Dice the mask would score if each voxel were tumour
+                       with its probability, so boundary doubt weighs more
+                       on a small mask than on a large one
+  certainty            1 - the mean binary entropy (bits) of the
+                       probabilities inside the mask and a band of BAND
+                       pixels around it, where its boundary is decided
+  predicted_volume     v / (v + metrics.SMALL_TUMOUR_PIXELS) for a mask of v
+                       voxels: small masks score lower, as small tumours
+                       score lower Dice
   member_agreement     ensembles only: the members' mean Dice against the
                        ensemble's mask
 `view_and_threshold` is the smaller of the first two. Which one a model's
@@ -27,14 +37,16 @@ import json
 import pathlib
 
 import numpy as np
+import scipy.ndimage as ndi
 
 from lgg_jax import inference, metrics
 
 QUALITY_FILE = "quality.json"
 MIN_VOXELS = 50  # a mask smaller than this (at 256x256) is reported as "no tumour found"
 LOW, HIGH = 0.3, 0.7  # the thresholds of threshold_stability
+BAND = 3  # pixels around the mask, in-plane, where certainty is also measured
 SINGLE_MODEL_SIGNALS = ("view_agreement", "threshold_stability", "view_and_threshold", "confidence",
-                        "kept_fraction")
+                        "kept_fraction", "expected_dice", "certainty", "predicted_volume")
 SIGNALS = SINGLE_MODEL_SIGNALS + ("member_agreement",)
 
 
@@ -93,6 +105,17 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
   return float(metrics.dice_from_counts((a & b).sum(), a.sum(), b.sum()))
 
 
+def _certainty(probabilities: np.ndarray, mask: np.ndarray) -> float:
+  if not mask.any():
+    return 0.0
+  in_plane = np.zeros((3, 3, 3), bool)
+  in_plane[1] = ndi.generate_binary_structure(2, 1)
+  region = ndi.binary_dilation(mask, in_plane, iterations=BAND)
+  p = np.clip(probabilities[region].astype(np.float64), 1e-7, 1 - 1e-7)
+  entropy = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+  return float(1.0 - entropy.mean())
+
+
 def signals(probabilities: np.ndarray, mask: np.ndarray, settings: inference.Settings,
             view_masks: list[np.ndarray] = (), member_masks: list[np.ndarray] = ()) -> dict:
   """Every signal that the inputs allow, each in [0, 1]; `view_masks`: the
@@ -102,7 +125,10 @@ def signals(probabilities: np.ndarray, mask: np.ndarray, settings: inference.Set
   above = probabilities >= settings.threshold
   out = {"threshold_stability": _dice(probabilities >= LOW, probabilities >= HIGH),
          "confidence": float(probabilities[mask].mean()) if mask.any() else 0.0,
-         "kept_fraction": float(mask.sum() / above.sum()) if above.any() else 1.0}
+         "kept_fraction": float(mask.sum() / above.sum()) if above.any() else 1.0,
+         "expected_dice": float(2 * probabilities[mask].sum() / max(probabilities.sum() + mask.sum(), 1e-9)),
+         "certainty": _certainty(probabilities, mask),
+         "predicted_volume": float(mask.sum() / (mask.sum() + metrics.SMALL_TUMOUR_PIXELS))}
   if len(view_masks):
     out["view_agreement"] = float(np.mean([_dice(mask, v) for v in view_masks]))
     out["view_and_threshold"] = min(out["view_agreement"], out["threshold_stability"])

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from lgg_jax import Segmenter, inference, loading, quality
+from lgg_jax import Segmenter, inference, loading, metrics, quality
 
 SHIPPED = inference.Settings(0.5, "none", True, 0.0)
 
@@ -232,3 +232,39 @@ def test_held_out_ensembles_agree_on_a_found_tumour_and_disagree_on_a_false_posi
     quality_estimate.held_out_rows(saved, [str(second)])
   with pytest.raises(FileNotFoundError, match="--held_out: .*nowhere holds no saved patients"):
     quality_estimate.report_held_out(saved, [str(tmp_path / "nowhere")], 1.0)
+
+
+def test_size_aware_signals_doubt_a_small_unsure_mask_more_than_a_large_sure_one():
+  """expected_dice, certainty and predicted_volume: a large mask with a sharp
+  edge scores near 1 on the first two; the same boundary doubt (an edge at
+  probability 0.6) costs a small mask more expected Dice than a large one,
+  and a small mask scores lower predicted volume."""
+  shape = (6, 96, 96)
+  large_sure = _blob(shape, (1, 10, 10), (4, 60, 60), 0.99)
+  large_unsure, small_unsure = large_sure.copy(), _blob(shape, (2, 40, 40), (2, 6, 6), 0.6)
+  large_unsure[1:5, 9, 10:70] = large_unsure[1:5, 70, 10:70] = 0.6   # a doubtful one-pixel rim
+  small_unsure[2:4, 42:44, 42:44] = 0.99                             # a sure core in a doubtful rim
+  found = {}
+  for name, p in (("large_sure", large_sure), ("large_unsure", large_unsure), ("small_unsure", small_unsure)):
+    found[name] = quality.signals(p, inference.postprocess(p, SHIPPED), SHIPPED)
+  assert found["large_sure"]["expected_dice"] == pytest.approx(0.99 * 2 / 1.99, abs=1e-6)
+  assert found["large_sure"]["certainty"] > found["large_unsure"]["certainty"] > found["small_unsure"]["certainty"]
+  assert found["large_sure"]["expected_dice"] > found["large_unsure"]["expected_dice"] \
+      > found["small_unsure"]["expected_dice"]
+  large, small = 4 * 60 * 60, 2 * 6 * 6
+  assert found["large_sure"]["predicted_volume"] == pytest.approx(large / (large + metrics.SMALL_TUMOUR_PIXELS))
+  assert found["small_unsure"]["predicted_volume"] == pytest.approx(small / (small + metrics.SMALL_TUMOUR_PIXELS))
+  empty = quality.signals(np.zeros(shape, np.float32), np.zeros(shape, bool), SHIPPED)
+  assert empty["certainty"] == empty["predicted_volume"] == empty["expected_dice"] == 0.0
+
+
+def test_quality_estimate_rejects_an_unknown_candidate_signal_by_name():
+  from absl import flags
+  from absl.testing import flagsaver
+
+  from benchmarks import quality_estimate
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  with flagsaver.flagsaver(candidates=["certainty", "volume"]):
+    with pytest.raises(ValueError, match="^--candidates: want some of view_agreement, .*, got volume$"):
+      quality_estimate.main([])

@@ -22,7 +22,8 @@ without the truth from what the model itself says:
                        score lower Dice
   member_agreement     ensembles only: the members' mean Dice against the
                        ensemble's mask
-`view_and_threshold` is the smaller of the first two. Which one a model's
+`view_and_threshold` is the smaller of the first two; `member_and_threshold`,
+the smaller of member_agreement and threshold_stability. Which one a model's
 estimate uses, and the score under which a mask is flagged for review
 (`review_threshold`), are chosen by measurement (benchmarks/quality_estimate.py,
 benchmarks/QUALITY.md) and stored with the model (`QUALITY_FILE` of an
@@ -47,7 +48,7 @@ LOW, HIGH = 0.3, 0.7  # the thresholds of threshold_stability
 BAND = 3  # pixels around the mask, in-plane, where certainty is also measured
 SINGLE_MODEL_SIGNALS = ("view_agreement", "threshold_stability", "view_and_threshold", "confidence",
                         "kept_fraction", "expected_dice", "certainty", "predicted_volume")
-SIGNALS = SINGLE_MODEL_SIGNALS + ("member_agreement",)
+SIGNALS = SINGLE_MODEL_SIGNALS + ("member_agreement", "member_and_threshold")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +135,7 @@ def signals(probabilities: np.ndarray, mask: np.ndarray, settings: inference.Set
     out["view_and_threshold"] = min(out["view_agreement"], out["threshold_stability"])
   if len(member_masks):
     out["member_agreement"] = float(np.mean([_dice(mask, m) for m in member_masks]))
+    out["member_and_threshold"] = min(out["member_agreement"], out["threshold_stability"])
   return out
 
 
@@ -146,7 +148,7 @@ def estimate(probabilities: np.ndarray, mask: np.ndarray, settings: inference.Se
     return Estimate(0.0, True, f"no tumour found (mask of {voxels} voxels, under {MIN_VOXELS})", voxels, found)
   if rule.signal not in found:
     raise ValueError(f"quality signal {rule.signal!r} needs "
-                     + ("an ensemble's members" if rule.signal == "member_agreement" else "a mirrored view"))
+                     + ("an ensemble's members" if rule.signal.startswith("member") else "a mirrored view"))
   score = float(np.clip(found[rule.signal], 0.0, 1.0))
   review = score < rule.review_threshold
   reason = (f"{rule.signal.replace('_', ' ')} {score:.2f} < {rule.review_threshold:.2f}" if review else "")

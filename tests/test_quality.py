@@ -227,6 +227,9 @@ def test_held_out_ensembles_agree_on_a_found_tumour_and_disagree_on_a_false_posi
   # B's mean probability: the tumour 0.9, the false positive 0.475 (under 0.5): the mask is the tumour,
   # which the second member's largest component (the false positive) does not share.
   assert disagreeing["dice"] == pytest.approx(1.0) and disagreeing["member_agreement"] == pytest.approx(0.5)
+  # member_and_threshold also doubts the false positive's 0.475 (in the mask at 0.3, not at 0.7).
+  assert agreeing["member_and_threshold"] == 1.0
+  assert disagreeing["member_and_threshold"] == pytest.approx(2 * 1024 / (2 * 1024 + 3200))
   save(second, "TCGA_A", tumour, 3)
   with pytest.raises(ValueError, match="TCGA_A.npz: fold 3"):
     quality_estimate.held_out_rows(saved, [str(second)])

@@ -49,6 +49,8 @@ MISSED_DICE = 0.1
 def is_small_tumour(row: dict) -> bool:
   """A per-patient row (score_patient's) of a patient with a tumour under metrics.SMALL_TUMOUR_PIXELS."""
   return 0 < row["true_pixels"] < metrics.SMALL_TUMOUR_PIXELS
+
+
 THRESHOLD_GRID = np.round(np.linspace(0.1, 0.9, 17), 4)
 
 

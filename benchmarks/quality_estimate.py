@@ -275,17 +275,18 @@ def report_held_out(saved: list[dict], folders: list[str], max_flagged: float,
   return {"rows": rows, "cross_validated": m, "intervals": ci, "shipped_threshold": f, "left_out": missing}
 
 
+def _signal_list(flag, allowed: tuple[str, ...]) -> tuple[str, ...]:
+  """A list flag's signals, or an error naming the flag and the names it does not know."""
+  unknown = sorted(set(flag.value) - set(allowed))
+  if unknown or not flag.value:
+    raise ValueError(f"--{flag.name}: want some of {', '.join(allowed)}, got {', '.join(unknown) or 'none'}")
+  return tuple(flag.value)
+
+
 def main(argv):
   del argv
-  unknown = sorted(set(_CANDIDATES.value) - set(quality.SINGLE_MODEL_SIGNALS))
-  if unknown or not _CANDIDATES.value:
-    raise ValueError(f"--candidates: want some of {', '.join(quality.SINGLE_MODEL_SIGNALS)}, got "
-                     f"{', '.join(unknown) or 'none'}")
-  candidates = tuple(_CANDIDATES.value)
-  held_out_candidates = tuple(_HELD_OUT_CANDIDATES.value)
-  if not held_out_candidates or not set(held_out_candidates) <= set(HELD_OUT_SIGNALS):
-    raise ValueError(f"--held_out_candidates: want some of {', '.join(HELD_OUT_SIGNALS)}, got "
-                     f"{', '.join(held_out_candidates) or 'none'}")
+  candidates = _signal_list(_CANDIDATES, quality.SINGLE_MODEL_SIGNALS)
+  held_out_candidates = _signal_list(_HELD_OUT_CANDIDATES, HELD_OUT_SIGNALS)
   paths = cv_files.saved_patients(cv_files.PROBABILITIES.value)
   if not paths:
     raise FileNotFoundError(f"{cv_files.PROBABILITIES.value}: no saved patients (run benchmarks.cv_probabilities first)")

@@ -21,6 +21,15 @@ a shipped model in place (no runs needed: it starts from the shipped folder):
   python -m benchmarks.ship_pretrained --add_quality_rule=RULE.json
 writes quality.json (the rule benchmarks/quality_estimate.py wrote), the
 card's "Which masks to doubt" section, and SHA256SUMS again.
+
+What needs no training run is rewritten in place from the shipped foldK/
+exports and the committed result files (the runs are not in git):
+  python -m benchmarks.ship_pretrained --refresh [--row=ROW]
+rewrites the card (its description of the members read from their configs),
+shipped.json (with the cross-validated figures, for scripts) and SHA256SUMS;
+with --row, a row that re-scored the same training runs with other settings
+(a component rule, say), those settings go into each member's inference.json
+and card. Each member must be its fold's best checkpoint of the training row.
 """
 
 from __future__ import annotations
@@ -28,12 +37,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import shutil
 
 import numpy as np
 from absl import flags
 
 from experiments import run
-from lgg_jax import cli, command_flags, evaluate, export, inference, metrics, pretrained, quality
+from lgg_jax import cli, command_flags, evaluate, export, inference, loading, metrics, pretrained, quality, state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FOLDS = (0, 1, 2, 3, 4)
@@ -45,7 +55,7 @@ REPRODUCE_TOLERANCE = 1e-4
 class Source:
   """Where the shipped members and their figures come from: the runs of
   `training_row` (one per fold, in `runs`), scored as `row` in `results`."""
-  runs: pathlib.Path
+  runs: pathlib.Path | None  # None: shipped exports only (refresh)
   results: pathlib.Path
   row: str
   training_row: str = "e0-recipe"
@@ -147,13 +157,45 @@ def _multifocal_line(rows: list[dict], settings: dict) -> str:
 
 
 def _dev_patients(source: Source) -> list[str]:
-  """Every patient the members saw or were tested on (a run's split.json names all of them)."""
-  split = json.loads((source.run_dir(source.folds[0]) / "split.json").read_text())
-  return sorted(split["train"] + split["val"] + split["test"])
+  """Every patient the members saw or were tested on: a run's split.json names all of them; without
+  the runs (not in git), the five folds' test patients of the training row are all of them."""
+  split_file = source.run_dir(source.folds[0]) / "split.json" if source.runs is not None else None
+  if split_file is not None and split_file.is_file():
+    split = json.loads(split_file.read_text())
+    return sorted(split["train"] + split["val"] + split["test"])
+  return sorted(r["patient"] for fold in FOLDS for r in source.result(source.training_row, fold)["test_per_patient"])
 
 
-def model_card(source: Source, settings: dict, commit: str) -> str:
+def _exported_config(folder: pathlib.Path):
+  return state.config_from_dict(json.loads((folder / loading.CONFIG_FILE).read_text()),
+                                str(folder / loading.CONFIG_FILE))
+
+
+def members_description(source: Source, folders: list[pathlib.Path]) -> tuple[str, list[str]]:
+  """(how the members were trained, the model lines) from the exported configs and the training row's
+  files, so that the card cannot drift from what ships; members that differ are an error naming them."""
+  configs = [_exported_config(folder) for folder in folders]
+  trained = [source.result(source.training_row, fold) for fold in source.folds]
+  facts = {folder.name: (tuple(export.model_lines(config)), config.num_epochs, config.seed,
+                         result.get("overrides", {}).get("config", "(config file not recorded)"),
+                         json.dumps(result.get("provenance", {}).get("devices", {}), sort_keys=True))
+           for folder, config, result in zip(folders, configs, trained)}
+  if len(set(facts.values())) > 1:
+    raise ValueError(f"{folders[0].parent}: the members were not trained alike: " + "; ".join(
+        f"{name}: {fact[1]} epochs, seed {fact[2]}, {fact[3]}, {fact[0][0][2:]}" for name, fact in facts.items()))
+  lines, epochs, seed, config_file, devices = next(iter(facts.values()))
+  devices = json.loads(devices)
+  where = (f"{devices['count']} {devices['kind'].upper()} device{'s' * (devices['count'] != 1)}, git commit "
+           f"{trained[0]['provenance'].get('git_commit', '?')[:7]}") if devices else "devices not recorded"
+  sweep = f"experiments/{source.results.name}.py"
+  return (f"with `{config_file}` (`python -m experiments.run --sweep={sweep}`, row {source.training_row}: "
+          f"{epochs} epochs, seed {seed}, {where})", list(lines))
+
+
+def model_card(source: Source, settings: dict, commit: str, folders: list[pathlib.Path]) -> str:
   f = _figures(source)
+  trained_with, lines = members_description(source, folders)
+  dev = _dev_patients(source)
   worst = sorted(f["rows"], key=lambda r: r["dice"])[:5]
   folds = ", ".join(f"{k}: {source.result(source.row, k)['test']['patient_dice']:.3f}" for k in source.folds)
   missing = [str(k) for k in FOLDS if k not in source.folds]
@@ -172,14 +214,11 @@ def model_card(source: Source, settings: dict, commit: str) -> str:
       "masks = seg.predict(volume, masks=True)   # volume: uint8 (S, 256, 256, 3) in slice order; masks: bool (S, 256, 256)", "```",
       "or `python -m lgg_jax.predict --model=pretrained --input=scans/ --out=masks/`.", "",
       "## What it is", "",
-      f"U-Nets (`configs/recipe_cpu.py`: base width 16, BatchNorm, 128x128 input, 2.5-D input of "
-      "each slice and its two neighbours, per-patient intensity normalisation; 488,865 parameters "
-      "each), one per patient fold of the 62 development patients, each trained on the other folds "
-      f"(`python -m experiments.run --sweep=experiments/ensemble.py`, row {source.training_row}: 40 "
-      f"epochs, seed 0, 2 CPU cores); {shipped} are shipped.{partial} The ensemble averages their "
-      f"probabilities at 256x256. Shipped at commit {commit or '(not given)'}; each `foldK/` is an "
-      "`lgg_jax.export` folder with its own model card (its split and test figures); `SHA256SUMS` is "
-      "checked at load.", "",
+      f"One model per patient fold of the {len(dev)} development patients, each trained on the other "
+      f"folds {trained_with}; {shipped} are shipped.{partial} The ensemble averages their probabilities "
+      f"at 256x256. Shipped at commit {commit or '(not given)'}; each `foldK/` is an `lgg_jax.export` "
+      "folder with its own model card (its split and test figures); `SHA256SUMS` is checked at load.", "",
+      *lines, "",
       _describe(settings) + " (`inference.json`; override with `Segmenter.predict(..., "
       "largest_component=False)` etc.).", "",
       "## Expected input", "",
@@ -213,9 +252,9 @@ def model_card(source: Source, settings: dict, commit: str) -> str:
       _multifocal_line(f["rows"], settings),
       "- Other scanners, protocols, tumour types or preprocessing than TCGA-LGG's were never seen.", "",
       "## Training data, terms and citation", "",
-      "62 of the 110 patients of the LGG Segmentation Dataset (FLAIR abnormality masks by Buda et al.) "
+      f"{len(dev)} of the 110 patients of the LGG Segmentation Dataset (FLAIR abnormality masks by Buda et al.) "
       "from The Cancer Imaging Archive's TCGA-LGG collection; TCIA's data usage terms apply (cite the "
-      "collection and the papers below). Patients: " + ", ".join(_dev_patients(source)) + ".", "",
+      "collection and the papers below). Patients: " + ", ".join(dev) + ".", "",
       "- M. Buda, A. Saha, M. A. Mazurowski. Association of genomic subtypes of lower-grade gliomas "
       "with shape features automatically extracted by a deep learning algorithm. Computers in Biology "
       "and Medicine 109 (2019) 218-225.",
@@ -232,6 +271,30 @@ def _relative(path: pathlib.Path) -> str:
   return path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else str(path)
 
 
+def cross_validated(source: Source) -> dict:
+  """shipped.json's figures, for scripts: each held-out patient scored by the fold model that held it out."""
+  f = _figures(source)
+  small = [r["dice"] for r in f["rows"] if evaluate.is_small_tumour(r)]
+  return {"patients": len(f["rows"]), "mean_dice": f["mean"], "median_dice": f["median"],
+          "ci95_bca": [f["low"], f["high"]], "hd95_px": f["hd95"], "hd95_undefined": f["hd95_undefined"],
+          "false_positive_slice_share": f["fp"], "missed": f["missed"],
+          "small_tumours": {"pixels_below": metrics.SMALL_TUMOUR_PIXELS, "patients": len(small),
+                            "mean_dice": float(np.mean(small)) if small else None},
+          "result_files": f"{_relative(source.results)}/{source.row}-fold*-seed0.json"}
+
+
+def _write_ensemble_files(source: Source, settings: dict, commit: str, folder: pathlib.Path) -> None:
+  """The card (with the review section of a quality.json in `folder`) and shipped.json, from `folder`'s members."""
+  card = model_card(source, settings, commit, [folder / f"fold{fold}" for fold in source.folds])
+  rule = quality.Rule.load(folder)
+  (folder / "model_card.md").write_text(card + ("\n" + quality_section(rule) if rule is not None else ""))
+  (folder / "shipped.json").write_text(json.dumps(
+      {"row": source.row, "training_row": source.training_row, "settings": settings, "commit": commit,
+       "members": {f"fold{fold}": f"{_relative(source.results)}/{source.result_name(source.row, fold)}"
+                   for fold in source.folds},
+       "cross_validated": cross_validated(source)}, indent=1))
+
+
 def ship(source: Source, out: pathlib.Path, commit: str) -> list[str]:
   settings = row_settings(source)
   lines = [f"settings of {source.row}: {settings}"]
@@ -243,17 +306,67 @@ def ship(source: Source, out: pathlib.Path, commit: str) -> list[str]:
   with export.written_whole(out, replace=True) as partial:
     for fold in source.folds:
       export.export_run(source.run_dir(fold), partial / f"fold{fold}", forward=False, **settings)
-    (partial / "model_card.md").write_text(model_card(source, settings, commit))
-    (partial / "shipped.json").write_text(json.dumps(
-        {"row": source.row, "training_row": source.training_row, "settings": settings, "commit": commit,
-         "members": {f"fold{fold}": f"{_relative(source.results)}/{source.result_name(source.row, fold)}"
-                     for fold in source.folds}}, indent=1))
+    _write_ensemble_files(source, settings, commit, partial)
     pretrained.write_checksums(partial)
     size = sum(p.stat().st_size for p in partial.rglob("*") if p.is_file())
     if size > BUDGET_BYTES:
       raise ValueError(f"{out}: {size / 1e6:.1f} MB, over the {BUDGET_BYTES / 1e6:.0f} MB budget")
   lines.append(f"shipped {out}: {size / 1e6:.2f} MB")
   return lines
+
+
+def _check_is_training_run(source: Source, member: pathlib.Path, fold: int) -> None:
+  """A shipped member is its fold's run of the training row: same fold, same checkpoint step, and the
+  row re-scored that run."""
+  trained = source.result(source.training_row, fold)
+  saved = json.loads((member / loading.INFERENCE_FILE).read_text())
+  config = _exported_config(member)
+  scored_from = source.result(source.row, fold).get("evaluated_from")
+  run_name = f"{source.training_row}-fold{fold}-seed0"
+  if config.split.fold != fold or saved.get("step") != trained.get("best_step", saved.get("step")):
+    raise ValueError(f"{member}: not the best checkpoint of {run_name} (fold {config.split.fold}, step "
+                     f"{saved.get('step')}; the row's file: fold {fold}, step {trained.get('best_step')})")
+  if source.row != source.training_row and scored_from not in (None, run_name):
+    raise ValueError(f"{source.results / source.result_name(source.row, fold)}: scored {scored_from}, "
+                     f"not the shipped {run_name}")
+
+
+def _set_member_settings(member: pathlib.Path, settings: inference.Settings, chosen_on: str) -> None:
+  saved = json.loads((member / loading.INFERENCE_FILE).read_text())
+  (member / loading.INFERENCE_FILE).write_text(json.dumps({**saved, **settings.as_dict()}, indent=2))
+  card = (member / "model_card.md").read_text().splitlines()
+  lines = [i for i, line in enumerate(card) if line.startswith("- masks (inference.json")]
+  if len(lines) != 1:
+    raise ValueError(f"{member / 'model_card.md'}: want one '- masks (inference.json' line, found {len(lines)}")
+  card[lines[0]] = export.masks_line(settings, chosen_on)
+  (member / "model_card.md").write_text("\n".join(card) + "\n")
+
+
+def refresh(out: pathlib.Path, results: pathlib.Path, row: str = "", commit: str = "") -> list[str]:
+  """Rewrites a shipped model's card, shipped.json and SHA256SUMS in place from its foldK/ exports and
+  the committed result files: what needs no training run (the runs are not in git). With `row`, another
+  row scored from the same training runs (a component rule, say), that row's settings go into each
+  member's inference.json and card, and its figures into the card and shipped.json."""
+  pretrained.verify(out)
+  shipped = json.loads((out / "shipped.json").read_text())
+  folds = tuple(sorted(int(name.removeprefix("fold")) for name in shipped["members"]))
+  source = Source(runs=None, results=results, row=row or shipped["row"],
+                  training_row=shipped["training_row"], folds=folds)
+  settings = row_settings(source)
+  for fold in folds:
+    _check_is_training_run(source, out / f"fold{fold}", fold)
+  new = inference.Settings(**settings)
+  changed = new != inference.Settings.from_dict(shipped["settings"], inference.Settings())
+  chosen_on = source.result(source.row, folds[0])["inference"].get("threshold_chosen_on", "config")
+  with export.written_whole(out, replace=True) as partial:
+    shutil.copytree(out, partial, dirs_exist_ok=True)
+    if changed:
+      for fold in folds:
+        _set_member_settings(partial / f"fold{fold}", new, chosen_on)
+    _write_ensemble_files(source, settings, commit or shipped["commit"], partial)
+    pretrained.write_checksums(partial)
+  return [f"{out}: {'settings of ' + source.row + ' written into every member, ' if changed else ''}"
+          f"model card, shipped.json ({source.row}, {len(folds)} members) and SHA256SUMS rewritten"]
 
 
 QUALITY_HEADING = "## Which masks to doubt"
@@ -302,6 +415,9 @@ _ROW = flags.DEFINE_string("row", "e1-recipe-settings", "The result row whose se
                            "whose figures the card gives (e1: dihedral TTA + largest component; e2-e3 "
                            "TTA; e4-e6 component fractions).")
 _COMMIT = flags.DEFINE_string("commit", "", "The commit the model is shipped at (for the card).")
+_REFRESH = flags.DEFINE_bool("refresh", False, "Rewrite the shipped model in --out in place from its foldK/ "
+                             "exports and the committed result files (no runs): its card, shipped.json, "
+                             "SHA256SUMS; with --row, that row's settings (same training runs) as well.")
 _ADD_QUALITY_RULE = flags.DEFINE_string("add_quality_rule", "", "Only add this quality rule (a quality.json) "
                                         "to the shipped model in --out, in place.")
 # Shared with the sweep runner and the commands: --results (the sweep's
@@ -320,7 +436,13 @@ def main(argv):
     for line in add_quality_rule(out, pathlib.Path(_ADD_QUALITY_RULE.value)):
       print(line)
     return
-  source = Source(runs=pathlib.Path(_RUNS.value), results=pathlib.Path(run.RESULTS.value or DEFAULT_RESULTS),
+  results = pathlib.Path(run.RESULTS.value or DEFAULT_RESULTS)
+  if _REFRESH.value:
+    row = _ROW.value if flags.FLAGS["row"].present else ""
+    for line in refresh(out, results, row, _COMMIT.value):
+      print(line)
+    return
+  source = Source(runs=pathlib.Path(_RUNS.value), results=results,
                   row=_ROW.value, training_row=_TRAINING_ROW.value,
                   folds=tuple(int(k) for k in run.FOLDS.value or FOLDS))
   for line in ship(source, out, _COMMIT.value):

@@ -86,6 +86,37 @@ def _metric(block: dict, key: str, fmt: str = "{:.4f}") -> str:
   return "n/a" if value is None else fmt.format(value)
 
 
+def model_lines(config) -> list[str]:
+  """The model, its input and its normalisation, as a card states them (here and on a shipped ensemble's card)."""
+  size = config.data.image_size
+  crop = config.data.get("crop_size", 0)
+  return [
+      f"- {config.model.name} ({', '.join(f'{k}={v}' for k, v in sorted(models.block(config.model).items()))}), "
+      + (f"trained on {crop}x{crop} crops of the {size}x{size} slices" if crop else f"trained at {size}x{size}")
+      + f"; {count_parameters(config):,} parameters; input {state.in_channels(config)} channels (the slice and "
+      f"{config.data.neighbours} neighbour(s) on each side, 3 MRI channels each)",
+      f"- normalisation: {config.data.normalization}"
+      + (f" (per channel over the patient's brain voxels: clip at percentiles "
+         f"{tuple(config.data.normalization_percentiles)}, then z-score)"
+         if config.data.normalization == "patient" else ""),
+  ]
+
+
+def count_parameters(config) -> int:
+  """The inference model's parameters (no auxiliary heads), from shapes alone."""
+  _, shapes = state.abstract_variables(config)
+  return sum(x.size for x in jax.tree.leaves(shapes["params"]))
+
+
+def masks_line(settings: inference.Settings, threshold_chosen_on: str = "config") -> str:
+  """What `Segmenter` and `predict` apply, as a member's card states it."""
+  return (f"- masks (inference.json, what `Segmenter` and `predict` apply): threshold {settings.threshold:.2f} "
+          f"({threshold_chosen_on}); TTA {settings.tta}; largest 3-D component {settings.largest_component}"
+          + (f", also components >= {settings.component_fraction:g} of it" if settings.component_fraction else "")
+          + (f", ranked by {settings.component_rank.replace('_', ' ')}" if settings.component_rank != "volume"
+             else ""))
+
+
 def model_card(member: inference.Member, summary: dict) -> str:
   config, test, settings = member.config, summary.get("test", {}), member.settings
   inf = summary.get("inference", {})
@@ -100,21 +131,10 @@ def model_card(member: inference.Member, summary: dict) -> str:
       "**Not a medical device.** A research model: it has not been validated for clinical use and must not "
       "guide diagnosis or treatment.", "",
       "## Model", "",
-      f"- {config.model.name} ({', '.join(f'{k}={v}' for k, v in sorted(models.block(config.model).items()))}), "
-      f"trained at {config.data.image_size}x"
-      f"{config.data.image_size}; input {state.in_channels(config)} channels (the slice and "
-      f"{config.data.neighbours} neighbour(s) on each side, 3 MRI channels each)",
-      f"- normalisation: {config.data.normalization}"
-      + (f" (per channel over the patient's brain voxels: clip at percentiles "
-         f"{tuple(config.data.normalization_percentiles)}, then z-score)"
-         if config.data.normalization == "patient" else ""),
+      *model_lines(config),
       f"- checkpoint: step {member.step} of {summary.get('step')} (best validation per-patient Dice "
       f"{_metric(summary, 'best_val_dice')})",
-      f"- masks (inference.json, what `Segmenter` and `predict` apply): threshold {settings.threshold:.2f} "
-      f"({inf.get('threshold_chosen_on', 'config')}); TTA {settings.tta}; largest 3-D component "
-      f"{settings.largest_component}"
-      + (f", also components >= {settings.component_fraction:g} of it" if settings.component_fraction else "")
-      + (f", ranked by {settings.component_rank.replace('_', ' ')}" if settings.component_rank != "volume" else ""),
+      masks_line(settings, inf.get("threshold_chosen_on", "config")),
       f"- review flag (quality.json, `review_threshold`): a mask whose {EXPORT_QUALITY_RULE.signal.replace('_', ' ')} "
       f"is below {EXPORT_QUALITY_RULE.review_threshold:g}, or with no tumour found, is flagged for review "
       "(lgg_jax.quality; the rule was measured on configs/recipe_cpu.py's fold models, benchmarks/QUALITY.md, "

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -171,7 +172,9 @@ def _committed_results(folder: pathlib.Path, run: pathlib.Path, row: str, settin
   for fold in ship_pretrained.FOLDS:
     for name, scored_with in (("e0-recipe", summary["inference"]), (row, settings)):
       (folder / f"{name}-fold{fold}-seed0.json").write_text(json.dumps(
-          {"inference": scored_with, "test": summary["test"], "test_per_patient": summary["test_per_patient"]}))
+          {"inference": scored_with, "test": summary["test"], "test_per_patient": summary["test_per_patient"],
+           "best_step": summary["best_step"], "overrides": {"config": "configs/tiny.py"},
+           "provenance": {"git_commit": "0123456789", "devices": {"backend": "cpu", "count": 1, "kind": "cpu"}}}))
 
 
 def test_shipping_exports_every_fold_with_the_rows_settings(tiny_export, tmp_path):
@@ -223,3 +226,45 @@ def test_shipping_exports_every_fold_with_the_rows_settings(tiny_export, tmp_pat
   with pytest.raises(ValueError, match="s9-test-fold\\*: the folds were scored with different settings"):
     ship_pretrained.ship(source, tmp_path / "other", "abc123")
   assert not (tmp_path / "other").exists() and not list(tmp_path.glob(".other*"))
+
+
+def test_refresh_rewrites_a_shipped_model_in_place_from_its_exports(tiny_export, tmp_path):
+  """--refresh needs no runs: the card describes the members from their configs, shipped.json gains the
+  cross-validated figures, and a row that re-scored the same runs puts its settings into every member;
+  a member that is not its training row's best checkpoint is an error naming it, and nothing changes."""
+  exported, config = tiny_export
+  run = exported.parent / "run"
+  runs, results = tmp_path / "runs", tmp_path / "results"
+  shutil.copytree(run, runs / "e0-recipe-fold0-seed0")
+  shipped_settings = {"threshold": 0.5, "tta": "none", "largest_component": True, "component_fraction": 0.0}
+  _committed_results(results, run, "s9-test", shipped_settings)
+  out = tmp_path / "pretrained" / "recipe_cpu"
+  ship_pretrained.ship(ship_pretrained.Source(runs=runs, results=results, row="s9-test", folds=(0,)), out, "abc123")
+  shipped = json.loads((out / "shipped.json").read_text())
+  rows = json.loads((run / "summary.json").read_text())["test_per_patient"]
+  assert shipped["cross_validated"]["patients"] == len(rows)
+  assert shipped["cross_validated"]["mean_dice"] == pytest.approx(np.mean([r["dice"] for r in rows]))
+  card = (out / "model_card.md").read_text()
+  parameters = sum(x.size for x in jax.tree.leaves(Segmenter.load(out / "fold0").members[0].variables["params"]))
+  assert f"{parameters:,} parameters" in card and f"{config.num_epochs} epochs" in card
+  assert f"base_width={config.model.unet.base_width}" in card and "`configs/tiny.py`" in card
+
+  shutil.rmtree(runs)
+  rescored = {**shipped_settings, "largest_component": False, "component_rank": "probability_sum"}
+  _committed_results(results, run, "s10-components", rescored)
+  lines = ship_pretrained.refresh(out, results, "s10-components")
+  assert "settings of s10-components written into every member" in lines[0]
+  pretrained.verify(out)
+  assert Segmenter.load(pretrained.resolve(pretrained.RECIPE_CPU, tmp_path / "pretrained")).settings == \
+      inference.Settings(**rescored)
+  assert "largest 3-D component False" in (out / "fold0" / "model_card.md").read_text()
+  shipped = json.loads((out / "shipped.json").read_text())
+  assert shipped["row"] == "s10-components" and shipped["commit"] == "abc123"
+  assert shipped["members"]["fold0"].endswith("s10-components-fold0-seed0.json")
+
+  trained = json.loads((results / "e0-recipe-fold0-seed0.json").read_text())
+  (results / "e0-recipe-fold0-seed0.json").write_text(json.dumps({**trained, "best_step": trained["best_step"] + 1}))
+  before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+  with pytest.raises(ValueError, match=r"fold0: not the best checkpoint of e0-recipe-fold0-seed0"):
+    ship_pretrained.refresh(out, results, "s9-test")
+  assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

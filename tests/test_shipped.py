@@ -80,3 +80,17 @@ def test_each_shipped_fold_reproduces_a_held_out_patients_committed_dice():
     assert seg.settings.as_dict() == _settings(shipped)
     scored, _ = evaluate.score_patient(seg.predict(case.images, masks=True), case.truth)
     assert scored["dice"] == pytest.approx(row["dice"], abs=1e-4), (member, row["patient"])
+
+
+def test_the_shipped_figures_are_those_of_the_committed_result_files():
+  """shipped.json's cross-validated figures (read by scripts) and the card's description of the members
+  come from the result files it names and the members' own configs, not from typed-in text."""
+  from benchmarks import ship_pretrained
+  shipped = _shipped()
+  source = ship_pretrained.Source(runs=None, results=REPO / pathlib.Path(shipped["members"]["fold0"]).parent,
+                                  row=shipped["row"], training_row=shipped["training_row"],
+                                  folds=tuple(int(m.removeprefix("fold")) for m in sorted(shipped["members"])))
+  assert shipped["cross_validated"] == json.loads(json.dumps(ship_pretrained.cross_validated(source)))
+  trained_with, lines = ship_pretrained.members_description(source, [SHIPPED / m for m in sorted(shipped["members"])])
+  card = (SHIPPED / "model_card.md").read_text()
+  assert trained_with in card and all(line in card for line in lines)

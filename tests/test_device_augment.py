@@ -108,7 +108,10 @@ def test_all_channels_get_the_same_transform(name):
   images, masks = _blob_batch(4, channels=1)
   images = images + jnp.asarray(np.random.default_rng(1).uniform(0, 20, images.shape), jnp.float32)
   out, _ = fn(jax.random.key(2), jnp.repeat(images, 9, axis=-1), masks, jnp.arange(4))
-  np.testing.assert_array_equal(out, jnp.repeat(out[..., :1], 9, axis=-1))
+  # Equal up to float32 rounding, not bit for bit: XLA:CPU may compute the ninth
+  # channel outside the vector lanes of the other eight (seen on an AMD EPYC:
+  # 3e-5 apart on values up to 300), while another transform differs by whole units.
+  np.testing.assert_allclose(out, jnp.repeat(out[..., :1], 9, axis=-1), rtol=1e-6, atol=1e-4)
   assert not np.array_equal(out[..., :1], images)
 
 

@@ -365,8 +365,13 @@ def refresh(out: pathlib.Path, results: pathlib.Path, row: str = "", commit: str
         _set_member_settings(partial / f"fold{fold}", new, chosen_on)
     _write_ensemble_files(source, settings, commit or shipped["commit"], partial)
     pretrained.write_checksums(partial)
-  return [f"{out}: {'settings of ' + source.row + ' written into every member, ' if changed else ''}"
-          f"model card, shipped.json ({source.row}, {len(folds)} members) and SHA256SUMS rewritten"]
+  lines = [f"{out}: {'settings of ' + source.row + ' written into every member, ' if changed else ''}"
+           f"model card, shipped.json ({source.row}, {len(folds)} members) and SHA256SUMS rewritten"]
+  if changed and quality.Rule.load(out) is not None:
+    lines.append(f"{out / quality.QUALITY_FILE} kept as it was: its review threshold was fixed on the masks of "
+                 f"{shipped['row']}; measure it again on these settings (benchmarks/quality_estimate.py "
+                 "--ensemble) and write it with --add_quality_rule")
+  return lines
 
 
 QUALITY_HEADING = "## Which masks to doubt"

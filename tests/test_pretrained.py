@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from benchmarks import ship_pretrained
-from lgg_jax import Segmenter, export, inference, pretrained, train
+from lgg_jax import Segmenter, export, inference, pretrained, quality, train
 from lgg_jax.data import pipeline
 from conftest import tiny_config
 
@@ -252,8 +252,12 @@ def test_refresh_rewrites_a_shipped_model_in_place_from_its_exports(tiny_export,
   shutil.rmtree(runs)
   rescored = {**shipped_settings, "largest_component": False, "component_rank": "probability_sum"}
   _committed_results(results, run, "s10-components", rescored)
+  quality.Rule("member_agreement", 0.9, "a test").save(out)
+  pretrained.write_checksums(out)
   lines = ship_pretrained.refresh(out, results, "s10-components")
   assert "settings of s10-components written into every member" in lines[0]
+  assert "quality.json kept as it was" in lines[1] and "fixed on the masks of s9-test" in lines[1]
+  assert "## Which masks to doubt" in (out / "model_card.md").read_text()
   pretrained.verify(out)
   assert Segmenter.load(pretrained.resolve(pretrained.RECIPE_CPU, tmp_path / "pretrained")).settings == \
       inference.Settings(**rescored)

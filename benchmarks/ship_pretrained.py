@@ -38,6 +38,7 @@ import dataclasses
 import json
 import pathlib
 import shutil
+import typing
 
 import numpy as np
 from absl import flags
@@ -49,6 +50,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 FOLDS = (0, 1, 2, 3, 4)
 BUDGET_BYTES = 30 * 10**6  # every shipped file of the model together
 REPRODUCE_TOLERANCE = 1e-4
+SHIPPED_FILE = "shipped.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +62,13 @@ class Source:
   row: str
   training_row: str = "e0-recipe"
   folds: tuple[int, ...] = FOLDS
+
+  @classmethod
+  def from_shipped(cls, folder: pathlib.Path, results: pathlib.Path, row: str = "") -> Source:
+    """The source a shipped model's shipped.json names (its members' folds and rows), without runs."""
+    shipped = json.loads((folder / SHIPPED_FILE).read_text())
+    return cls(runs=None, results=results, row=row or shipped["row"], training_row=shipped["training_row"],
+               folds=tuple(sorted(int(name.removeprefix("fold")) for name in shipped["members"])))
 
   def result(self, row: str, fold: int) -> dict:
     return json.loads((self.results / self.result_name(row, fold)).read_text())
@@ -104,7 +113,7 @@ def _figures(source: Source) -> dict:
   low, high = run.bootstrap_interval(dice)
   return {"patients": sorted(r["patient"] for r in rows), "mean": dice.mean(), "median": float(np.median(dice)),
           "low": low, "high": high, "hd95": float(np.nanmean(hd)), "hd95_undefined": int(np.isnan(hd).sum()),
-          "fp": sum(r["false_positive_slices"] for r in rows) / free, "missed": int((dice < 0.1).sum()),
+          "fp": sum(r["false_positive_slices"] for r in rows) / free, "missed": evaluate.missed_patients(rows),
           "rows": rows}
 
 
@@ -116,6 +125,9 @@ def _describe(settings: dict) -> str:
     words += ", then each patient's largest 3-D connected component"
     if settings["component_fraction"]:
       words += f" and every component of at least {settings['component_fraction']:g} of its size"
+    rank = settings.get("component_rank", "volume")
+    if rank != "volume":
+      words += f", components ranked by {rank.replace('_', ' ')} rather than by volume"
   return words
 
 
@@ -130,7 +142,7 @@ def _small_tumour_line(rows: list[dict]) -> str:
 
 
 def _missed_line(rows: list[dict]) -> str:
-  missed = [r for r in rows if r["dice"] < evaluate.MISSED_DICE and r["tumour_slices"]]
+  missed = [r for r in rows if r["dice"] < evaluate.MISSED_DICE]  # as evaluate.missed_patients counts them
   if not missed:
     return "- No held-out patient was missed (Dice < 0.1)."
   return ("- Missed tumours (Dice < 0.1): " + "; ".join(
@@ -163,6 +175,11 @@ def _dev_patients(source: Source) -> list[str]:
   if split_file is not None and split_file.is_file():
     split = json.loads(split_file.read_text())
     return sorted(split["train"] + split["val"] + split["test"])
+  missing = [source.result_name(source.training_row, k) for k in FOLDS
+             if not (source.results / source.result_name(source.training_row, k)).is_file()]
+  if missing:
+    raise ValueError(f"{source.results}: without the runs, the dev patients are the test patients of all five "
+                     f"folds of {source.training_row}; missing {', '.join(missing)}")
   return sorted(r["patient"] for fold in FOLDS for r in source.result(source.training_row, fold)["test_per_patient"])
 
 
@@ -171,25 +188,39 @@ def _exported_config(folder: pathlib.Path):
                                 str(folder / loading.CONFIG_FILE))
 
 
+class _Training(typing.NamedTuple):
+  """What the card says about how a member was trained; members must agree on all of it."""
+  model: tuple[str, ...]  # export.model_lines
+  epochs: int
+  seed: int
+  config_file: str
+  devices: str  # e.g. "1 JAX CPU device"
+
+
 def members_description(source: Source, folders: list[pathlib.Path]) -> tuple[str, list[str]]:
   """(how the members were trained, the model lines) from the exported configs and the training row's
   files, so that the card cannot drift from what ships; members that differ are an error naming them."""
-  configs = [_exported_config(folder) for folder in folders]
   trained = [source.result(source.training_row, fold) for fold in source.folds]
-  facts = {folder.name: (tuple(export.model_lines(config)), config.num_epochs, config.seed,
-                         result.get("overrides", {}).get("config", "(config file not recorded)"),
-                         json.dumps(result.get("provenance", {}).get("devices", {}), sort_keys=True))
-           for folder, config, result in zip(folders, configs, trained)}
+  facts = {}
+  for folder, result in zip(folders, trained):
+    config = _exported_config(folder)
+    devices = result.get("provenance", {}).get("devices")
+    facts[folder.name] = _Training(
+        tuple(export.model_lines(config)), config.num_epochs, config.seed,
+        result.get("overrides", {}).get("config", "(config file not recorded)"),
+        f"{devices['count']} JAX {devices['kind'].upper()} device{'s' * (devices['count'] != 1)}" if devices
+        else "devices not recorded")
   if len(set(facts.values())) > 1:
     raise ValueError(f"{folders[0].parent}: the members were not trained alike: " + "; ".join(
-        f"{name}: {fact[1]} epochs, seed {fact[2]}, {fact[3]}, {fact[0][0][2:]}" for name, fact in facts.items()))
-  lines, epochs, seed, config_file, devices = next(iter(facts.values()))
-  devices = json.loads(devices)
-  where = (f"{devices['count']} {devices['kind'].upper()} device{'s' * (devices['count'] != 1)}, git commit "
-           f"{trained[0]['provenance'].get('git_commit', '?')[:7]}") if devices else "devices not recorded"
-  sweep = f"experiments/{source.results.name}.py"
-  return (f"with `{config_file}` (`python -m experiments.run --sweep={sweep}`, row {source.training_row}: "
-          f"{epochs} epochs, seed {seed}, {where})", list(lines))
+        f"{name}: {t.model[0][2:]}, {t.epochs} epochs, seed {t.seed}, {t.config_file}, {t.devices}"
+        for name, t in facts.items()))
+  first = next(iter(facts.values()))
+  # Result files of one recipe may come from commits that differ in docs and result files only.
+  commits = sorted({r.get("provenance", {}).get("git_commit", "?")[:7] for r in trained})
+  sweep = f"experiments/{source.results.name}.py"  # the convention: results/<sweep>/ holds <sweep>.py's files
+  return (f"with `{first.config_file}` (`python -m experiments.run --sweep={sweep}`, row {source.training_row}: "
+          f"{first.epochs} epochs, seed {first.seed}, {first.devices}, git commit{'s' * (len(commits) > 1)} "
+          f"{', '.join(commits)})", list(first.model))
 
 
 def model_card(source: Source, settings: dict, commit: str, folders: list[pathlib.Path]) -> str:
@@ -288,7 +319,7 @@ def _write_ensemble_files(source: Source, settings: dict, commit: str, folder: p
   card = model_card(source, settings, commit, [folder / f"fold{fold}" for fold in source.folds])
   rule = quality.Rule.load(folder)
   (folder / "model_card.md").write_text(card + ("\n" + quality_section(rule) if rule is not None else ""))
-  (folder / "shipped.json").write_text(json.dumps(
+  (folder / SHIPPED_FILE).write_text(json.dumps(
       {"row": source.row, "training_row": source.training_row, "settings": settings, "commit": commit,
        "members": {f"fold{fold}": f"{_relative(source.results)}/{source.result_name(source.row, fold)}"
                    for fold in source.folds},
@@ -316,22 +347,27 @@ def ship(source: Source, out: pathlib.Path, commit: str) -> list[str]:
 
 
 def _check_is_training_run(source: Source, member: pathlib.Path, fold: int) -> None:
-  """A shipped member is its fold's run of the training row: same fold, same checkpoint step, and the
-  row re-scored that run."""
+  """Without the runs, what ties a shipped member to the figures: it is its fold's best checkpoint of the
+  training row, and the row re-scored that run."""
   trained = source.result(source.training_row, fold)
   saved = json.loads((member / loading.INFERENCE_FILE).read_text())
   config = _exported_config(member)
-  scored_from = source.result(source.row, fold).get("evaluated_from")
   run_name = f"{source.training_row}-fold{fold}-seed0"
-  if config.split.fold != fold or saved.get("step") != trained.get("best_step", saved.get("step")):
-    raise ValueError(f"{member}: not the best checkpoint of {run_name} (fold {config.split.fold}, step "
-                     f"{saved.get('step')}; the row's file: fold {fold}, step {trained.get('best_step')})")
+  if "best_step" not in trained:
+    raise ValueError(f"{source.results / source.result_name(source.training_row, fold)}: no best_step, so "
+                     f"{member} cannot be checked against it")
+  if config.split.fold != fold or saved.get("step") != trained["best_step"]:
+    raise ValueError(f"{member}: not the best checkpoint of {run_name} (the member: fold {config.split.fold}, "
+                     f"step {saved.get('step')}; the training row's file: fold {fold}, step {trained['best_step']})")
+  scored_from = source.result(source.row, fold).get("evaluated_from")
   if source.row != source.training_row and scored_from not in (None, run_name):
     raise ValueError(f"{source.results / source.result_name(source.row, fold)}: scored {scored_from}, "
                      f"not the shipped {run_name}")
 
 
 def _set_member_settings(member: pathlib.Path, settings: inference.Settings, chosen_on: str) -> None:
+  """The member's inference.json and the masks line of its card; the card's test figures stay the
+  training run's own, as they were scored."""
   saved = json.loads((member / loading.INFERENCE_FILE).read_text())
   (member / loading.INFERENCE_FILE).write_text(json.dumps({**saved, **settings.as_dict()}, indent=2))
   card = (member / "model_card.md").read_text().splitlines()
@@ -342,35 +378,45 @@ def _set_member_settings(member: pathlib.Path, settings: inference.Settings, cho
   (member / "model_card.md").write_text("\n".join(card) + "\n")
 
 
+def _member_settings(member: pathlib.Path) -> inference.Settings:
+  return inference.Settings.from_dict(json.loads((member / loading.INFERENCE_FILE).read_text()),
+                                      inference.Settings())
+
+
 def refresh(out: pathlib.Path, results: pathlib.Path, row: str = "", commit: str = "") -> list[str]:
   """Rewrites a shipped model's card, shipped.json and SHA256SUMS in place from its foldK/ exports and
   the committed result files: what needs no training run (the runs are not in git). With `row`, another
   row scored from the same training runs (a component rule, say), that row's settings go into each
-  member's inference.json and card, and its figures into the card and shipped.json."""
+  member's inference.json and card, and its figures into the card and shipped.json; the masks change, so
+  `commit` is then required, and quality.json's threshold is marked as fixed on the old masks."""
   pretrained.verify(out)
-  shipped = json.loads((out / "shipped.json").read_text())
-  folds = tuple(sorted(int(name.removeprefix("fold")) for name in shipped["members"]))
-  source = Source(runs=None, results=results, row=row or shipped["row"],
-                  training_row=shipped["training_row"], folds=folds)
+  old_row = json.loads((out / SHIPPED_FILE).read_text())["row"]
+  source = Source.from_shipped(out, results, row)
   settings = row_settings(source)
-  for fold in folds:
+  for fold in source.folds:
     _check_is_training_run(source, out / f"fold{fold}", fold)
   new = inference.Settings(**settings)
-  changed = new != inference.Settings.from_dict(shipped["settings"], inference.Settings())
-  chosen_on = source.result(source.row, folds[0])["inference"].get("threshold_chosen_on", "config")
+  stale = [f"fold{fold}" for fold in source.folds if _member_settings(out / f"fold{fold}") != new]
+  if stale and not commit:
+    raise ValueError(f"--commit is needed: {', '.join(stale)} change their masks to {source.row}'s settings")
+  rule = quality.Rule.load(out)
+  chosen_on = source.result(source.row, source.folds[0])["inference"].get("threshold_chosen_on", "config")
   with export.written_whole(out, replace=True) as partial:
     shutil.copytree(out, partial, dirs_exist_ok=True)
-    if changed:
-      for fold in folds:
-        _set_member_settings(partial / f"fold{fold}", new, chosen_on)
-    _write_ensemble_files(source, settings, commit or shipped["commit"], partial)
+    for member in stale:
+      _set_member_settings(partial / member, new, chosen_on)
+    if stale and rule is not None:
+      dataclasses.replace(rule, source=f"{rule.source}; fixed on the masks of {old_row}, not measured again "
+                                       f"with {source.row}'s settings").save(partial)
+    _write_ensemble_files(source, settings, commit or json.loads((out / SHIPPED_FILE).read_text())["commit"],
+                          partial)
     pretrained.write_checksums(partial)
-  lines = [f"{out}: {'settings of ' + source.row + ' written into every member, ' if changed else ''}"
-           f"model card, shipped.json ({source.row}, {len(folds)} members) and SHA256SUMS rewritten"]
-  if changed and quality.Rule.load(out) is not None:
-    lines.append(f"{out / quality.QUALITY_FILE} kept as it was: its review threshold was fixed on the masks of "
-                 f"{shipped['row']}; measure it again on these settings (benchmarks/quality_estimate.py "
-                 "--ensemble) and write it with --add_quality_rule")
+  lines = [f"{out}: {'settings of ' + source.row + ' written into ' + ', '.join(stale) + ', ' if stale else ''}"
+           f"model card, shipped.json ({source.row}, {len(source.folds)} members) and SHA256SUMS rewritten"]
+  if stale and rule is not None:
+    lines.append(f"{out / quality.QUALITY_FILE}: its review threshold was fixed on the masks of {old_row}; "
+                 "measure it again on these settings (benchmarks/quality_estimate.py --ensemble) and write it "
+                 "with --add_quality_rule")
   return lines
 
 

@@ -224,14 +224,24 @@ def written_whole(out: pathlib.Path, replace: bool = False):
   """Yields a hidden sibling folder to write into. On success it becomes `out`
   (which must be absent or empty, unless `replace`); on any error it is
   removed: nothing half-written is left behind."""
-  partial = out.parent / f".{out.name}.partial"
+  partial, old = out.parent / f".{out.name}.partial", out.parent / f".{out.name}.old"
   shutil.rmtree(partial, ignore_errors=True)
   partial.mkdir(parents=True)
   try:
     yield partial
-    if out.exists():
-      shutil.rmtree(out) if replace else out.rmdir()
-    partial.rename(out)
+    if out.exists() and replace:
+      shutil.rmtree(old, ignore_errors=True)
+      out.rename(old)  # kept until the new folder is in place, so a failed rename loses nothing
+      try:
+        partial.rename(out)
+      except BaseException:
+        old.rename(out)
+        raise
+      shutil.rmtree(old)
+    else:
+      if out.exists():
+        out.rmdir()
+      partial.rename(out)
   except BaseException:
     shutil.rmtree(partial, ignore_errors=True)
     raise

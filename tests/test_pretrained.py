@@ -250,21 +250,35 @@ def test_refresh_rewrites_a_shipped_model_in_place_from_its_exports(tiny_export,
   assert f"base_width={config.model.unet.base_width}" in card and "`configs/tiny.py`" in card
 
   shutil.rmtree(runs)
-  rescored = {**shipped_settings, "largest_component": False, "component_rank": "probability_sum"}
+  rescored = {**shipped_settings, "component_fraction": 0.1, "component_rank": "probability_sum"}
   _committed_results(results, run, "s10-components", rescored)
   quality.Rule("member_agreement", 0.9, "a test").save(out)
   pretrained.write_checksums(out)
-  lines = ship_pretrained.refresh(out, results, "s10-components")
-  assert "settings of s10-components written into every member" in lines[0]
-  assert "quality.json kept as it was" in lines[1] and "fixed on the masks of s9-test" in lines[1]
-  assert "## Which masks to doubt" in (out / "model_card.md").read_text()
+  with pytest.raises(ValueError, match="--commit is needed: fold0 change their masks"):
+    ship_pretrained.refresh(out, results, "s10-components")
+  lines = ship_pretrained.refresh(out, results, "s10-components", "def456")
+  assert "settings of s10-components written into fold0" in lines[0]
+  assert "review threshold was fixed on the masks of s9-test" in lines[1]
+  assert "fixed on the masks of s9-test, not measured again" in quality.Rule.load(out).source
+  card = (out / "model_card.md").read_text()
+  assert "## Which masks to doubt" in card and "not measured again" in card
+  assert "ranked by probability sum" in card and "def456" in card
+  assert not list(out.parent.glob(".recipe_cpu*")), "the replaced folder or the partial one was left behind"
   pretrained.verify(out)
   assert Segmenter.load(pretrained.resolve(pretrained.RECIPE_CPU, tmp_path / "pretrained")).settings == \
       inference.Settings(**rescored)
-  assert "largest 3-D component False" in (out / "fold0" / "model_card.md").read_text()
+  assert "also components >= 0.1 of it, ranked by probability sum" in (out / "fold0" / "model_card.md").read_text()
   shipped = json.loads((out / "shipped.json").read_text())
-  assert shipped["row"] == "s10-components" and shipped["commit"] == "abc123"
+  assert shipped["row"] == "s10-components" and shipped["commit"] == "def456"
   assert shipped["members"]["fold0"].endswith("s10-components-fold0-seed0.json")
+  assert ship_pretrained.refresh(out, results)[0].endswith("SHA256SUMS rewritten")  # nothing to change: no commit
+
+  row = json.loads((results / "s10-components-fold0-seed0.json").read_text())
+  (results / "s10-components-fold0-seed0.json").write_text(json.dumps({**row, "evaluated_from": "e0-recipe-fold3-seed0"}))
+  with pytest.raises(ValueError, match="s10-components-fold0-seed0.json: scored e0-recipe-fold3-seed0, not the "
+                                       "shipped e0-recipe-fold0-seed0"):
+    ship_pretrained.refresh(out, results)
+  (results / "s10-components-fold0-seed0.json").write_text(json.dumps(row))
 
   trained = json.loads((results / "e0-recipe-fold0-seed0.json").read_text())
   (results / "e0-recipe-fold0-seed0.json").write_text(json.dumps({**trained, "best_step": trained["best_step"] + 1}))

@@ -106,15 +106,9 @@ def row_settings(source: Source) -> dict:
 
 
 def _figures(source: Source) -> dict:
-  rows = [r for fold in source.folds for r in source.result(source.row, fold)["test_per_patient"]]
-  dice = np.array([r["dice"] for r in rows])
-  hd = np.array([r["hd95_px"] for r in rows], float)
-  free = sum(r["slices"] - r["tumour_slices"] for r in rows)
-  low, high = run.bootstrap_interval(dice)
-  return {"patients": sorted(r["patient"] for r in rows), "mean": dice.mean(), "median": float(np.median(dice)),
-          "low": low, "high": high, "hd95": float(np.nanmean(hd)), "hd95_undefined": int(np.isnan(hd).sum()),
-          "fp": sum(r["false_positive_slices"] for r in rows) / free, "missed": evaluate.missed_patients(rows),
-          "rows": rows}
+  """The row's figures as the sweep's tables give them (experiments.run.summarise_group), and its rows."""
+  results = [source.result(source.row, fold) for fold in source.folds]
+  return {**run.summarise_group(results), "rows": [r for result in results for r in result["test_per_patient"]]}
 
 
 def _describe(settings: dict) -> str:
@@ -272,7 +266,7 @@ def model_card(source: Source, settings: dict, commit: str, folders: list[pathli
       f"| median per-patient Dice | {f['median']:.3f} |",
       f"| per fold | {folds} |",
       f"| 3-D HD95 (px, mean over defined) | {f['hd95']:.1f} ({f['hd95_undefined']} undefined) |",
-      f"| tumour-free slices with a false positive | {f['fp']:.1%} |",
+      f"| tumour-free slices with a false positive | {f['fp_rate']:.1%} |",
       f"| missed patients (Dice < 0.1) | {f['missed']} of {len(f['rows'])} |", "",
       "## Known failure modes (seen in the cross-validation)", "",
       "- The lowest-scoring patients: " + "; ".join(
@@ -308,7 +302,7 @@ def cross_validated(source: Source) -> dict:
   small = [r["dice"] for r in f["rows"] if evaluate.is_small_tumour(r)]
   return {"patients": len(f["rows"]), "mean_dice": f["mean"], "median_dice": f["median"],
           "ci95_bca": [f["low"], f["high"]], "hd95_px": f["hd95"], "hd95_undefined": f["hd95_undefined"],
-          "false_positive_slice_share": f["fp"], "missed": f["missed"],
+          "false_positive_slice_share": f["fp_rate"], "missed": f["missed"],
           "small_tumours": {"pixels_below": metrics.SMALL_TUMOUR_PIXELS, "patients": len(small),
                             "mean_dice": float(np.mean(small)) if small else None},
           "result_files": f"{_relative(source.results)}/{source.row}-fold*-seed0.json"}

@@ -173,7 +173,8 @@ def _committed_results(folder: pathlib.Path, run: pathlib.Path, row: str, settin
     for name, scored_with in (("e0-recipe", summary["inference"]), (row, settings)):
       (folder / f"{name}-fold{fold}-seed0.json").write_text(json.dumps(
           {"inference": scored_with, "test": summary["test"], "test_per_patient": summary["test_per_patient"],
-           "best_step": summary["best_step"], "overrides": {"config": "configs/tiny.py"},
+           "best_step": summary["best_step"], "epochs": 1,
+           "overrides": {"config": "configs/tiny.py", "split.fold": fold, "seed": 0},
            "provenance": {"git_commit": "0123456789", "devices": {"backend": "cpu", "count": 1, "kind": "cpu"}}}))
 
 

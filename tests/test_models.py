@@ -215,9 +215,11 @@ def test_models_take_neighbouring_slices_as_channels(name):
 
 
 def test_recipe_configs_parameter_counts():
-  """The recipes' U-Nets: 9 input channels (2.5-D) and BatchNorm after every conv."""
-  from configs import recipe, recipe_cpu
+  """The recipes' U-Nets: 9 input channels (2.5-D) and BatchNorm after every conv; the README's
+  command 1 (3 channels, no norm); the crop recipe's deep-supervision heads, (32 + 1) + (64 + 1)."""
+  from configs import recipe, recipe_cpu, recipe_crops_cpu, unet_cpu
   from lgg_jax import state
-  for get_config, count in ((recipe_cpu.get_config, 488_865), (recipe.get_config, 7_789_185)):
+  for get_config, count in ((recipe_cpu.get_config, 488_865), (recipe.get_config, 7_789_185),
+                            (unet_cpu.get_config, 487_297), (recipe_crops_cpu.get_config, 488_963)):
     model = nnx.eval_shape(lambda: state.create_model(get_config()))
     assert models.count_params(model) == count

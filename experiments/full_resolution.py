@@ -3,9 +3,11 @@ the 5 patient folds of the 62 dev patients, and the new recipe's shipped setting
 
 Command: python -m experiments.run --sweep=experiments/full_resolution.py [--folds=0] [--rows=...]
   (train in a git worktree at a fixed commit; a member resumes from its checkpoints)
-Runtime on 2 CPU cores: f0 and f1 train 40 epochs a fold (about as long as
-configs/recipe_cpu.py's 45 minutes, plus validation on whole 256x256 slices);
-f2 re-scores f1's checkpoints (minutes).
+Runtime on 2 CPU cores: f0 and f1 train 40 epochs a fold. A crop step costs
+what a 128x128 step costs, but validation runs on whole 256x256 slices: 87
+minutes to 2 h 13 min a fold measured beside other work, about 3 h 20 min
+on a slower CPU (benchmarks/QUALITY.md, "Crops and deep supervision"); f2
+re-scores f1's checkpoints (minutes).
 Rows:
   f0-crops      configs/recipe_cpu.py with 128x128 crops of the 256x256 slices
                 (data.crop_size) instead of whole slices downsized to 128x128

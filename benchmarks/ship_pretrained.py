@@ -384,7 +384,8 @@ def refresh(out: pathlib.Path, results: pathlib.Path, row: str = "", commit: str
   member's inference.json and card, and its figures into the card and shipped.json; the masks change, so
   `commit` is then required, and quality.json's threshold is marked as fixed on the old masks."""
   pretrained.verify(out)
-  old_row = json.loads((out / SHIPPED_FILE).read_text())["row"]
+  shipped = json.loads((out / SHIPPED_FILE).read_text())
+  old_row = shipped["row"]
   source = Source.from_shipped(out, results, row)
   settings = row_settings(source)
   for fold in source.folds:
@@ -402,8 +403,7 @@ def refresh(out: pathlib.Path, results: pathlib.Path, row: str = "", commit: str
     if stale and rule is not None:
       dataclasses.replace(rule, source=f"{rule.source}; fixed on the masks of {old_row}, not measured again "
                                        f"with {source.row}'s settings").save(partial)
-    _write_ensemble_files(source, settings, commit or json.loads((out / SHIPPED_FILE).read_text())["commit"],
-                          partial)
+    _write_ensemble_files(source, settings, commit or shipped["commit"], partial)
     pretrained.write_checksums(partial)
   lines = [f"{out}: {'settings of ' + source.row + ' written into ' + ', '.join(stale) + ', ' if stale else ''}"
            f"model card, shipped.json ({source.row}, {len(source.folds)} members) and SHA256SUMS rewritten"]

@@ -28,7 +28,6 @@ def validate_config(config, device_count: int, process_count: int) -> None:
   optimizers.make_optimizer(config, total_steps=1)
   for setting, value, allowed in (
       ("config.data.normalization", config.data.normalization, preprocess.NORMALIZATIONS),
-      ("config.split.protocol", config.split.protocol, splits.PROTOCOLS),
       ("config.inference.component_rank", config.inference.component_rank, choices.COMPONENT_RANKS)):
     choices.check(setting, value, allowed)
   models.check(config.model, config.data.image_size, config.compute_dtype)
@@ -42,8 +41,10 @@ def validate_config(config, device_count: int, process_count: int) -> None:
   if config.keep_checkpoints < 1:
     raise ValueError(f"config.keep_checkpoints={config.keep_checkpoints} must be at least 1 (resuming needs the "
                      "latest save)")
-  if config.num_epochs <= 0:
-    raise ValueError(f"config.num_epochs must be positive, got {config.num_epochs}")
+  for name in ("num_epochs", "checkpoint_every_epochs", "log_every_steps"):
+    if config[name] <= 0:
+      raise ValueError(f"config.{name} must be positive, got {config[name]}")
+  splits.check(config.split)
   if config.data.on_device:
     device_augment.check_supported(config.augment)
   if config.split.file and not pathlib.Path(config.split.file).expanduser().is_file():

@@ -62,7 +62,13 @@ def split_model(model: nnx.Module):
 
 def create_state(config, tx):
   """(graphdefs, state): state is a plain pytree of arrays."""
-  graphdefs, params, model_state = split_model(create_model(config))
+  model = create_model(config)
+  frozen = [f"config.model.{k}={config.model[k]}" for k in ("freeze_encoder_epochs", "freeze_encoder_bn_epochs")
+            if config.model.get(k, 0)]
+  if frozen and not hasattr(model, "encoder"):  # it would train unfrozen, silently
+    raise ValueError(f"{', '.join(frozen)}: model {config.model.name!r} has no encoder to freeze (only "
+                     "resnext_unet)")
+  graphdefs, params, model_state = split_model(model)
   state = {"step": jax.numpy.zeros((), jax.numpy.int32), "params": params, "model_state": model_state,
            "opt_state": tx.init(params)}
   return graphdefs, state

@@ -173,7 +173,16 @@ class _Preemption:
       self.previous = None
 
 
-def _restore(checkpoints, run: _Setup):
+def stream_settings(config) -> dict:
+  """The settings that, beside the records, decide what fills each position
+  of the training stream: a resumed run must keep them."""
+  data = config.data
+  return {"seed": config.seed, "global_batch_size": config.global_batch_size, "data.image_size": data.image_size,
+          "data.tumour_fraction": data.tumour_fraction, "data.crop_size": data.get("crop_size", 0),
+          "data.crop_context": data.get("crop_context", 0), "data.on_device": data.get("on_device", False)}
+
+
+def _restore(checkpoints, run: _Setup, config):
   """(step, partial-epoch statistics, state) from the latest checkpoint."""
   step = checkpoints.latest_step()
   restored = checkpoints.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))
@@ -183,6 +192,13 @@ def _restore(checkpoints, run: _Setup):
                      "version or the split changed, or the checkpoint saved no data order); resuming would "
                      "train on a different data order. Start a new workdir or restore the original data and "
                      "config.")
+  saved_stream = restored["data"].get("stream")  # None: saved before lgg_jax recorded it
+  changed = [f"config.{k}: {saved_stream[k]!r} -> {v!r}" for k, v in stream_settings(config).items()
+             if saved_stream is not None and saved_stream.get(k) != v]
+  if changed:
+    raise ValueError(f"{checkpoints.directory}: this run's data stream was made with other settings ("
+                     + "; ".join(changed) + "); resuming would train on another stream. Give the saved values "
+                     "(the run's config.json) or start a new workdir.")
   try:
     restored = checkpoints.restore(step, args=ocp.args.Composite(
         state=state.restore_args(state.abstract(run.train_state)), data=ocp.args.JsonRestore()))
@@ -211,9 +227,10 @@ def validate(predictor: inference.Predictor, data, indices: np.ndarray, config) 
   largest tumour slices."""
   patients = data.patients(indices)
   volumes = list(predictor.predict_patients(data, patients, cache=True))
-  summary, _ = evaluate.score(volumes, predictor.settings, held_out=evaluate.held_out_slices(data, indices))
+  held_out = evaluate.held_out_slices(data, indices)
+  summary, _ = evaluate.score(volumes, predictor.settings, held_out=held_out)
   summary["loss"] = float(np.mean(np.concatenate(
-      [np.asarray(losses.probability_loss(p, t, config.loss)) for _, p, t in volumes])))
+      [np.asarray(losses.probability_loss(p[held_out[n]], t[held_out[n]], config.loss)) for n, p, t in volumes])))
   pictures = []
   for patient, probs, truth in volumes[:OVERLAY_PATIENTS]:
     k = int(np.argmax(truth.sum(axis=(1, 2))))
@@ -254,9 +271,9 @@ class _Setup:
 def _set_up(config, mesh) -> _Setup:
   data = pipeline.load(config)
   res = pipeline.resident(data, data.split.train, config.data)
-  steps_per_epoch = len(res.records) // config.global_batch_size
+  steps_per_epoch = len(res.trainable_records) // config.global_batch_size
   if steps_per_epoch == 0:
-    raise ValueError(f"{len(res.records)} training slices make no batch of "
+    raise ValueError(f"{len(res.trainable_records)} training slices make no batch of "
                      f"config.global_batch_size={config.global_batch_size}")
   total_steps = steps_per_epoch * config.num_epochs
   logging.info("split %s; %d steps per epoch, %d devices", data.split.summary(), steps_per_epoch,
@@ -282,7 +299,7 @@ def _set_up(config, mesh) -> _Setup:
   else:
     device_data = None
     train_iter = pipeline.train_dataset(res, config, jax.process_index(), jax.process_count())
-  return _Setup(data, steps_per_epoch, total_steps, schedule, tx, unfreeze_step, graphdefs, train_state, step_for_epoch, train_iter, device_data, data.order_signature(res.records))
+  return _Setup(data, steps_per_epoch, total_steps, schedule, tx, unfreeze_step, graphdefs, train_state, step_for_epoch, train_iter, device_data, data.order_signature(res.trainable_records))
 
 
 def _epoch_stats(epoch_stats: list) -> dict:
@@ -353,7 +370,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
                        "read it as it is) or start a new workdir.")
     start_step, epoch_stats = 0, []
     if checkpoints.latest_step() is not None:
-      start_step, epoch_stats, run.train_state = _restore(checkpoints, run)
+      start_step, epoch_stats, run.train_state = _restore(checkpoints, run, config)
     best = state.best_checkpoint(workdir)  # every save is at or before the latest: nothing to drop on resuming
     best_val_dice = None if best is None else best[2]
     train_state = parallel.replicate(run.train_state, mesh)
@@ -371,6 +388,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
       checkpoints.save(step_done, force=True, metrics=metrics, args=ocp.args.Composite(
           state=state.save_args(train_state),
           data=ocp.args.JsonSave({"iterator": run.train_iter.get_state(), "data_order": run.order,
+                                  "stream": stream_settings(config),
                                   "epoch_stats": {k: [float(h[k]) for h in host] for k in STAT_KEYS}})))
 
     step_times = []

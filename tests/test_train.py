@@ -153,6 +153,23 @@ def test_train_data_order_is_a_function_of_seed_and_step(tmp_path, tiny_dataset)
     np.testing.assert_array_equal(np.concatenate([next(h)["index"] for h in halves]), first[step])
 
 
+def test_slice_protocol_trains_only_on_its_train_slices(tmp_path, tiny_dataset):
+  """Under the slice protocol every patient is resident (for its neighbours),
+  so the stream once drew their val and test slices too."""
+  config = tiny_config(tmp_path, manual_dir=tiny_dataset.parent)
+  config.split.protocol = "slice"
+  data, res = _resident(config)
+  assert len(res.records) > len(data.split.train)  # held-out slices are resident
+  np.testing.assert_array_equal(np.sort(res.trainable_records), np.sort(data.split.train))
+  order = pipeline.train_order(res, config)
+  passes = 2 * len(data.split.train) // config.global_batch_size + 1
+  drawn = res.records[np.concatenate([order.rows(step) for step in range(passes)])]
+  np.testing.assert_array_equal(np.unique(drawn), np.sort(data.split.train))
+  it = pipeline.train_dataset(res, config)
+  streamed = np.concatenate([next(it)["index"] for _ in range(passes)])
+  assert np.isin(streamed, data.split.train).all()
+
+
 @pytest.mark.parametrize("key,value,message", [
     ("global_batch_size", 12, "multiple of the device count"),
     ("data.image_size", 30, "divisible"),
@@ -165,6 +182,9 @@ def test_train_data_order_is_a_function_of_seed_and_step(tmp_path, tiny_dataset)
     ("data.tumour_fraction", 1.5, "tumour_fraction"),
     ("keep_checkpoints", 0, "config.keep_checkpoints=0 must be at least 1"),
     ("schedule.name", "step", "config.schedule.name: unknown value 'step'"),
+    ("checkpoint_every_epochs", 0, "config.checkpoint_every_epochs must be positive"),
+    ("log_every_steps", 0, "config.log_every_steps must be positive"),
+    ("split.fold", 9, r"config.split.fold must be in \[0, 4\)"),
 ])
 def test_bad_config_fails_before_work(tmp_path, key, value, message):
   config = cli.override(tiny_config(tmp_path), {key: value})
@@ -332,6 +352,10 @@ def test_pretrained_encoder_weights_reach_the_model(tmp_path):
   config.model.name = "unet"
   with pytest.raises(ValueError, match="no pretrained encoder"):
     state.create_model(config)
+  config.model.pretrained_path = ""
+  config.model.freeze_encoder_epochs = 2
+  with pytest.raises(ValueError, match="freeze_encoder_epochs=2: model 'unet' has no encoder to freeze"):
+    state.create_state(config, optax.sgd(0.1))
 
 
 def test_resuming_a_run_on_other_records_stops_and_says_why(tmp_path):
@@ -349,7 +373,11 @@ def test_resuming_a_run_on_other_records_stops_and_says_why(tmp_path):
   item.write_text(json.dumps({**saved, "data_order": "0123456789abcdef"}))  # other records
   with pytest.raises(ValueError, match="training records differ"):
     train.train_and_evaluate(config, workdir)
+  config.global_batch_size *= 2  # same records, another stream
   item.write_text(json.dumps(saved))
+  with pytest.raises(ValueError, match=r"other settings \(config.global_batch_size: (\d+) -> (\d+)\)"):
+    train.train_and_evaluate(config, workdir)
+  config.global_batch_size //= 2
   assert train.train_and_evaluate(config, workdir)["step"] == 2 * saved["iterator"]["next_index"]
 
 
@@ -378,17 +406,17 @@ def test_pretrained_stem_expands_to_neighbouring_slices(tmp_path):
 
 def test_tumour_aware_sampling_fills_its_share_and_is_a_function_of_seed_and_step():
   tumour = np.arange(0, 100, 5)  # 20 of 100 rows show tumour
-  order = pipeline.TrainOrder(100, tumour, batch=12, tumour_fraction=0.33, seed=3)
+  order = pipeline.TrainOrder(np.arange(100), tumour, batch=12, tumour_fraction=0.33, seed=3)
   batches = [order.rows(step) for step in range(30)]
   for rows in batches:
     assert np.isin(rows, tumour).sum() >= 4  # round(0.33 * 12) drawn from tumour rows, more by chance
-  again = pipeline.TrainOrder(100, tumour, batch=12, tumour_fraction=0.33, seed=3)
+  again = pipeline.TrainOrder(np.arange(100), tumour, batch=12, tumour_fraction=0.33, seed=3)
   np.testing.assert_array_equal(again.rows(17), batches[17])  # no state: step 17 alone
-  uniform = pipeline.TrainOrder(100, tumour, batch=10, tumour_fraction=0.0, seed=3)
+  uniform = pipeline.TrainOrder(np.arange(100), tumour, batch=10, tumour_fraction=0.0, seed=3)
   seen = np.concatenate([uniform.rows(step) for step in range(10)])
   np.testing.assert_array_equal(np.sort(seen), np.arange(100))  # each row once per pass
   with pytest.raises(ValueError, match="tumour_fraction"):
-    pipeline.TrainOrder(100, tumour, batch=12, tumour_fraction=1.5, seed=3)
+    pipeline.TrainOrder(np.arange(100), tumour, batch=12, tumour_fraction=1.5, seed=3)
 
 
 def test_train_order_is_garbage_collected_after_use():

@@ -87,8 +87,9 @@ def _prepare(config):
   return manual_dir, builder_lib.build(manual_dir, pathlib.Path(config.data.data_dir).expanduser() / "tfds")
 
 
-def load(config) -> Data:
-  """Prepares the dataset (process 0 first, the others then find it ready)."""
+def load(config, whole: bool = False) -> Data:
+  """Prepares the dataset (process 0 first, the others then find it ready);
+  `whole`: every patient in test (`splits.whole`), not config.split's folds."""
   if jax.process_count() > 1:
     if jax.process_index() == 0:
       _prepare(config)
@@ -100,7 +101,9 @@ def load(config) -> Data:
   meta = [meta_source[i] for i in range(len(meta_source))]
   patient_ids = np.array([m["patient_id"].decode() for m in meta])
   has_tumor = np.array([m["has_tumor"] for m in meta], bool)
-  if config.split.file:
+  if whole:
+    split = splits.whole(patient_ids)
+  elif config.split.file:
     split = splits.from_file(config.split.file, patient_ids)
   else:
     split = splits.make_split(
@@ -119,15 +122,24 @@ def load(config) -> Data:
 class Resident:
   """Records at the model's size, decoded once: uint8 images (N, s, s, 3) and
   masks (N, s, s) {0, 255}; per row its record index, patient number, the
-  rows of its 2.5-D stack and whether it shows tumour; per patient the
-  normalisation statistics (P, 3, 4), or None."""
+  rows of its 2.5-D stack, whether it shows tumour and whether it may be
+  trained on; per patient the normalisation statistics (P, 3, 4), or None.
+
+  Every slice of a patient is resident, for its neighbours and statistics;
+  under the slice protocol a patient's held-out slices are resident but not
+  trainable."""
   images: np.ndarray
   masks: np.ndarray
   records: np.ndarray
   patient: np.ndarray
   neighbours: np.ndarray
   has_tumor: np.ndarray
+  trainable: np.ndarray
   stats: np.ndarray | None
+
+  @property
+  def trainable_records(self) -> np.ndarray:
+    return self.records[self.trainable]
 
 
 def resident(data: Data, indices: np.ndarray, data_config) -> Resident:
@@ -146,7 +158,7 @@ def resident(data: Data, indices: np.ndarray, data_config) -> Resident:
   records = np.concatenate(records)
   return Resident(images=np.concatenate(images), masks=np.concatenate(masks), records=records,
                   patient=np.concatenate(patient), neighbours=np.concatenate(neighbours).astype(np.int32),
-                  has_tumor=data.has_tumor[records],
+                  has_tumor=data.has_tumor[records], trainable=np.isin(records, indices),
                   stats=None if stats[0] is None else np.stack(stats))
 
 
@@ -155,7 +167,7 @@ class TrainOrder:
 
   Position e is row e % B of global batch e // B. The first
   round(tumour_fraction * B) rows of each batch, spread evenly over it, come
-  from a stream of tumour rows, the rest from a stream of all rows; each
+  from a stream of tumour rows, the rest from a stream of all `rows`; each
   stream walks through fresh seeded permutations of its rows. A pure
   function of (seed, position): resuming needs only the position.
   """
@@ -163,10 +175,10 @@ class TrainOrder:
   # its own index shuffle, so every run's data order (and every trained number)
   # would change; the on-device path reads this same order.
 
-  def __init__(self, num_rows: int, tumour_rows: np.ndarray, batch: int, tumour_fraction: float, seed: int):
+  def __init__(self, rows: np.ndarray, tumour_rows: np.ndarray, batch: int, tumour_fraction: float, seed: int):
     if not 0.0 <= tumour_fraction <= 1.0:
       raise ValueError(f"config.data.tumour_fraction={tumour_fraction} must be in [0, 1]")
-    self.num_rows, self.tumour_rows, self.batch, self.seed = num_rows, np.asarray(tumour_rows), batch, seed
+    self.all_rows, self.tumour_rows, self.batch, self.seed = np.asarray(rows), np.asarray(tumour_rows), batch, seed
     self.per_batch = int(round(tumour_fraction * batch)) if len(tumour_rows) else 0
     self._permutations: dict[tuple[int, int], np.ndarray] = {}  # the last few drawn
 
@@ -176,7 +188,7 @@ class TrainOrder:
     if key not in self._permutations:
       if len(self._permutations) >= 8:
         del self._permutations[next(iter(self._permutations))]  # the oldest
-      size = len(self.tumour_rows) if stream else self.num_rows
+      size = len(self.tumour_rows) if stream else len(self.all_rows)
       self._permutations[key] = np.random.default_rng([self.seed, stream, cycle]).permutation(size)
     return self._permutations[key]
 
@@ -193,8 +205,8 @@ class TrainOrder:
       cycle, i = divmod(j, len(self.tumour_rows))
       return int(self.tumour_rows[self._permutation(1, cycle)[i]])
     j = step * (self.batch - self.per_batch) + (r - tumour_before)
-    cycle, i = divmod(j, self.num_rows)
-    return int(self._permutation(0, cycle)[i])
+    cycle, i = divmod(j, len(self.all_rows))
+    return int(self.all_rows[self._permutation(0, cycle)[i]])
 
   def rows(self, step: int) -> np.ndarray:
     return np.array([self.row(step * self.batch + r) for r in range(self.batch)], np.int32)
@@ -295,7 +307,8 @@ class _ProcessRows(grain.MapDataset):
 
 
 def train_order(res: Resident, config) -> TrainOrder:
-  return TrainOrder(len(res.records), np.flatnonzero(res.has_tumor), config.global_batch_size,
+  return TrainOrder(np.flatnonzero(res.trainable), np.flatnonzero(res.has_tumor & res.trainable),
+                    config.global_batch_size,
                     config.data.tumour_fraction, config.seed)
 
 

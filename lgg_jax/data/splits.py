@@ -42,9 +42,7 @@ class Split:
             for name in ("train", "val", "test")}
 
 
-def make_split(patient_ids: np.ndarray, has_tumor: np.ndarray, *, protocol: str = "patient",
-               num_folds: int = 5, fold: int = 0, val_fraction: float = 0.15, seed: int = 0) -> Split:
-  """`patient_ids` and `has_tumor` are per record, in record order."""
+def check_settings(protocol: str, num_folds: int, fold: int, val_fraction: float) -> None:
   choices.check("config.split.protocol", protocol, PROTOCOLS)
   if num_folds < 2:
     raise ValueError(f"config.split.num_folds must be >= 2, got {num_folds}")
@@ -52,6 +50,17 @@ def make_split(patient_ids: np.ndarray, has_tumor: np.ndarray, *, protocol: str 
     raise ValueError(f"config.split.fold must be in [0, {num_folds}), got {fold}")
   if not 0 < val_fraction < 1:
     raise ValueError(f"config.split.val_fraction must be in (0, 1), got {val_fraction}")
+
+
+def check(split_config) -> None:
+  """config.split's folds, before any data is read."""
+  check_settings(split_config.protocol, split_config.num_folds, split_config.fold, split_config.val_fraction)
+
+
+def make_split(patient_ids: np.ndarray, has_tumor: np.ndarray, *, protocol: str = "patient",
+               num_folds: int = 5, fold: int = 0, val_fraction: float = 0.15, seed: int = 0) -> Split:
+  """`patient_ids` and `has_tumor` are per record, in record order."""
+  check_settings(protocol, num_folds, fold, val_fraction)
   patient_ids = np.asarray(patient_ids)
   has_tumor = np.asarray(has_tumor, bool)
   if protocol == "patient":
@@ -59,6 +68,15 @@ def make_split(patient_ids: np.ndarray, has_tumor: np.ndarray, *, protocol: str 
   logging.warning("split protocol 'slice' puts slices of one patient in train and test: "
                   "its Dice is inflated and only meant for the leakage ablation")
   return _slice_split(patient_ids, has_tumor, num_folds, fold, val_fraction, seed)
+
+
+def whole(patient_ids: np.ndarray) -> Split:
+  """Every record in test: a dataset scored whole (an external one), which
+  needs no folds and may hold fewer patients than folds."""
+  patient_ids = np.asarray(patient_ids)
+  nothing = np.zeros(0, np.int64)
+  return Split(train=nothing, val=nothing, test=np.arange(len(patient_ids)),
+               patients={"train": [], "val": [], "test": sorted({str(p) for p in patient_ids})})
 
 
 def _stratified_folds(keys: np.ndarray, strata: np.ndarray, num_folds: int,
@@ -131,6 +149,11 @@ def from_file(path, patient_ids: np.ndarray) -> Split:
   missing_keys = [k for k in SPLIT_NAMES if not isinstance(listed.get(k), list)]
   if missing_keys:
     raise ValueError(f"config.split.file={path}: needs lists {', '.join(missing_keys)} of patient ids")
+  empty = [k for k in SPLIT_NAMES if not listed[k]]
+  if empty:  # a run trains, picks its checkpoint on val and reports test: each needs a patient
+    raise ValueError(f"config.split.file={path}: {', '.join(empty)} lists no patient; a run needs at least one "
+                     "in each of train, val and test (to score other patients, use lgg_jax.evaluate "
+                     "--manual_dir)")
   known = set(np.unique(patient_ids).tolist())
   seen = {}
   for name in SPLIT_NAMES:

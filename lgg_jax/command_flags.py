@@ -68,6 +68,16 @@ def one(flag, what: str) -> str | None:
   return flag.value[0] if flag.value else None
 
 
+def model_or_workdir() -> tuple[list[str] | None, list[str] | None]:
+  """(--model, --workdir) of a command that takes either, never both: one of
+  them would be ignored (an ensemble of both kinds: --model=A,B)."""
+  if MODEL.value and WORKDIR.value:
+    raise ValueError(f"give --model or --workdir, not both: --model={','.join(MODEL.value)} would run "
+                     f"without --workdir={','.join(WORKDIR.value)} (for an ensemble of both, list them all "
+                     "in --model)")
+  return MODEL.value, WORKDIR.value
+
+
 def threshold(allow_val: bool = False) -> float | str | None:
   """--threshold as a number, None (the model's own) or 'val' where allowed."""
   value = THRESHOLD.value.strip()

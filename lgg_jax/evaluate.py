@@ -198,9 +198,8 @@ def evaluate_run(models, *, checkpoint="best", split="test", manual_dir="", tta=
   if manual_dir:
     external = config.copy_and_resolve_references()
     external.data.manual_dir = str(manual_dir)
-    external.split.file = ""
-    data = pipeline.load(external)
-    indices = np.arange(len(data.patient_ids))
+    data = pipeline.load(external, whole=True)
+    indices = data.split.test
   else:
     indices = getattr(data.split, split)
   patients = data.patients(indices)
@@ -276,7 +275,8 @@ command_flags.take("workdir", "model", "checkpoint", "split", "manual_dir", "out
 def main(argv):
   del argv
   f = command_flags
-  models = loading.cli_models(f.MODEL.value) if f.MODEL.value else f.WORKDIR.value
+  model, workdir = f.model_or_workdir()
+  models = loading.cli_models(model) if model else workdir
   if not models:
     raise ValueError("give --workdir=RUN[,RUN...] or --model=EXPORT|pretrained[,...]")
   threshold = f.threshold(allow_val=True)  # checked; the spelling given names the output folder

@@ -151,8 +151,13 @@ def model_card(member: inference.Member, summary: dict) -> str:
   ]
   for name, ids in patients.items():
     lines.append(f"- {name}: {', '.join(ids)}")
-  lines += ["", "## Metrics on the held-out test patients", "",
-            "Per-patient volumetric Dice at 256x256 with the slices in order (both masks empty: 1), "
+  lines += ["", "## Metrics on the held-out test patients", ""]
+  scored_step = summary.get("best_step")
+  if scored_step is not None and scored_step != member.step:
+    lines += [f"**These are the best checkpoint's figures (step {scored_step}), not this export's (step "
+              f"{member.step}).** `python -m lgg_jax.evaluate --workdir=RUN --checkpoint={member.step}` scores "
+              "this one.", ""]
+  lines += ["Per-patient volumetric Dice at 256x256 with the slices in order (both masks empty: 1), "
             "3-D HD95 in pixels (medpy's definition; undefined when one mask is empty), tumour-free "
             "slices with any predicted pixel.", "",
             "| metric | value |", "|---|---|"]
@@ -266,15 +271,22 @@ only, without TTA.
 
 
 def export_members_onnx(models, out) -> list[pathlib.Path]:
-  """Each member of exports or a pretrained model as <out>/<member>.onnx, with onnx_predict.py."""
-  out = pathlib.Path(out).expanduser()
-  out.mkdir(parents=True, exist_ok=True)
-  written = []
-  for path in loading.model_paths(loading.cli_models(list(models))):
-    member = loading.load_member(path)
-    written.append(onnx_export.export_onnx(member, out / f"{pathlib.Path(path).name}.onnx"))
-  onnx_export.copy_predict_script(out)
-  return written
+  """Each member of exports or a pretrained model as <out>/<member folder>.onnx,
+  with onnx_predict.py; `out` must be absent or empty, and is written whole."""
+  out = pathlib.Path(out).expanduser().resolve()
+  if out.exists() and any(out.iterdir()):
+    raise FileExistsError(f"--out={out} exists and is not empty")
+  paths = [pathlib.Path(p) for p in loading.model_paths(loading.cli_models(list(models)))]
+  names = [p.name for p in paths]
+  shared = sorted({n for n in names if names.count(n) > 1})
+  if shared:
+    raise ValueError(f"members {', '.join(str(p) for p in paths if p.name in shared)} share a folder name, and "
+                     "each is written as <folder name>.onnx: copy or link them to folders of their own names")
+  with written_whole(out) as partial:
+    for path in paths:
+      onnx_export.export_onnx(loading.load_member(path), partial / f"{path.name}.onnx")
+    onnx_export.copy_predict_script(partial)
+  return [out / f"{name}.onnx" for name in names]
 
 
 _FORWARD = flags.DEFINE_bool("forward", True, "Write forward.jax (--noforward: leave it out).")

@@ -137,7 +137,9 @@ def from_display_slices(slices: np.ndarray) -> np.ndarray:
 
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _CHANNEL_ROLES = ("pre", "flair", "post")  # the model's input channels, in order
-_ROLE_NAMES = {"pre": "pre-contrast", "flair": "FLAIR", "post": "post-contrast", "mask": "mask", "t2": "T2"}
+_ROLE_NAMES = {"pre": "pre-contrast", "flair": "FLAIR", "post": "post-contrast", "mask": "mask", "t2": "T2",
+               "brain": "brain mask"}
+_BRAIN_WORDS = ("brain", "skull")  # a skull-stripping mask is no tumour truth
 # BraTS names end in the sequence after the last '_' (2018-2021) or '-' (2023). Matching
 # that token whole keeps `t1` from catching `t1ce`.
 _BRATS_ROLES = {"t1": "pre", "t1n": "pre", "t1ce": "post", "t1gd": "post", "t1c": "post", "flair": "flair",
@@ -158,12 +160,16 @@ def _nifti_stem(path: pathlib.Path) -> str:
 
 
 def volume_role(path: pathlib.Path) -> str | None:
-  """'pre', 'flair', 'post', 'mask' or 't2' (unused) from a NIfTI file's name; None: no role in it."""
+  """'pre', 'flair', 'post', 'mask', or 't2' or 'brain' (unused) from a NIfTI
+  file's name; None: no role in it."""
   stem = _nifti_stem(path).lower()
   token = re.split(r"[_-]", stem)[-1]
   if token in _BRATS_ROLES:
     return _BRATS_ROLES[token]
-  return next((role for role in _NAMED_ROLES if role in stem), None)
+  role = next((role for role in _NAMED_ROLES if role in stem), None)
+  if role == "mask" and any(word in stem for word in _BRAIN_WORDS):
+    return "brain"
+  return role
 
 
 def _open_nifti(path: pathlib.Path):
@@ -186,6 +192,9 @@ def _nifti_roles(files: list[pathlib.Path], alone: bool) -> dict[str, tuple[path
     if role == "t2":
       logging.warning("%s: T2 volume ignored (the model reads pre-contrast, FLAIR and post-contrast)", path)
       continue
+    if role == "brain":
+      logging.warning("%s: brain mask ignored (only a tumour mask is scored against)", path)
+      continue
     if _is_stack(image) and role != "mask":
       role = _STACK
     elif len(image.shape) != 3:
@@ -200,7 +209,8 @@ def _nifti_roles(files: list[pathlib.Path], alone: bool) -> dict[str, tuple[path
       continue
     if role in found:
       raise DataError(f"{path.parent}: both {found[role][0].name} and {path.name} look like the "
-                      f"{_ROLE_NAMES.get(role, '4-D channel')} volume; keep one")
+                      f"{_ROLE_NAMES.get(role, '4-D channel')} volume; keep one (a folder of NIfTI files is one "
+                      "case: give each patient a folder of its own)")
     found[role] = (path, image)
   return found
 
@@ -433,15 +443,23 @@ def predict(models, input_path, out, *, checkpoint="best", tta=None, threshold=N
   mean probability and uncertainty (members' or views' spread) as float32
   NIfTI, `<case>_probabilities.nii.gz` and `<case>_uncertainty.nii.gz`."""
   cases = find_cases(input_path)  # validate input before loading the model
-  seg = segmenter.Segmenter.load(models, checkpoint)
-  settings = seg.settings.replace(tta=tta or None, threshold=threshold, largest_component=largest_component,
-                                  component_fraction=component_fraction, component_rank=component_rank)
-  return predict_cases(seg, cases, pathlib.Path(out), settings, save_probabilities, overlays)
+  seg = segmenter.Segmenter.load(models, checkpoint, tta=tta or None, threshold=threshold,
+                                 largest_component=largest_component, component_fraction=component_fraction,
+                                 component_rank=component_rank)
+  return predict_cases(seg, cases, pathlib.Path(out), seg.settings, save_probabilities, overlays)
+
+
+PREDICTIONS_FILE = "predictions.json"
 
 
 def predict_cases(seg: segmenter.Segmenter, cases: list[Case], out: pathlib.Path, settings,
                   save_probabilities: bool = False, overlays: bool = False) -> list[dict]:
-  """What `predict` writes, for cases already read and a model already loaded."""
+  """What `predict` writes, for cases already read and a model already loaded.
+  A re-run into the same folder first removes the old index files: a run that
+  stops part-way leaves no index describing masks it overwrote."""
+  if cli.is_main_process():
+    for name in (PREDICTIONS_FILE, review.INDEX_FILE):
+      (out / name).unlink(missing_ok=True)
   results, review_rows = [], []
   for case in cli.progress(cases, desc="predict", unit="case"):
     assessed = seg.assess(case.images, **settings.as_dict())
@@ -452,9 +470,11 @@ def predict_cases(seg: segmenter.Segmenter, cases: list[Case], out: pathlib.Path
     results.append(result)
     review_rows.append({**result, **page})
   if cli.is_main_process():
-    (out / "predictions.json").write_text(json.dumps(
+    partial = out / (PREDICTIONS_FILE + ".partial")
+    partial.write_text(json.dumps(
         {"models": [m.source for m in seg.members], "inference": settings.as_dict(),
          "quality_rule": dataclasses.asdict(seg.rule), "cases": results}, indent=2))
+    os.replace(partial, out / PREDICTIONS_FILE)
     review.write_index(out, "predict", review_rows, inference=settings.as_dict(),
                        models=[m.source for m in seg.members])
   return results
@@ -478,7 +498,8 @@ DEFAULT_OUT = "predictions"  # --out when unset
 def main(argv):
   del argv
   f = command_flags
-  models = loading.cli_models(f.MODEL.value) if f.MODEL.value else f.WORKDIR.value
+  model, workdir = f.model_or_workdir()
+  models = loading.cli_models(model) if model else workdir
   if not models:
     raise ValueError("give --model=EXPORT|pretrained[,...] or --workdir=RUN[,...]")
   if not f.INPUT.value:

@@ -47,10 +47,13 @@ class Segmenter:
     self._predictors = {}
 
   @classmethod
-  def load(cls, path: str | os.PathLike | list, checkpoint: str = "best") -> Segmenter:
+  def load(cls, path: str | os.PathLike | list, checkpoint: str = "best", **overrides) -> Segmenter:
+    """Keyword overrides (threshold, tta, largest_component, ...) set the
+    ensemble's settings: members that disagree on a setting need it given."""
     mesh = parallel.make_mesh()
     members = loading.load_members(path, checkpoint, mesh)
-    return cls(members, mesh, loading.quality_rule(path, len(members)))
+    return cls(members, mesh, loading.quality_rule(path, len(members)),
+               inference.ensemble_settings(members, **overrides))
 
   @property
   def threshold(self) -> float:

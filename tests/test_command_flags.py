@@ -53,6 +53,14 @@ def test_main_reads_its_module_level_flags_when_imported(parsed_flags, tmp_path)
     predict.main([])
 
 
+def test_model_and_workdir_together_are_refused_not_one_ignored(parsed_flags, tmp_path):
+  flags.FLAGS.workdir, flags.FLAGS.model = [str(tmp_path / "run")], ["pretrained"]
+  flags.FLAGS.input = str(tmp_path)
+  for command in (evaluate, predict):
+    with pytest.raises(ValueError, match="give --model or --workdir, not both"):
+      command.main([])
+
+
 def test_threshold_takes_model_and_val_in_evaluate_only(parsed_flags):
   for value, expected in (("model", None), ("", None), ("0.3", 0.3), ("val", "val")):
     flags.FLAGS.threshold = value

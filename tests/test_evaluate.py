@@ -370,12 +370,18 @@ def test_bad_prediction_input_is_named(tmp_path, array, message):
     predict.find_cases(path.parent)
 
 
-def test_evaluation_on_an_external_dataset_scores_every_patient(trained_run, tiny_dataset):
+def test_evaluation_on_an_external_dataset_scores_every_patient(trained_run, tiny_dataset, tmp_path):
   workdir, _, _ = trained_run
   result = evaluate.evaluate_run(workdir, manual_dir=str(tiny_dataset))
   patients = [p for p in tiny_dataset.iterdir() if p.is_dir()]
   assert result["split"] == "external" and result["patients"] == len(patients)
   assert (workdir / "evaluation").is_dir()
+  # Two patients make no 5 folds: an external dataset is scored whole, never split.
+  few = tmp_path / "few" / "kaggle_3m"
+  for patient in sorted(patients)[:2]:
+    shutil.copytree(patient, few / patient.name)
+  result = evaluate.evaluate_run(workdir, manual_dir=str(few), out=str(tmp_path / "few_eval"))
+  assert result["patients"] == 2
 
 
 def test_an_ensemble_needs_other_patients_and_scores_its_members_mean_probability(trained_run, tiny_dataset,

@@ -7,6 +7,7 @@ script's mask must match the library's on a real patient."""
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -114,6 +115,14 @@ def test_without_the_extra_the_error_names_the_pip_command(monkeypatch):
   monkeypatch.setitem(sys.modules, "jax2onnx", None)
   with pytest.raises(ImportError, match=r'pip install -e "\.\[onnx\]"'):
     onnx_export.export_onnx(_tiny_member("unet"), "/nonexistent/model.onnx")
+
+
+def test_members_sharing_a_folder_name_are_refused_before_any_file_is_written(tmp_path):
+  twin = tmp_path / "elsewhere" / SHIPPED_MEMBER.name
+  shutil.copytree(SHIPPED_MEMBER, twin)
+  with pytest.raises(ValueError, match=f"{twin}.*share a folder name"):
+    export_lib.export_members_onnx([str(SHIPPED_MEMBER), str(twin)], tmp_path / "onnx")
+  assert not (tmp_path / "onnx").exists()
 
 
 def test_the_reference_script_masks_a_real_patient_as_the_library_does(tmp_path):

@@ -105,6 +105,7 @@ def test_brats_names_take_their_roles_and_t2_is_ignored_aloud(tmp_path, caplog, 
   _save(folder / f"BraTS20_Training_001_{post_name}.nii.gz", _constant(30))
   _save(folder / "BraTS20_Training_001_flair.nii.gz", _constant(60))
   t2 = _save(folder / "BraTS20_Training_001_t2.nii.gz", _constant(200))
+  brain = _save(folder / "BraTS20_Training_001_brain_mask.nii.gz", np.ones(SHAPE, np.float32))  # not the truth
   seg = np.zeros(SHAPE, np.float32)
   seg[2:6, 2:6, 1], seg[8:10, 8:10, 2], seg[12:14, 2:4, 3] = 1, 2, 4  # BraTS labels: any > 0 is tumour
   _save(folder / "BraTS20_Training_001_seg.nii.gz", seg)
@@ -113,8 +114,9 @@ def test_brats_names_take_their_roles_and_t2_is_ignored_aloud(tmp_path, caplog, 
   assert _channel_values(case) == [10, 60, 30]  # t1 -> pre-contrast, t1ce -> post-contrast, not the other way
   assert case.truth is not None
   assert [bool(s.any()) for s in case.truth] == [False, True, True, True]
-  [message] = _warnings(caplog)
-  assert str(t2) in message and "ignored" in message
+  t2_message, brain_message = sorted(_warnings(caplog), key=lambda m: "brain mask" in m)
+  assert str(t2) in t2_message and "ignored" in t2_message
+  assert str(brain) in brain_message and "brain mask ignored" in brain_message
 
 
 def test_brats_2023_names_take_their_roles(tmp_path, caplog):
@@ -200,6 +202,7 @@ def test_two_volumes_for_one_role_are_an_error_naming_both(tmp_path):
   with pytest.raises(DataError) as error:
     predict.find_cases(tmp_path / "case")
   assert "a_flair.nii.gz" in str(error.value) and "b_flair.nii.gz" in str(error.value)
+  assert "a folder of its own" in str(error.value)  # two patients' files side by side, most likely
 
 
 def test_a_4d_stack_beside_separate_sequences_is_an_error(tmp_path):

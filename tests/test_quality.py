@@ -165,16 +165,31 @@ def test_predict_saves_probabilities_and_uncertainty_in_the_input_grid_and_flags
   assert values.dtype == np.float32 and 0.0 <= values.min() and values.max() <= 1.0
 
 
-def test_evaluate_takes_the_given_setting_for_members_that_disagree(tiny_run, tiny_dataset, tmp_path):
+def test_evaluate_and_predict_take_the_given_setting_for_members_that_disagree(tiny_run, tiny_dataset, tmp_path,
+                                                                                     monkeypatch):
   from lgg_jax import evaluate, export
   root, _ = tiny_run
   low = export.export_run(root / "run", tmp_path / "low", forward=False, threshold=0.4)
   high = export.export_run(root / "run", tmp_path / "high", forward=False, threshold=0.6)
   with pytest.raises(ValueError, match="disagree on inference threshold"):
     Segmenter.load([low, high])
+  assert Segmenter.load([low, high], threshold=0.5).threshold == 0.5
+  from lgg_jax import predict
+  patient = next(p for p in sorted(tiny_dataset.iterdir()) if p.is_dir())
+  predicted = predict.predict([low, high], patient, tmp_path / "predicted", threshold=0.5)
+  assert len(predicted) == 1
+  assert json.loads((tmp_path / "predicted" / "predictions.json").read_text())["inference"]["threshold"] == 0.5
   summary = evaluate.evaluate_run([str(low), str(high)], manual_dir=str(tiny_dataset.parent), threshold="0.5",
                                   out=tmp_path / "eval")
   assert summary["threshold"] == 0.5 and summary["quality"]["rule"]["signal"] == "member_agreement"
+  # A re-run into that folder which stops part-way leaves no index describing its masks.
+  def fail(*args, **kwargs):
+    raise RuntimeError("stopped part-way")
+  monkeypatch.setattr(Segmenter, "assess", fail)
+  with pytest.raises(RuntimeError, match="part-way"):
+    predict.predict([low, high], patient, tmp_path / "predicted", threshold=0.5)
+  assert not (tmp_path / "predicted" / "predictions.json").exists()
+  assert not (tmp_path / "predicted" / "review.json").exists()
 
 
 def test_the_capped_threshold_rule_flags_at_most_its_share_where_youden_flags_more():

@@ -88,6 +88,11 @@ def test_export_round_trip_and_ensemble(run, exported):
   assert ensemble.threshold == from_run.threshold
   with pytest.raises(FileExistsError, match="not empty"):
     export.export_run(workdir, exported)
+  # An export of another checkpoint says whose test figures its card shows.
+  earlier = export.export_run(workdir, exported.parent / "other_step", str(other_step), forward=False)
+  card = (earlier / "model_card.md").read_text()
+  assert f"best checkpoint's figures (step {from_export.members[0].step}), not this export's (step {other_step})" in card
+  assert "not this export's" not in (exported / "model_card.md").read_text()
 
 
 def test_exported_forward_pass_runs_with_only_jax_and_numpy(run, exported, tmp_path):
@@ -163,6 +168,9 @@ def test_split_file_reproduces_the_run_and_bad_ones_are_named(run, tmp_path):
     pipeline.load(shared)
   bad.write_text(json.dumps({**written, "val": written["val"] + written["test"][:1]}))
   with pytest.raises(ValueError, match="in both"):
+    pipeline.load(shared)
+  bad.write_text(json.dumps({**written, "test": []}))  # once: trained, then failed with nothing to report
+  with pytest.raises(ValueError, match=f"{bad}: test lists no patient"):
     pipeline.load(shared)
 
 

@@ -15,7 +15,8 @@ PATH may be
   * NIfTI: a folder holding volumes whose names contain "pre", "flair" and
     "post" (and optionally one with "mask"), or BraTS names (`*_t1` pre-contrast,
     `*_t1ce` / `*_t1gd` post-contrast, `*_flair`, `*_seg` the mask, labels > 0;
-    BraTS 2023 `-t1n`, `-t1c`, `-t2f`, `-seg`; T2 is ignored, with a warning);
+    BraTS 2023 `-t1n`, `-t1c`, `-t2f`, `-seg`; T2 and a brain mask (a name with
+    "mask" and "brain" or "skull") are ignored, with a warning);
     or one 4-D volume (x, y, z, 3) holding pre-contrast, FLAIR and
     post-contrast in that order; or a folder of such folders; or one NIfTI file
     (a 4-D stack, or a 3-D volume read as FLAIR). FLAIR is required; a missing

@@ -324,6 +324,7 @@ def ship(source: Source, out: pathlib.Path, commit: str) -> list[str]:
   settings = row_settings(source)
   lines = [f"settings of {source.row}: {settings}"]
   for fold in source.folds:
+    check_row_scored_training_run(source, fold)
     difference = check_reproduces(source, fold)
     lines.append(f"fold {fold}: {source.run_dir(fold)} reproduces {source.training_row} to {difference:.2e}")
     if difference > REPRODUCE_TOLERANCE:
@@ -353,10 +354,22 @@ def _check_is_training_run(source: Source, member: pathlib.Path, fold: int) -> N
   if config.split.fold != fold or saved.get("step") != trained["best_step"]:
     raise ValueError(f"{member}: not the best checkpoint of {run_name} (the member: fold {config.split.fold}, "
                      f"step {saved.get('step')}; the training row's file: fold {fold}, step {trained['best_step']})")
-  scored_from = source.result(source.row, fold).get("evaluated_from")
-  if source.row != source.training_row and scored_from not in (None, run_name):
-    raise ValueError(f"{source.results / source.result_name(source.row, fold)}: scored {scored_from}, "
-                     f"not the shipped {run_name}")
+  check_row_scored_training_run(source, fold)
+
+
+def check_row_scored_training_run(source: Source, fold: int) -> None:
+  """The row whose figures ship re-scored the training row's run of this fold
+  (the same run name and best checkpoint), or is the training row."""
+  if source.row == source.training_row:
+    return
+  run_name = f"{source.training_row}-fold{fold}-seed0"
+  row_file = source.results / source.result_name(source.row, fold)
+  scored = source.result(source.row, fold)
+  trained = source.result(source.training_row, fold)
+  if scored.get("evaluated_from") != run_name or scored.get("best_step") != trained.get("best_step"):
+    raise ValueError(f"{row_file}: scored {scored.get('evaluated_from') or 'a training of its own'} at step "
+                     f"{scored.get('best_step')}, not the shipped {run_name} at step {trained.get('best_step')}: "
+                     "its figures are another model's")
 
 
 def _set_member_settings(member: pathlib.Path, settings: inference.Settings, chosen_on: str) -> None:

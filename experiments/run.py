@@ -82,6 +82,10 @@ def _expand_rows(sweep: dict, path) -> list[dict]:
   """Members of an ablation; each carries its row label and, for a
   re-scoring row, the training member it re-scores."""
   members, by_label = [], {}
+  for key in ("name", "label"):  # members are found by name and grouped by label
+    repeated = sorted({str(r[key]) for r in sweep["rows"] if [q[key] for q in sweep["rows"]].count(r[key]) > 1})
+    if repeated:
+      raise ValueError(f"{path}: rows share a {key}: {', '.join(repeated)}")
   for row in sweep["rows"]:
     label = row["label"]
     if row.get("compare_to") and row["compare_to"] not in by_label:
@@ -143,6 +147,33 @@ def missing_files(overrides: dict) -> list[str]:
           if (k.endswith("_path") or k.endswith("manual_dir")) and v and not pathlib.Path(v).expanduser().exists()]
 
 
+def _resolved(config: dict, key: str):
+  for part in key.split("."):
+    if not isinstance(config, dict) or part not in config:
+      return _ABSENT
+    config = config[part]
+  return config
+
+
+_ABSENT = object()
+_MACHINE_PATHS = ("manual_dir", "data_dir")  # where the data sits on one machine, not what trained
+
+
+def settings_changed(result: dict, overrides: dict) -> list[str]:
+  """The member's settings (its sweep's common block and its own overrides)
+  that its finished result file was not made with; a setting the file's
+  config lacks (renamed since) cannot be compared and passes."""
+  changed = []
+  for key, value in sorted(overrides.items()):
+    if key.endswith(_MACHINE_PATHS):
+      continue
+    made = result["overrides"][key] if key in result.get("overrides", {}) else _resolved(result.get("config", {}), key)
+    value = json.loads(json.dumps(value, default=str))  # as the file stores it
+    if made is not _ABSENT and made != value and key != "config":
+      changed.append(f"{key}: {made!r} -> {value!r}")
+  return changed
+
+
 def results_dir(sweep: dict, tiny: bool, workdir: pathlib.Path) -> pathlib.Path:
   """Committed result files live in the repo; the tiny variants' beside their runs."""
   return workdir / "results" if tiny else REPO / "experiments" / "results" / sweep["name"]
@@ -190,10 +221,15 @@ def run_sweep(sweep: dict, workdir: pathlib.Path, results: pathlib.Path, host_in
         or (only_folds and member.get("split.fold") not in only_folds)):
       continue
     result_file = results / f"{name}.json"
-    if result_file.exists():
-      status[name] = "finished earlier"
-      continue
     overrides = {**sweep.get("common", {}), **overrides_of(member)}
+    if result_file.exists():
+      changed = settings_changed(json.loads(result_file.read_text()), overrides)
+      status[name] = "finished earlier" if not changed else (
+          f"failed: {result_file} was made with other settings ({'; '.join(changed)}): move it away to run "
+          "the member again, or restore the sweep's settings")
+      if changed:
+        logging.error("%s %s", name, status[name])
+      continue
     lacking = missing_files(overrides)
     if lacking:
       status[name] = f"skipped: missing {', '.join(lacking)}"
@@ -245,20 +281,23 @@ def _patient_means(results: list[dict]) -> dict[str, float]:
 
 
 def summarise_group(results: list[dict]) -> dict:
+  """A row's figures; Dice per patient averaged over its seeds first (a
+  patient's seeds are not independent patients: the interval resamples
+  patients)."""
   rows = [p for r in results for p in r["test_per_patient"]]
-  dice = np.array([p["dice"] for p in rows])
+  dice = np.array(list(_patient_means(results).values()))
   hd = evaluate.hd95_summary(rows, results[0]["test"].get("hd95_penalty_px", np.nan))
   low, high = bootstrap_interval(dice)
   empty = sum(p["slices"] - p["tumour_slices"] for p in rows)
   return {"runs": len(results), "epochs": sorted({r["epochs"] for r in results}),
           "folds": sorted({r["overrides"].get("split.fold") for r in results}),
           "seeds": sorted({r["overrides"].get("seed", 0) for r in results}),
-          "patients": len(rows), "mean": float(dice.mean()), "median": float(np.median(dice)),
+          "patients": len(dice), "mean": float(dice.mean()), "median": float(np.median(dice)),
           "low": low, "high": high,
           "fold_means": [float(r["test"]["patient_dice"]) for r in results],
           "hd95": hd["hd95_px"], "hd95_undefined": hd["hd95_undefined"], "hd95_penalised": hd["hd95_px_penalised"],
           "fp_rate": float(sum(p.get("false_positive_slices", 0) for p in rows) / max(empty, 1)),
-          "missed": evaluate.missed_patients(rows)}
+          "missed": evaluate.missed_patients([{"dice": d} for d in dice])}
 
 
 def paired_difference(results: list[dict], previous: list[dict]) -> dict:
@@ -326,10 +365,11 @@ def aggregate(sweep: dict, workdir: pathlib.Path, results: pathlib.Path) -> list
   lines = [f"# {sweep.get('title', sweep['name'])}", "",
            "Per-patient volumetric Dice of each run's best checkpoint on its held-out test patients, scored at "
            "256x256 with slices in order, pooled over the runs of a row (patients of different folds; a "
-           "patient appears once per seed). 95% intervals: BCa bootstrap over patients (scipy.stats.bootstrap, "
+           "patient's Dice averaged over the row's seeds). 95% intervals: BCa bootstrap over patients "
+           "(scipy.stats.bootstrap, "
            f"{_BOOTSTRAP_ROUNDS} resamples). HD95: 3-D, pixels, mean over patients where both masks are "
            "non-empty (undefined ones counted; 'penalised' charges them the image diagonal). FP: tumour-free "
-           "slices with any predicted pixel. Missed: Dice below 0.1."
+           "slices with any predicted pixel. Missed: patients whose (seed-averaged) Dice is below 0.1."
            + (" Difference: paired per-patient Dice difference (seeds averaged per patient) on the patients "
               "both rows scored, to the row named in 'compared with': the chain row before (the last one with "
               "results), or for a side row the row it changes one setting of." if sweep.get("rows") else ""),

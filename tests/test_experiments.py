@@ -198,6 +198,11 @@ def test_a_row_with_two_seeds_reports_their_paired_difference_as_the_noise_floor
   assert noise["seed"] == 1 and noise["versus_seed"] == 0 and noise["patients"] == 40
   assert noise["low"] < -0.03 < noise["high"] < 0
   assert run.seed_differences(results[:2]) == []
+  # The row's interval resamples its 40 patients (seeds averaged), not 80 patient-seed pairs.
+  row = run.summarise_group(results)
+  means = list(run._patient_means(results).values())
+  assert row["patients"] == 40 and (row["low"], row["high"]) == pytest.approx(run.bootstrap_interval(means))
+  assert row["mean"] == pytest.approx(np.mean(means))
 
 
 def test_a_side_row_is_compared_with_the_row_it_names_and_the_chain_skips_it(tmp_path):
@@ -224,6 +229,9 @@ def test_a_side_row_is_compared_with_the_row_it_names_and_the_chain_skips_it(tmp
   bad = {"name": "fake", "rows": [{"name": "s", "label": "s", "overrides": {}, "compare_to": "later"}], "folds": (0,)}
   with pytest.raises(ValueError, match="compared to 'later'"):
     run._expand_rows(bad, "fake.py")
+  twins = {"name": "fake", "rows": [rows[0], {**rows[1], "name": "a"}], "folds": (0,)}
+  with pytest.raises(ValueError, match="rows share a name: a"):  # b's results would be a's files
+    run._expand_rows(twins, "fake.py")
 
 
 _SWEEP_WITH_A_FAILING_MEMBER = """
@@ -287,6 +295,12 @@ def test_rows_and_folds_select_the_members_run(tmp_path):
     (results / f"e2-tta-flips-fold{fold}-seed0.json").write_text("{}")
   status = run.run_sweep(sweep, tmp_path / "runs", results, only_rows=("e2-tta-flips",), only_folds=(1, 3))
   assert status == {"e2-tta-flips-fold1-seed0": "finished earlier", "e2-tta-flips-fold3-seed0": "finished earlier"}
+  # A result file made with other settings than the row's now is not taken as this row's.
+  (results / "e2-tta-flips-fold3-seed0.json").write_text(json.dumps({"overrides": {"inference.tta": "dihedral"}}))
+  status = run.run_sweep(sweep, tmp_path / "runs", results, only_rows=("e2-tta-flips",), only_folds=(1, 3))
+  assert status["e2-tta-flips-fold1-seed0"] == "finished earlier"
+  assert status["e2-tta-flips-fold3-seed0"].startswith("failed: ")
+  assert "other settings (inference.tta: 'dihedral' -> 'flips')" in status["e2-tta-flips-fold3-seed0"]
 
 
 def test_an_unknown_row_is_an_error_naming_the_rows(tmp_path):

@@ -174,6 +174,7 @@ def _committed_results(folder: pathlib.Path, run: pathlib.Path, row: str, settin
       (folder / f"{name}-fold{fold}-seed0.json").write_text(json.dumps(
           {"inference": scored_with, "test": summary["test"], "test_per_patient": summary["test_per_patient"],
            "best_step": summary["best_step"], "epochs": 1,
+           "evaluated_from": None if name == "e0-recipe" else f"e0-recipe-fold{fold}-seed0",
            "overrides": {"config": "configs/tiny.py", "split.fold": fold, "seed": 0},
            "provenance": {"git_commit": "0123456789", "devices": {"backend": "cpu", "count": 1, "kind": "cpu"}}}))
 
@@ -226,6 +227,11 @@ def test_shipping_exports_every_fold_with_the_rows_settings(tiny_export, tmp_pat
   (results / "s9-test-fold2-seed0.json").write_text(json.dumps(row))
   with pytest.raises(ValueError, match="s9-test-fold\\*: the folds were scored with different settings"):
     ship_pretrained.ship(source, tmp_path / "other", "abc123")
+  _committed_results(results, run, "s9-test", settings)
+  row = json.loads((results / "s9-test-fold1-seed0.json").read_text())
+  (results / "s9-test-fold1-seed0.json").write_text(json.dumps({**row, "evaluated_from": None}))  # trained anew
+  with pytest.raises(ValueError, match="s9-test-fold1-seed0.json: scored a training of its own"):
+    ship_pretrained.ship(source, tmp_path / "other", "abc123")
   assert not (tmp_path / "other").exists() and not list(tmp_path.glob(".other*"))
 
 
@@ -276,8 +282,8 @@ def test_refresh_rewrites_a_shipped_model_in_place_from_its_exports(tiny_export,
 
   row = json.loads((results / "s10-components-fold0-seed0.json").read_text())
   (results / "s10-components-fold0-seed0.json").write_text(json.dumps({**row, "evaluated_from": "e0-recipe-fold3-seed0"}))
-  with pytest.raises(ValueError, match="s10-components-fold0-seed0.json: scored e0-recipe-fold3-seed0, not the "
-                                       "shipped e0-recipe-fold0-seed0"):
+  with pytest.raises(ValueError, match=r"s10-components-fold0-seed0.json: scored e0-recipe-fold3-seed0 at step "
+                                       r"\d+, not the shipped e0-recipe-fold0-seed0"):
     ship_pretrained.refresh(out, results)
   (results / "s10-components-fold0-seed0.json").write_text(json.dumps(row))
 

@@ -247,6 +247,11 @@ def test_command_writes_tables_keeps_empty_masks_and_reports_them(tiny_dataset, 
     assert (out / name).stat().st_size > 0
   associations = [r for r in result["associations"] if r["masks"] == "automatic"]
   assert all(r["left_out_undefined_feature"] == 1 for r in associations)
+  # Again into the same folder with manual masks alone: no agreement file is left from the run before.
+  cohort.run(tiny_dataset, out, settings=settings)
+  assert not (out / "agreement.csv").exists() and (out / "features.csv").is_file()
+  with pytest.raises(ValueError, match="--save_masks writes the masks --models predicts"):
+    cohort.run(tiny_dataset, out, predictions=predictions, settings=settings, save_masks=True)
 
 
 def test_bad_inputs_stop_with_an_error_naming_the_file(tiny_dataset, tmp_path):
@@ -294,3 +299,15 @@ def test_cross_validated_masks_come_from_the_model_that_held_each_patient_out(tm
   (tmp_path / "bare").mkdir()
   with pytest.raises(DataError, match="no split.json and no model_card.md"):
     cohort.assign_models([tmp_path / "bare"], ["A"])
+  # A model that trained on a patient it lists as test gives no cross-validated mask of it.
+  leaky = tmp_path / "leaky"
+  leaky.mkdir()
+  (leaky / "split.json").write_text(json.dumps({"protocol": "slice", "train": ["A"], "val": [], "test": ["A"]}))
+  with pytest.raises(DataError, match=f"{leaky / 'split.json'}: split protocol 'slice'"):
+    cohort.assign_models([leaky], ["A"])
+  (leaky / "split.json").write_text(json.dumps({"protocol": "patient", "train": ["A"], "val": [], "test": ["A", "B"]}))
+  with pytest.raises(DataError, match=r"1 test patient\(s\) also in train or val \(A\)"):
+    cohort.assign_models([leaky], ["A"])
+  (export / "model_card.md").write_text("- train: A, F\n- val: C\n- test: F, G\n")
+  with pytest.raises(DataError, match="model_card.md: 1 test patient"):
+    cohort.assign_models([export], ["F"])

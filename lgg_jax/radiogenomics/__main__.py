@@ -17,6 +17,8 @@ tables and every choice), and <measure>_by_<cluster>.png strip plots.
 
 from __future__ import annotations
 
+import pathlib
+
 from absl import flags
 
 from lgg_jax import cli, command_flags
@@ -63,7 +65,9 @@ def main(argv):
   cohort.run(command_flags.MANUAL_DIR.value, out, predictions=_PREDICTIONS.value, models=command_flags.MODELS.value,
              checkpoint=command_flags.CHECKPOINT.value, data_csv=_DATA_CSV.value, shape_settings=shape_settings,
              settings=settings, save_masks=_SAVE_MASKS.value)
-  print(f"wrote {out}/associations.md, features.csv, associations.csv, auc.csv, agreement.csv and plots")
+  written = [name for name in ("features.csv", "associations.csv", "auc.csv", "agreement.csv")
+             if (pathlib.Path(out) / name).is_file()]
+  print(f"wrote {out}/associations.md, {', '.join(written)} and plots")
 
 
 if __name__ == "__main__":

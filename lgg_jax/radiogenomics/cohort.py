@@ -143,26 +143,46 @@ def write_predicted_masks(folder: pathlib.Path, patient: str, slices: list[kaggl
     cv2.imwrite(str(masks_dir / f"{patient}_{s.index}_pred.png"), np.where(m, 255, 0).astype(np.uint8))
 
 
-_CARD_TEST = re.compile(r"^- test: (.*)$", re.MULTILINE)
+_CARD_SPLIT = {name: re.compile(rf"^- {name}: (.*)$", re.MULTILINE) for name in ("train", "val", "test")}
 
 
-def test_patients(model: pathlib.Path) -> list[str]:
-  """The patients a model held out: split.json's "test" (run folders write
-  it), else the "- test: ..." line of an export's model_card.md."""
+def _split_lists(model: pathlib.Path) -> tuple[pathlib.Path, dict[str, list[str]], str | None]:
+  """(where, {"train", "val", "test": patients}, protocol): split.json (run
+  folders write it), else the "- train/val/test: ..." lines of an export's
+  model_card.md (protocol None: the card's split line names it)."""
   split = model / "split.json"
   if split.is_file():
     try:
-      listed = json.loads(split.read_text())["test"]
-    except (ValueError, KeyError, TypeError) as e:
+      listed = json.loads(split.read_text())
+      lists = {name: [str(p) for p in listed.get(name, [])] for name in ("train", "val")}
+      lists["test"] = [str(p) for p in listed["test"]]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
       raise DataError(f"{split}: no readable \"test\" list of patients ({e})") from e
-    return [str(p) for p in listed]
+    return split, lists, listed.get("protocol", "patient")
   card = model / "model_card.md"
   if card.is_file():
-    found = _CARD_TEST.search(card.read_text())
-    if found:
-      return [p.strip() for p in found.group(1).split(",") if p.strip()]
+    text = card.read_text()
+    found = {name: pattern.search(text) for name, pattern in _CARD_SPLIT.items()}
+    if found["test"]:
+      protocol = re.search(r"^- split by patient \((\w+)\)", text, re.MULTILINE)
+      return card, {name: [p.strip() for p in m.group(1).split(",") if p.strip()] if m else []
+                    for name, m in found.items()}, protocol.group(1) if protocol else None
   raise DataError(f"{model}: no split.json and no model_card.md listing the test patients; cross-validated "
                   f"masks need each model's held-out patients (pass run folders)")
+
+
+def test_patients(model: pathlib.Path) -> list[str]:
+  """The patients a model held out; an error if it trained on any of them
+  (a slice-protocol split puts a patient's slices in train and test)."""
+  where, lists, protocol = _split_lists(model)
+  if protocol not in (None, "patient"):
+    raise DataError(f"{where}: split protocol {protocol!r}; its test patients also have slices in train, so "
+                    "their masks would not be cross-validated (use runs split by patient)")
+  seen = (set(lists["test"]) & set(lists["train"])) | (set(lists["test"]) & set(lists["val"]))
+  if seen:
+    raise DataError(f"{where}: {len(seen)} test patient(s) also in train or val ({', '.join(sorted(seen)[:5])}); "
+                    "their masks would not be cross-validated")
+  return lists["test"]
 
 
 def assign_models(models: list[pathlib.Path], patients: list[str]) -> dict[pathlib.Path, list[str]]:
@@ -299,10 +319,14 @@ def run(manual_dir, out, *, predictions=None, models=None, checkpoint="best", da
   settings.check()
   if predictions and models:
     raise ValueError("give automatic masks either as --predictions (a predict folder) or --models, not both")
+  if save_masks and not models:
+    raise ValueError("--save_masks writes the masks --models predicts: give --models")
   source = kaggle.open_source(manual_dir)
   by_patient = patient_slices(source)
   patients = sorted(by_patient)
   clusters = read_clusters(source, patients, settings.clusters, data_csv)  # fail before the long part
+  if models:
+    assign_models([pathlib.Path(m).expanduser() for m in models], patients)  # likewise
   if predictions:
     predictions = pathlib.Path(predictions).expanduser()
     if not predictions.is_dir():
@@ -354,7 +378,9 @@ def _fmt(value) -> str:
 
 
 def _write_csv(path: pathlib.Path, records: list[dict]) -> None:
+  """No records: no file (and not an earlier run's left in `out`)."""
   if not records:
+    path.unlink(missing_ok=True)
     return
   columns = list(dict.fromkeys(k for r in records for k in r))
   with path.open("w", newline="") as f:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 
 import jax
 import numpy as np
@@ -18,6 +19,7 @@ from flax import traverse_util
 from safetensors.numpy import load_file
 
 from lgg_jax import inference, parallel, pretrained, quality, state
+from lgg_jax.data import kaggle
 
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "config.json"
@@ -118,3 +120,47 @@ def quality_rule(models, member_count: int) -> quality.Rule:
     if rule is not None:
       return rule
   return quality.DEFAULT_ENSEMBLE if member_count > 1 else quality.DEFAULT_SINGLE
+
+
+# --------------------------------------------------------------------------- held-out patients
+
+_CARD_SPLIT = {name: re.compile(rf"^- {name}: (.*)$", re.MULTILINE) for name in ("train", "val", "test")}
+
+
+def _split_lists(model: pathlib.Path) -> tuple[pathlib.Path, dict[str, list[str]], str | None]:
+  """(where, {"train", "val", "test": patients}, protocol): split.json (run
+  folders write it), else the "- train/val/test: ..." lines of an export's
+  model_card.md (protocol None: the card's split line names it)."""
+  split = model / "split.json"
+  if split.is_file():
+    try:
+      listed = json.loads(split.read_text())
+      lists = {name: [str(p) for p in listed.get(name, [])] for name in ("train", "val")}
+      lists["test"] = [str(p) for p in listed["test"]]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+      raise kaggle.DataError(f"{split}: no readable \"test\" list of patients ({e})") from e
+    return split, lists, listed.get("protocol", "patient")
+  card = model / "model_card.md"
+  if card.is_file():
+    text = card.read_text()
+    found = {name: pattern.search(text) for name, pattern in _CARD_SPLIT.items()}
+    if found["test"]:
+      protocol = re.search(r"^- split by patient \((\w+)\)", text, re.MULTILINE)
+      return card, {name: [p.strip() for p in m.group(1).split(",") if p.strip()] if m else []
+                    for name, m in found.items()}, protocol.group(1) if protocol else None
+  raise kaggle.DataError(f"{model}: no split.json and no model_card.md listing the test patients; cross-validated "
+                  f"masks need each model's held-out patients (pass run folders)")
+
+
+def held_out_patients(model: pathlib.Path) -> list[str]:
+  """The patients a model held out; an error if it trained on any of them
+  (a slice-protocol split puts a patient's slices in train and test)."""
+  where, lists, protocol = _split_lists(model)
+  if protocol not in (None, "patient"):
+    raise kaggle.DataError(f"{where}: split protocol {protocol!r}; its test patients also have slices in train, so "
+                    "their masks would not be cross-validated (use runs split by patient)")
+  seen = (set(lists["test"]) & set(lists["train"])) | (set(lists["test"]) & set(lists["val"]))
+  if seen:
+    raise kaggle.DataError(f"{where}: {len(seen)} test patient(s) also in train or val ({', '.join(sorted(seen)[:5])}); "
+                    "their masks would not be cross-validated")
+  return lists["test"]

@@ -286,3 +286,32 @@ def test_quality_estimate_rejects_an_unknown_candidate_signal_by_name():
   with flagsaver.flagsaver(candidates=["certainty", "volume"]):
     with pytest.raises(ValueError, match="^--candidates: want some of view_agreement, .*, got volume$"):
       quality_estimate.main([])
+
+
+def test_cv_probabilities_are_the_held_out_patients_of_the_named_models(tiny_run, tiny_dataset, tmp_path):
+  """benchmarks/cv_probabilities.py predicts each member's recorded test
+  patients, refuses a dataset that rebuilds another split, and never takes
+  another model's saved files as these models'."""
+  import shutil
+  from benchmarks import cv_probabilities
+  from lgg_jax import parallel
+  root, config = tiny_run
+  member = loading.member_from_run(root / "run", "best")
+  out = tmp_path / "cv"
+  out.mkdir()
+  written = cv_probabilities.save_fold_probabilities(member, str(tiny_dataset.parent), out, parallel.make_mesh())
+  assert sorted(written) == sorted(loading.held_out_patients(root / "run")) and written
+  saved = np.load(out / f"{written[0]}.npz")
+  assert saved["probabilities"].shape == saved["truth"].shape and int(saved["fold"]) == config.split.fold
+  # One patient fewer: the folds are rebuilt differently, so the "held-out" patients would not be.
+  fewer = tmp_path / "fewer" / "kaggle_3m"
+  shutil.copytree(tiny_dataset, fewer)
+  shutil.rmtree(fewer / written[0])
+  with pytest.raises(ValueError, match="other test patients than it held out"):
+    cv_probabilities.save_fold_probabilities(member, str(fewer), tmp_path / "cv2", parallel.make_mesh())
+  with pytest.raises(ValueError, match="no models.json naming their models"):
+    cv_probabilities.check_same_models(out, {config.split.fold: str(root / "run")})
+  (out / cv_probabilities.MODELS_FILE).write_text(json.dumps({"folds": {str(config.split.fold): "elsewhere"}}))
+  with pytest.raises(ValueError, match=f"came from elsewhere, not {root / 'run'}"):
+    cv_probabilities.check_same_models(out, {config.split.fold: str(root / "run")})
+  cv_probabilities.check_same_models(out, {config.split.fold: "elsewhere"})

@@ -22,17 +22,15 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import logging
 import math
 import pathlib
-import re
 
 import cv2
 import matplotlib
 import numpy as np
 
-from lgg_jax import cli, segmenter
+from lgg_jax import cli, loading, segmenter
 from lgg_jax.data import kaggle
 from lgg_jax.data.kaggle import DataError
 from lgg_jax.radiogenomics import shape, stats
@@ -143,51 +141,9 @@ def write_predicted_masks(folder: pathlib.Path, patient: str, slices: list[kaggl
     cv2.imwrite(str(masks_dir / f"{patient}_{s.index}_pred.png"), np.where(m, 255, 0).astype(np.uint8))
 
 
-_CARD_SPLIT = {name: re.compile(rf"^- {name}: (.*)$", re.MULTILINE) for name in ("train", "val", "test")}
-
-
-def _split_lists(model: pathlib.Path) -> tuple[pathlib.Path, dict[str, list[str]], str | None]:
-  """(where, {"train", "val", "test": patients}, protocol): split.json (run
-  folders write it), else the "- train/val/test: ..." lines of an export's
-  model_card.md (protocol None: the card's split line names it)."""
-  split = model / "split.json"
-  if split.is_file():
-    try:
-      listed = json.loads(split.read_text())
-      lists = {name: [str(p) for p in listed.get(name, [])] for name in ("train", "val")}
-      lists["test"] = [str(p) for p in listed["test"]]
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-      raise DataError(f"{split}: no readable \"test\" list of patients ({e})") from e
-    return split, lists, listed.get("protocol", "patient")
-  card = model / "model_card.md"
-  if card.is_file():
-    text = card.read_text()
-    found = {name: pattern.search(text) for name, pattern in _CARD_SPLIT.items()}
-    if found["test"]:
-      protocol = re.search(r"^- split by patient \((\w+)\)", text, re.MULTILINE)
-      return card, {name: [p.strip() for p in m.group(1).split(",") if p.strip()] if m else []
-                    for name, m in found.items()}, protocol.group(1) if protocol else None
-  raise DataError(f"{model}: no split.json and no model_card.md listing the test patients; cross-validated "
-                  f"masks need each model's held-out patients (pass run folders)")
-
-
-def test_patients(model: pathlib.Path) -> list[str]:
-  """The patients a model held out; an error if it trained on any of them
-  (a slice-protocol split puts a patient's slices in train and test)."""
-  where, lists, protocol = _split_lists(model)
-  if protocol not in (None, "patient"):
-    raise DataError(f"{where}: split protocol {protocol!r}; its test patients also have slices in train, so "
-                    "their masks would not be cross-validated (use runs split by patient)")
-  seen = (set(lists["test"]) & set(lists["train"])) | (set(lists["test"]) & set(lists["val"]))
-  if seen:
-    raise DataError(f"{where}: {len(seen)} test patient(s) also in train or val ({', '.join(sorted(seen)[:5])}); "
-                    "their masks would not be cross-validated")
-  return lists["test"]
-
-
 def assign_models(models: list[pathlib.Path], patients: list[str]) -> dict[pathlib.Path, list[str]]:
   """Each patient to the one model that held it out."""
-  held_out = {m: set(test_patients(m)) for m in models}
+  held_out = {m: set(loading.held_out_patients(m)) for m in models}
   assignment: dict[pathlib.Path, list[str]] = {m: [] for m in models}
   for p in patients:
     owners = [m for m in models if p in held_out[m]]

@@ -24,6 +24,7 @@ import math
 import mimetypes
 import os
 import pathlib
+import socket
 import urllib.parse
 
 from absl import flags
@@ -103,6 +104,13 @@ def _loopback(host: str) -> bool:
     return host == "localhost"
 
 
+def host_name(header: str) -> str:
+  """A Host header without its port ("[::1]:8008" -> "[::1]")."""
+  if header.startswith("["):
+    return header[:header.find("]") + 1]
+  return header.rsplit(":", 1)[0]
+
+
 def make_handler(root: pathlib.Path, host: str = "127.0.0.1"):
   """A request handler serving the page's assets and the files under `root`.
   Bound to a loopback address, it answers only requests naming a loopback
@@ -125,7 +133,7 @@ def make_handler(root: pathlib.Path, host: str = "127.0.0.1"):
       pass
 
     def _answer(self, body: bool):
-      if check_host and (self.headers.get("Host") or "").rsplit(":", 1)[0] not in LOOPBACK_NAMES:
+      if check_host and host_name(self.headers.get("Host") or "") not in LOOPBACK_NAMES:
         self._send(403, "text/plain", b"this server answers requests to localhost only\n", body)
         return
       # One decoding, then the path is checked as a file name: an encoded
@@ -163,8 +171,12 @@ def make_handler(root: pathlib.Path, host: str = "127.0.0.1"):
 
 
 def make_server(root, host: str = "127.0.0.1", port: int = 8008) -> http.server.ThreadingHTTPServer:
-  """The review server for `root` (port 0: a free one); not yet serving."""
-  return http.server.ThreadingHTTPServer((host, port), make_handler(root, host))
+  """The review server for `root` (port 0: a free one); not yet serving. An
+  IPv6 address (::1) gets an IPv6 socket."""
+  server_class = http.server.ThreadingHTTPServer
+  if ":" in host:
+    server_class = type("IPv6Server", (server_class,), {"address_family": socket.AF_INET6})
+  return server_class((host, port), make_handler(root, host))
 
 
 _PORT = flags.DEFINE_integer("port", 8008, "Port of the review page (0: any free port).")
@@ -178,6 +190,7 @@ def main(argv):
   find_index(folder)  # a folder with nothing to show is an error before binding
   server = make_server(folder, _HOST.value, _PORT.value)
   host, port = server.server_address[:2]
+  host = f"[{host}]" if ":" in host else host
   print(f"review of {folder.resolve()}: http://{host}:{port}/ (Ctrl-C stops it)", flush=True)
   try:
     server.serve_forever()

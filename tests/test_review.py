@@ -84,6 +84,26 @@ def test_answers_only_requests_naming_this_machine(served):
     connection.close()
 
 
+def test_an_ipv6_loopback_binds_and_answers_its_own_name(tmp_path):
+  """--host=::1 once failed to bind (an IPv4 socket), and its Host header,
+  [::1]:PORT, lost its port at the wrong colon."""
+  assert review.host_name("[::1]:8008") == review.host_name("[::1]") == "[::1]"
+  assert review.host_name("localhost:8008") == "localhost" and review.host_name("evil.example") == "evil.example"
+  (tmp_path / "case").mkdir()
+  (tmp_path / "case" / "inside.txt").write_text("inside")
+  review.write_index(tmp_path, "predict", [])
+  server = review.make_server(tmp_path, host="::1", port=0)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  try:
+    connection = http.client.HTTPConnection("::1", server.server_address[1], timeout=10)
+    connection.request("GET", "/files/case/inside.txt")
+    response = connection.getresponse()
+    assert response.status == 200 and response.read() == b"inside"
+  finally:
+    server.shutdown()
+    server.server_close()
+
+
 def test_an_index_is_strict_json_with_an_undefined_hd95_as_null(tmp_path):
   rows = [{"case": "a", "hd95_px": float("nan"), "dice": 0.0, "nested": [float("inf")]}]
   text = review.write_index(tmp_path, "evaluate", rows).read_text()

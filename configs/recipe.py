@@ -3,8 +3,8 @@ elements on the seed's full-width U-Net (base width 64) at 256x256.
 
 Run: python -m lgg_jax.main --config=configs/recipe.py \
        --config.data.manual_dir=/path/to/lgg-mri-segmentation --config.split.fold=0
-All five folds: python -m experiments.run --sweep=experiments/recipe.py \
-  with its rows' config set to configs/recipe.py (or pass --config overrides).
+All five folds: for k in 0 1 2 3 4; do python -m lgg_jax.main --config=configs/recipe.py \
+  --config.data.manual_dir=/path/to/lgg-mri-segmentation --config.split.fold=$k --workdir=runs/recipe/fold$k; done
 On a GPU add --config.data.on_device=True to augment on the device.
 Figures, once a GPU has run it: benchmarks/QUALITY.md.
 """

@@ -62,6 +62,9 @@ def initialize_distributed(config) -> None:
 
 
 def _writable_workdir(workdir) -> pathlib.Path:
+  if "://" in str(workdir):  # pathlib would make gs://b/x a local folder named gs:
+    raise ValueError(f"workdir {workdir}: URLs are not supported; give a folder (on several hosts, one they "
+                     "all see: NFS, or a gcsfuse mount of the bucket)")
   workdir = pathlib.Path(workdir).expanduser().resolve()  # Orbax wants absolute paths
   try:
     workdir.mkdir(parents=True, exist_ok=True)

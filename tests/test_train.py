@@ -1,5 +1,6 @@
 import gc
 import json
+import pathlib
 import shutil
 import weakref
 
@@ -436,6 +437,9 @@ def test_unwritable_workdir_is_named(tmp_path):
   blocker.write_text("not a folder")
   with pytest.raises(ValueError, match="not writable"):
     train.train_and_evaluate(tiny_config(tmp_path), blocker / "run")
+  with pytest.raises(ValueError, match="gs://bucket/run: URLs are not supported"):
+    train.train_and_evaluate(tiny_config(tmp_path), "gs://bucket/run")
+  assert not pathlib.Path("gs:").exists()
 
 
 def test_non_finite_loss_stops_training_and_keeps_good_checkpoints(tmp_path):

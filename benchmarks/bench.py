@@ -185,7 +185,7 @@ def _synthetic_resident(count: int, size: int) -> pipeline.Resident:
   return pipeline.Resident(images=rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8), masks=masks,
                            records=np.arange(count), patient=np.zeros(count, np.int32),
                            neighbours=np.arange(count, dtype=np.int32)[:, None], has_tumor=np.ones(count, bool),
-                           stats=None)
+                           trainable=np.ones(count, bool), stats=None)
 
 
 def input_device_row(batch: int, size: int, augment: str, repeats: int = 5) -> dict:

@@ -423,7 +423,7 @@ def test_tumour_aware_sampling_fills_its_share_and_is_a_function_of_seed_and_ste
 def test_train_order_is_garbage_collected_after_use():
   """Its permutation cache once lived on the class (lru_cache on a method),
   which kept every order, and its rows, alive for the whole process."""
-  order = pipeline.TrainOrder(100, np.arange(0, 100, 5), batch=12, tumour_fraction=0.33, seed=3)
+  order = pipeline.TrainOrder(np.arange(100), np.arange(0, 100, 5), batch=12, tumour_fraction=0.33, seed=3)
   first = order.rows(0)
   np.testing.assert_array_equal(order.rows(0), first)
   gone = weakref.ref(order)

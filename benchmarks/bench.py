@@ -76,7 +76,8 @@ def _median_time(fn, *args, steps: int) -> float:
 # --------------------------------------------------------------------------- measurements
 
 def conv_rows(repeats: int) -> list[dict]:
-  """fwd+bwd of a ResNeXt layer1 3x3 conv (2x64x64x256): dense and 32 groups.
+  """fwd+bwd of a ResNeXt layer2 3x3 conv (2x64x64x256: its 256-wide grouped
+  conv at 64x64 for a 256x256 input): dense and 32 groups.
 
   "per FLOP vs dense" divides each grouped time by 1/32 of the dense time of
   the same implementation (the grouped conv does 1/32 of the FLOPs).
@@ -438,10 +439,12 @@ def main(argv):
     except (subprocess.SubprocessError, OSError) as e:
       print(f"peer {script} failed: {e}", file=sys.stderr)
   peer_step = next((r["step_s"] for r in peer or [] if "step_s" in r), None)
+  cpu_peer = any(r.get("peer") == "torch_cpu" for r in peer or [])  # it trains in float32 only
   print("\n| model | conv_impl | dtype | batch | size | s/step | images/s | GFLOP/image (XLA, plain form) | TFLOP/s | compile s | speed vs peer |")
   print("|---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
-    ratio = f"{peer_step / r['step_s']:.2f}x" if peer_step and r["model"] == "resnext_unet" else "-"
+    comparable = r["model"] == "resnext_unet" and (r["dtype"] == "float32" or not cpu_peer)
+    ratio = f"{peer_step / r['step_s']:.2f}x" if peer_step and comparable else "-"
     print(f"| {r['model']} | {r['conv_impl']} | {r['dtype']} | {r['batch']} | {r['size']} | {r['step_s']:.3f} | "
           f"{r['images_per_s']:.2f} | {r['gflop_per_image']:.1f} | {r['tflop_per_s']:.3f} | {r['compile_s']:.1f} | {ratio} |")
   if peer:

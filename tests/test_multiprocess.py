@@ -122,8 +122,15 @@ def test_kill_9_then_rerun_resumes_from_last_complete_checkpoint(uninterrupted, 
   _wait_for(lambda: (workdir / "checkpoints").exists() and any((workdir / "checkpoints").iterdir()), proc)
   proc.kill()
   proc.wait()
+  # Orbax renames a save into its numbered folder once it is whole.
+  finished = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   _run(workdir, cache)
   assert _records(workdir) == _records(reference)
+  log = (workdir / "log.txt").read_text()
+  if finished:  # it resumed from the last whole save, not from scratch
+    assert f"at step {finished[-1]}" in log and "resumed from" in log, log[-2000:]
+  else:
+    assert "resumed from" not in log
 
 
 def _free_port():

@@ -114,8 +114,10 @@ def test_assess_gives_segment_s_masks_and_probabilities_with_a_spread_and_an_est
   np.testing.assert_array_equal(assessed.probabilities, probabilities)
   np.testing.assert_array_equal(assessed.masks, masks)
   assert assessed.uncertainty.shape == masks.shape and assessed.uncertainty.dtype == np.float32
-  mirrored = single._predictor("none").mirrored_probabilities(volume)
-  np.testing.assert_allclose(assessed.uncertainty, np.std([probabilities, mirrored], axis=0), atol=1e-6)
+  # The second view through the public API: the mirrored volume's probabilities, mirrored back.
+  mirrored = single.predict(np.ascontiguousarray(volume[:, :, ::-1]), tta="none")[:, :, ::-1]
+  assert np.abs(mirrored - probabilities).max() > 1e-4  # a real second view, not the first again
+  np.testing.assert_allclose(assessed.uncertainty, np.abs(probabilities - mirrored) / 2, atol=1e-6)
   assert 0.0 <= assessed.estimate.score <= 1.0 and single.rule == quality.DEFAULT_SINGLE
   # An export carries its rule; an ensemble assesses with its members' agreement and the mean's masks.
   exported = export.export_run(root / "run", root / "export", forward=False)

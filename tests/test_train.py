@@ -324,11 +324,19 @@ def test_a_run_resumes_after_its_encoder_unfroze(tmp_path):
 
 def test_bfloat16_step_keeps_float32_parameters_and_tracks_float32(tmp_path):
   config = _tiny_model(tiny_config(tmp_path), "unet")
-  _, f32, h32 = _run_steps(config, _learnable_batch(), 3)
+  initial, f32, h32 = _run_steps(config, _learnable_batch(), 3)
   _, bf16, h16 = _run_steps(config, _learnable_batch(), 3, compute_dtype="bfloat16")
   assert all(x.dtype == np.float32 for x in jax.tree.leaves(bf16["params"]))
   assert np.isfinite(h16[-1]["loss"])
-  np.testing.assert_allclose(h16[0]["loss"], h32[0]["loss"], rtol=3e-2)
+  np.testing.assert_allclose(h16[0]["loss"], h32[0]["loss"], rtol=3e-2)  # the forward pass
+  # The bfloat16 gradients and updates, not only the first forward pass, track float32's.
+  np.testing.assert_allclose(h16[0]["grad_norm"], h32[0]["grad_norm"], rtol=5e-2)
+  np.testing.assert_allclose(h16[-1]["loss"], h32[-1]["loss"], rtol=5e-2)
+  steps_f32 = [b - a for a, b in zip(jax.tree.leaves(initial["params"]), jax.tree.leaves(f32["params"]))]
+  steps_bf16 = [b - a for a, b in zip(jax.tree.leaves(initial["params"]), jax.tree.leaves(bf16["params"]))]
+  moved = np.concatenate([d.ravel() for d in steps_f32])
+  both = np.concatenate([d.ravel() for d in steps_bf16])
+  assert np.abs(moved).max() > 0 and np.corrcoef(moved, both)[0, 1] > 0.9
 
 
 def test_pretrained_encoder_weights_reach_the_model(tmp_path):

@@ -165,11 +165,11 @@ def settings_changed(result: dict, overrides: dict) -> list[str]:
   config lacks (renamed since) cannot be compared and passes."""
   changed = []
   for key, value in sorted(overrides.items()):
-    if key.endswith(_MACHINE_PATHS):
+    if key == "config" or key.endswith(_MACHINE_PATHS):  # the base config file; where the data sits
       continue
     made = result["overrides"][key] if key in result.get("overrides", {}) else _resolved(result.get("config", {}), key)
     value = json.loads(json.dumps(value, default=str))  # as the file stores it
-    if made is not _ABSENT and made != value and key != "config":
+    if made is not _ABSENT and made != value:
       changed.append(f"{key}: {made!r} -> {value!r}")
   return changed
 

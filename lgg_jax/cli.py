@@ -31,6 +31,14 @@ def is_main_process() -> bool:
   return jax.process_index() == 0
 
 
+def write_whole(path: pathlib.Path, text: str) -> None:
+  """Writes `text` to `path` through a sibling file: a reader never sees half of it."""
+  path = pathlib.Path(path)
+  partial = path.with_name(path.name + ".partial")
+  partial.write_text(text)
+  os.replace(partial, path)
+
+
 def progress(iterable=None, **kwargs):
   """A tqdm bar on process 0 only."""
   return tqdm.tqdm(iterable, disable=not is_main_process(), dynamic_ncols=True, **kwargs)

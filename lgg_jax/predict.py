@@ -471,11 +471,9 @@ def predict_cases(seg: segmenter.Segmenter, cases: list[Case], out: pathlib.Path
     results.append(result)
     review_rows.append({**result, **page})
   if cli.is_main_process():
-    partial = out / (PREDICTIONS_FILE + ".partial")
-    partial.write_text(json.dumps(
+    cli.write_whole(out / PREDICTIONS_FILE, json.dumps(
         {"models": [m.source for m in seg.members], "inference": settings.as_dict(),
          "quality_rule": dataclasses.asdict(seg.rule), "cases": results}, indent=2))
-    os.replace(partial, out / PREDICTIONS_FILE)
     review.write_index(out, "predict", review_rows, inference=settings.as_dict(),
                        models=[m.source for m in seg.members])
   return results

@@ -22,7 +22,6 @@ import ipaddress
 import json
 import math
 import mimetypes
-import os
 import pathlib
 import socket
 import urllib.parse
@@ -53,10 +52,8 @@ def write_index(out: pathlib.Path, kind: str, rows: list[dict], **about) -> path
   (an undefined HD95 is null). Written whole or not at all (a reader never
   sees half a file)."""
   path = pathlib.Path(out) / INDEX_FILE
-  partial = path.with_name(path.name + ".partial")
-  partial.write_text(json.dumps(_finite({"kind": kind, "cases": rows, **about}), indent=1, default=str,
-                                allow_nan=False))
-  os.replace(partial, path)
+  cli.write_whole(path, json.dumps(_finite({"kind": kind, "cases": rows, **about}), indent=1, default=str,
+                                   allow_nan=False))
   return path
 
 

@@ -4,13 +4,13 @@ shapes that cannot be read. No model is needed: only `find_cases`."""
 
 import logging
 
+import nibabel as nib
 import numpy as np
 import pytest
+import tifffile
 
-nib = pytest.importorskip("nibabel")
-
-from lgg_jax import predict  # noqa: E402
-from lgg_jax.data.kaggle import DataError  # noqa: E402
+from lgg_jax import predict
+from lgg_jax.data.kaggle import DataError
 
 SHAPE = (16, 16, 4)  # (x, y, z): 4 axial slices, each resized to 256x256
 
@@ -236,7 +236,6 @@ def test_a_nan_voxel_after_registration_is_zeroed_with_a_warning_not_an_empty_vo
 
 
 def test_a_float_tiff_slice_is_an_error_naming_the_file(tmp_path):
-  tifffile = pytest.importorskip("tifffile")
   folder = tmp_path / "patient"
   folder.mkdir()
   image = np.zeros((256, 256, 3), np.float32)

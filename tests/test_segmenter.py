@@ -56,8 +56,13 @@ def test_segmenter_from_a_run_equals_the_inference_layer_and_gives_masks(run):
   np.testing.assert_array_equal(probabilities, reference)
   summary = json.loads((workdir / "summary.json").read_text())
   assert seg.threshold == summary["inference"]["threshold"]  # chosen on the validation patients
-  np.testing.assert_array_equal(seg.predict(volume, masks=True), probabilities >= seg.threshold)
-  np.testing.assert_array_equal(seg.predict(volume, masks=True, threshold=0.9), probabilities >= 0.9)
+  masks = seg.predict(volume, masks=True)
+  np.testing.assert_array_equal(masks, probabilities >= seg.threshold)
+  # A given threshold replaces the chosen one: one that keeps a different voxel set.
+  other = float(np.quantile(probabilities, 0.999 if (probabilities >= seg.threshold).mean() > 0.001 else 0.99))
+  at_other = seg.predict(volume, masks=True, threshold=other)
+  np.testing.assert_array_equal(at_other, probabilities >= other)
+  assert at_other.any() and not np.array_equal(at_other, masks)
   flips = seg.predict(volume, tta="flips")
   assert flips.shape == probabilities.shape and not np.array_equal(flips, probabilities)
   with pytest.raises(ValueError, match="uint8"):

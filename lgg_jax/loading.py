@@ -9,6 +9,7 @@ from the same members. `Segmenter` is the public face over these loaders.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 import re
@@ -108,18 +109,21 @@ def load_members(models, checkpoint: str = "best", mesh=None) -> list[inference.
 
 
 def quality_rule(models, member_count: int) -> quality.Rule:
-  """The quality rule stored with the models: a pretrained model's own
-  quality.json, else the first export's (a single model's), else the
-  defaults (quality.DEFAULT_ENSEMBLE or quality.DEFAULT_SINGLE)."""
+  """The quality rule stored with the models: the quality.json of one
+  pretrained name (measured on that whole ensemble) or of one export, else
+  the defaults (quality.DEFAULT_ENSEMBLE or quality.DEFAULT_SINGLE). A rule
+  was measured on its own members, so models mixed with others take the
+  defaults: a threshold fitted to one ensemble's agreement does not carry."""
   items = [models] if isinstance(models, (str, os.PathLike)) else list(models)
-  folders = [pretrained.model_dir(i) for i in items if pretrained.is_pretrained_name(i)]
-  if member_count == 1:
-    folders += [pathlib.Path(i).expanduser() for i in items if not pretrained.is_pretrained_name(i)]
-  for folder in folders:
-    rule = quality.Rule.load(folder)
-    if rule is not None:
-      return rule
-  return quality.DEFAULT_ENSEMBLE if member_count > 1 else quality.DEFAULT_SINGLE
+  default = quality.DEFAULT_ENSEMBLE if member_count > 1 else quality.DEFAULT_SINGLE
+  if len(items) != 1:
+    if any(pretrained.is_pretrained_name(i) for i in items):
+      logging.warning("quality rule: %s mixes a pretrained ensemble with other models; its measured rule is "
+                   "not used (default %s %.4g)", ",".join(map(str, items)), default.signal, default.review_threshold)
+    return default
+  [item] = items
+  folder = pretrained.model_dir(item) if pretrained.is_pretrained_name(item) else pathlib.Path(item).expanduser()
+  return quality.Rule.load(folder) or default
 
 
 # --------------------------------------------------------------------------- held-out patients

@@ -2,11 +2,12 @@
 rule read from a model folder, and `Segmenter.assess` against `segment`."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
 
-from lgg_jax import Segmenter, inference, loading, metrics, quality
+from lgg_jax import Segmenter, inference, loading, metrics, pretrained, quality
 
 SHIPPED = inference.Settings(0.5, "none", True, 0.0)
 
@@ -73,6 +74,21 @@ def test_the_rule_is_read_from_a_model_folder_and_a_bad_one_is_named(tmp_path):
   assert quality.Rule.load(tmp_path) == quality.Rule("view_agreement", 0.83, "test")
   assert loading.quality_rule([str(tmp_path)], 1) == quality.Rule("view_agreement", 0.83, "test")
   assert loading.quality_rule([str(tmp_path), str(tmp_path)], 2) == quality.DEFAULT_ENSEMBLE
+  assert loading.quality_rule(tmp_path, 1) == quality.Rule("view_agreement", 0.83, "test")
+
+
+def test_a_pretrained_rule_holds_for_its_own_ensemble_only(tmp_path, caplog):
+  """The shipped rule's threshold was fitted to the five shipped members'
+  agreement; with another model added it no longer holds, so the default
+  is used, and the log says so."""
+  shipped = quality.Rule.load(pretrained.model_dir(pretrained.DEFAULT))
+  assert shipped is not None and shipped != quality.DEFAULT_ENSEMBLE
+  assert loading.quality_rule(pretrained.DEFAULT, 5) == shipped
+  assert loading.quality_rule([pretrained.DEFAULT], 5) == shipped
+  quality.Rule("view_agreement", 0.83, "test").save(tmp_path)
+  with caplog.at_level(logging.WARNING):
+    assert loading.quality_rule([pretrained.DEFAULT, str(tmp_path)], 6) == quality.DEFAULT_ENSEMBLE
+  assert any("mixes a pretrained ensemble with other models" in r.getMessage() for r in caplog.records)
   (tmp_path / quality.QUALITY_FILE).write_text(json.dumps({"signal": "vibes", "review_threshold": 0.5}))
   with pytest.raises(ValueError, match="quality signal"):
     quality.Rule.load(tmp_path)

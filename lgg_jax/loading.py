@@ -119,7 +119,7 @@ def quality_rule(models, member_count: int) -> quality.Rule:
   if len(items) != 1:
     if any(pretrained.is_pretrained_name(i) for i in items):
       logging.warning("quality rule: %s mixes a pretrained ensemble with other models; its measured rule is "
-                   "not used (default %s %.4g)", ",".join(map(str, items)), default.signal, default.review_threshold)
+                      "not used (default %s %.4g)", ",".join(map(str, items)), default.signal, default.review_threshold)
     return default
   [item] = items
   folder = pretrained.model_dir(item) if pretrained.is_pretrained_name(item) else pathlib.Path(item).expanduser()

@@ -35,8 +35,12 @@ def write_whole(path: pathlib.Path, text: str) -> None:
   """Writes `text` to `path` through a sibling file: a reader never sees half of it."""
   path = pathlib.Path(path)
   partial = path.with_name(path.name + ".partial")
-  partial.write_text(text)
-  os.replace(partial, path)
+  try:
+    partial.write_text(text)
+    os.replace(partial, path)
+  except BaseException:
+    partial.unlink(missing_ok=True)
+    raise
 
 
 def progress(iterable=None, **kwargs):

@@ -148,6 +148,9 @@ TABLE_KEYS = ("patient_dice", "patient_dice_median", "tumour_slice_dice", "slice
               "missed_patients", "sensitivity", "precision", "threshold", "patients", "slices")
 
 
+OUTPUT_FILES = ("summary.json", "per_patient.csv", "table.md")
+
+
 def write_outputs(out: pathlib.Path, summary: dict, rows: list[dict]) -> None:
   out.mkdir(parents=True, exist_ok=True)
   (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -214,6 +217,9 @@ def evaluate_run(models, *, checkpoint="best", split="test", manual_dir="", tta=
   default_out = (pathlib.Path(runs[0].source) / "evaluation" if runs else pathlib.Path("evaluation")) / name
   out = pathlib.Path(out) if out else default_out
   writes = cli.is_main_process()
+  if writes:  # a re-run that stops part-way leaves no table or index describing volumes it overwrote
+    for old in (*OUTPUT_FILES, review.INDEX_FILE):
+      (out / old).unlink(missing_ok=True)
   estimates, pages = {}, {}
 
   def assessed():  # the probabilities predict gives, with each mask's quality estimate and the page's volumes

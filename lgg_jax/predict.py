@@ -77,6 +77,10 @@ class Case:
   truth: np.ndarray | None       # (S, 256, 256) bool
   nifti: object | None = None    # NIfTI input only: the FLAIR image (grid, affine, header)
 
+  def __post_init__(self):
+    if self.name in ("", ".", "..") or "/" in self.name:  # it names the case's output folder and files
+      raise DataError(f"case name {self.name!r} (from its folder or file name) cannot name an output folder")
+
 
 def read_slice(path: pathlib.Path, mask: bool = False) -> np.ndarray:
   try:
@@ -320,7 +324,10 @@ def write_nifti_mask(case: Case, pred: np.ndarray, path: pathlib.Path) -> None:
 
 
 def find_cases(path: str | os.PathLike) -> list[Case]:
-  path = pathlib.Path(path).expanduser()
+  """The cases under `path`: one slice, NIfTI file or patient folder, or a
+  folder of patient folders (a subfolder with files but none of those is
+  named in a warning, not dropped unseen)."""
+  path = pathlib.Path(os.path.abspath(pathlib.Path(path).expanduser()))  # "." and ".." take their folder's name
   if not path.exists():
     raise DataError(f"input {path} does not exist")
   if path.is_file() and _is_nifti(path):
@@ -337,6 +344,11 @@ def find_cases(path: str | os.PathLike) -> list[Case]:
     case = _nifti_case(sub) or _slice_folder(sub)
     if case is not None:
       cases.append(case)
+      continue
+    kinds = sorted({f.suffix.lower() or f.name for f in sub.iterdir() if f.is_file()})
+    if kinds:
+      logging.warning("%s: skipped, it holds no slices (.tif/.png) or NIfTI volumes (it holds %s)", sub,
+                      ", ".join(kinds[:8]))
   if not cases:
     raise DataError(f"input {path} holds no slices (.tif/.png), patient folders or NIfTI volumes")
   return cases
@@ -388,9 +400,10 @@ def write_review_volumes(case: Case, pred: np.ndarray, out: pathlib.Path, probab
 
 
 def focus_slice(case: Case, pred: np.ndarray) -> int:
-  """The slice the review page opens at: the most true tumour, else the most predicted."""
-  truth = case.truth if case.truth is not None and case.truth.any() else pred
-  return int(np.argmax(np.asarray(truth).sum(axis=(1, 2))))
+  """The slice the review page and the panel open at: the most true tumour,
+  else the most predicted, else (nothing anywhere) the middle one."""
+  truth = case.truth if case.truth is not None and case.truth.any() else np.asarray(pred)
+  return int(np.argmax(truth.sum(axis=(1, 2)))) if truth.any() else len(case.slice_names) // 2
 
 
 def voxel_ml(case: Case) -> float | None:

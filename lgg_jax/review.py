@@ -114,8 +114,10 @@ def make_handler(root: pathlib.Path, host: str = "127.0.0.1"):
   host: a web page elsewhere cannot read the volumes through a name that
   resolves to 127.0.0.1 (DNS rebinding)."""
   root = pathlib.Path(root).resolve()
-  about = json.dumps(find_index(root)).encode()
+  find_index(root)  # nothing to show is an error now, not at the first request
   check_host = _loopback(host)
+  own_name = f"[{host}]" if ":" in host else host
+  allowed = {*LOOPBACK_NAMES, own_name}  # 127.0.0.2 is loopback too, and the URL printed names it
 
   class Handler(http.server.BaseHTTPRequestHandler):
     server_version = "lgg_jax-review"
@@ -130,7 +132,7 @@ def make_handler(root: pathlib.Path, host: str = "127.0.0.1"):
       pass
 
     def _answer(self, body: bool):
-      if check_host and host_name(self.headers.get("Host") or "") not in LOOPBACK_NAMES:
+      if check_host and host_name(self.headers.get("Host") or "") not in allowed:
         self._send(403, "text/plain", b"this server answers requests to localhost only\n", body)
         return
       # One decoding, then the path is checked as a file name: an encoded
@@ -138,8 +140,8 @@ def make_handler(root: pathlib.Path, host: str = "127.0.0.1"):
       path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
       if path in ("/", "/index.html"):
         self._send_file(ASSETS / "index.html", body)
-      elif path == "/api/about":
-        self._send(200, "application/json", about, body)
+      elif path == "/api/about":  # looked up on each load: an evaluation written since shows
+        self._send(200, "application/json", json.dumps(find_index(root)).encode(), body)
       elif path.startswith("/assets/"):
         self._send_file(contained(ASSETS, path[len("/assets/"):]), body)
       elif path.startswith("/files/"):
@@ -170,10 +172,16 @@ def make_handler(root: pathlib.Path, host: str = "127.0.0.1"):
 def make_server(root, host: str = "127.0.0.1", port: int = 8008) -> http.server.ThreadingHTTPServer:
   """The review server for `root` (port 0: a free one); not yet serving. An
   IPv6 address (::1) gets an IPv6 socket."""
+  if not 0 <= port <= 65535:
+    raise ValueError(f"--port={port}: want 0 (any free port) to 65535")
   server_class = http.server.ThreadingHTTPServer
   if ":" in host:
     server_class = type("IPv6Server", (server_class,), {"address_family": socket.AF_INET6})
-  return server_class((host, port), make_handler(root, host))
+  handler = make_handler(root, host)
+  try:
+    return server_class((host, port), handler)
+  except OSError as e:  # a port in use, an address this machine does not have
+    raise ValueError(f"--host={host} --port={port}: cannot serve there ({e.strerror or e})") from e
 
 
 _PORT = flags.DEFINE_integer("port", 8008, "Port of the review page (0: any free port).")

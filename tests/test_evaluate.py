@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from lgg_jax import baselines, evaluate, inference, loading, metrics, predict, report, review, state, train
+from lgg_jax import baselines, evaluate, inference, loading, metrics, predict, report, review, segmenter, state, train
 from lgg_jax.data import pipeline
 from conftest import import_or_skip, tiny_config
 
@@ -278,7 +278,7 @@ def test_prediction_on_slices_writes_masks_overlays_gif_and_panel(trained_run, t
   assert not (tmp_path / "plain" / patient.name / f"{patient.name}.gif").exists()
 
 
-def test_evaluation_writes_the_review_page_volumes_and_index(trained_run, tmp_path):
+def test_evaluation_writes_the_review_page_volumes_and_index(trained_run, tmp_path, monkeypatch):
   workdir, _, _ = trained_run
   summary = evaluate.evaluate_run(workdir, out=tmp_path / "eval", save_probabilities=True)
   index = json.loads((tmp_path / "eval" / review.INDEX_FILE).read_text(),  # strict JSON: browsers refuse NaN
@@ -291,6 +291,13 @@ def test_evaluation_writes_the_review_page_volumes_and_index(trained_run, tmp_pa
     assert set(row["files"]) == {"pre", "flair", "post", "mask", "truth", "errors", "probabilities", "uncertainty"}
     assert all((tmp_path / "eval" / f).is_file() for f in row["files"].values())
   assert review.find_index(tmp_path / "eval")["index"] == review.INDEX_FILE
+  # A re-run into the same folder that stops part-way leaves no old table or
+  # index beside the volumes it overwrote.
+  with monkeypatch.context() as patch:
+    patch.setattr(segmenter.Segmenter, "assess", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("stopped")))
+    with pytest.raises(RuntimeError, match="stopped"):
+      evaluate.evaluate_run(workdir, out=tmp_path / "eval")
+  assert not [f for f in (*evaluate.OUTPUT_FILES, review.INDEX_FILE) if (tmp_path / "eval" / f).exists()]
 
 
 def test_nifti_in_any_axis_order_gives_the_tiff_folders_masks_and_keeps_its_header(trained_run, tiny_dataset,

@@ -243,3 +243,32 @@ def test_a_float_tiff_slice_is_an_error_naming_the_file(tmp_path):
   tifffile.imwrite(folder / "patient_1.tif", image)
   with pytest.raises(DataError, match="patient_1.tif: dtype float32, expected uint8"):
     predict.find_cases(folder)
+
+
+def test_dot_and_dot_dot_name_the_case_after_their_folder(tmp_path, monkeypatch):
+  """`--input=.` once gave a case named "", whose volumes were written to /."""
+  folder = tmp_path / "TCGA_XX_0001"
+  folder.mkdir()
+  tifffile.imwrite(folder / "TCGA_XX_0001_1.tif", np.zeros((256, 256, 3), np.uint8))
+  (folder / "sub").mkdir()
+  monkeypatch.chdir(folder)
+  assert [c.name for c in predict.find_cases(".")] == ["TCGA_XX_0001"]
+  monkeypatch.chdir(folder / "sub")
+  assert [c.name for c in predict.find_cases("..")] == ["TCGA_XX_0001"]
+  with pytest.raises(DataError, match="case name '' .* cannot name an output folder"):
+    predict.Case("", ["a"], np.zeros((1, 256, 256, 3), np.uint8), None)
+
+
+def test_a_patient_folder_without_readable_slices_is_named_not_dropped(tmp_path, caplog):
+  for name, suffix in (("TCGA_A", ".tif"), ("TCGA_B", ".jpg"), ("TCGA_C", ".dcm")):
+    (tmp_path / name).mkdir()
+    if suffix == ".tif":
+      tifffile.imwrite(tmp_path / name / f"{name}_1.tif", np.zeros((256, 256, 3), np.uint8))
+    else:
+      (tmp_path / name / f"{name}_1{suffix}").write_bytes(b"\0")
+  (tmp_path / "empty").mkdir()
+  with caplog.at_level(logging.WARNING):
+    cases = predict.find_cases(tmp_path)
+  assert [c.name for c in cases] == ["TCGA_A"]
+  skipped = [m for m in _warnings(caplog) if "skipped" in m]
+  assert len(skipped) == 2 and "TCGA_B" in skipped[0] and ".jpg" in skipped[0] and ".dcm" in skipped[1]

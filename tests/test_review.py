@@ -104,6 +104,58 @@ def test_an_ipv6_loopback_binds_and_answers_its_own_name(tmp_path):
     server.server_close()
 
 
+def test_another_loopback_address_answers_the_name_it_printed(tmp_path):
+  review.write_index(tmp_path, "predict", [])
+  server = review.make_server(tmp_path, host="127.0.0.2", port=0)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  try:
+    port = server.server_address[1]
+    for host, status in ((f"127.0.0.2:{port}", 200), (f"evil.example:{port}", 403)):
+      connection = http.client.HTTPConnection("127.0.0.2", port, timeout=10)
+      connection.putrequest("GET", "/api/about", skip_host=True)
+      connection.putheader("Host", host)
+      connection.endheaders()
+      assert connection.getresponse().status == status, host
+      connection.close()
+  finally:
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_port_out_of_range_or_in_use_is_an_error_naming_the_setting(served, tmp_path):
+  for port in (70000, -1):
+    with pytest.raises(ValueError, match=rf"--port={port}: want 0"):
+      review.make_server(tmp_path / "root", port=port)
+  taken = served.server_address[1]
+  with pytest.raises(ValueError, match=rf"--host=127.0.0.1 --port={taken}: cannot serve there"):
+    review.make_server(tmp_path / "root", port=taken)
+
+
+def test_the_page_finds_an_evaluation_written_after_the_server_started(tmp_path):
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / review.CURVES_FILE).write_text('{"step": 1, "train_loss": 1.0}\n')
+  server = review.make_server(run, port=0)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  try:
+    assert json.loads(_request(server, "/api/about")[1])["index"] is None
+    (run / "evaluation" / "test_step1").mkdir(parents=True)
+    review.write_index(run / "evaluation" / "test_step1", "evaluate", [])
+    assert json.loads(_request(server, "/api/about")[1])["index"] == "evaluation/test_step1/review.json"
+  finally:
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_index_that_fails_to_write_leaves_no_partial_file(tmp_path, monkeypatch):
+  def full_disk(*args):
+    raise OSError(28, "No space left on device")
+  monkeypatch.setattr(os, "replace", full_disk)
+  with pytest.raises(OSError, match="No space left"):
+    review.write_index(tmp_path, "predict", [{"case": "a"}])
+  assert list(tmp_path.iterdir()) == []
+
+
 def test_an_index_is_strict_json_with_an_undefined_hd95_as_null(tmp_path):
   rows = [{"case": "a", "hd95_px": float("nan"), "dice": 0.0, "nested": [float("inf")]}]
   text = review.write_index(tmp_path, "evaluate", rows).read_text()
@@ -151,6 +203,19 @@ def test_volumes_for_slice_folders_show_as_the_pngs_do_and_errors_are_labelled(t
   errors = predict.to_display_slices(np.asarray(nib.load(str(tmp_path / files["errors"])).dataobj))
   assert (errors[truth & pred] == review.FOUND).all() and (errors[pred & ~truth] == review.FALSE_POSITIVE).all()
   assert (errors[truth & ~pred] == review.MISSED).all() and (errors[~truth & ~pred] == 0).all()
+
+
+def test_the_page_opens_at_the_tumour_or_else_the_middle_slice():
+  images = np.zeros((5, 256, 256, 3), np.uint8)
+  empty = np.zeros((5, 256, 256), bool)
+  case = predict.Case("p", [f"p_{k + 1}" for k in range(5)], images, None)
+  assert predict.focus_slice(case, empty) == 2  # nothing anywhere: not the bottom slice
+  pred = empty.copy()
+  pred[3, :4, :4] = True
+  assert predict.focus_slice(case, pred) == 3
+  truth = empty.copy()
+  truth[1, :2, :2] = True
+  assert predict.focus_slice(predict.Case("p", case.slice_names, images, truth), pred) == 1
 
 
 def test_the_command_prints_its_address_and_ctrl_c_stops_it(tmp_path):

@@ -100,8 +100,8 @@ class MetricsLog:
     if self.path.exists():
       self.records = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
       self.records = [r for r in self.records if r["step"] <= resume_step]
-      if self.enabled:
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+      if self.enabled:  # whole: the other processes read this file at the same time
+        cli.write_whole(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
     if not self.enabled:
       return
     import tensorboardX  # here, not at the top: it imports torch when torch is installed (1-2 s)
@@ -449,6 +449,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     if start_step == run.total_steps:  # finished earlier: summarised again, not trained here
       summary["provenance"] = _training_provenance(workdir, summary["provenance"])
     if is_main:
-      (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+      cli.write_whole(workdir / "summary.json", json.dumps(summary, indent=2, default=str))
       bar.write(_done_line(summary, workdir))
+    if jax.process_count() > 1:  # the report, on every process, reads summary.json next
+      multihost_utils.sync_global_devices("lgg_jax: summary written")
     return summary

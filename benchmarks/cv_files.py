@@ -21,4 +21,5 @@ def load_patient(path: pathlib.Path) -> dict:
 
 
 def saved_patients(folder) -> list[pathlib.Path]:
-  return sorted(pathlib.Path(folder).glob("TCGA_*.npz"))
+  """Each patient's finished file (not one cv_probabilities was stopped writing: *.partial.npz)."""
+  return sorted(p for p in pathlib.Path(folder).glob("TCGA_*.npz") if not p.name.endswith(".partial.npz"))

@@ -53,7 +53,7 @@ import numpy as np
 import scipy.stats
 from absl import flags, logging
 
-from lgg_jax import cli, command_flags, evaluate, figures, provenance, report, train
+from lgg_jax import cli, command_flags, evaluate, figures, metrics, provenance, report, train
 from lgg_jax.data import pipeline
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -271,13 +271,41 @@ def bootstrap_interval(values, rounds: int = _BOOTSTRAP_ROUNDS, seed: int = 0) -
   return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def _patient_means(results: list[dict]) -> dict[str, float]:
-  """A row's Dice per patient, averaged over the row's seeds."""
-  scores = {}
+def _patient_parts(results: list[dict]) -> dict[str, dict[int, list[dict]]]:
+  """{patient: {seed: its per-patient rows}}: one row per seed, or under the
+  slice protocol one per fold whose test set held some of its slices."""
+  parts = {}
   for r in results:
     for p in r["test_per_patient"]:
-      scores.setdefault(p["patient"], []).append(p["dice"])
-  return {k: float(np.mean(v)) for k, v in scores.items()}
+      parts.setdefault(p["patient"], {}).setdefault(r["overrides"].get("seed", 0), []).append(p)
+  return parts
+
+
+def _pooled_dice(rows: list[dict]) -> float:
+  """One patient's volumetric Dice over all its scored slices: parts of it
+  pooled by their pixel counts (each part's overlap is Dice * (P + T) / 2),
+  not their Dice averaged (an empty part with one stray pixel scores 0)."""
+  if len(rows) == 1:
+    return float(rows[0]["dice"])
+  overlap = sum(r["dice"] * (r["predicted_pixels"] + r["true_pixels"]) / 2 for r in rows)
+  return float(metrics.dice_from_counts(overlap, sum(r["predicted_pixels"] for r in rows),
+                                        sum(r["true_pixels"] for r in rows)))
+
+
+def _patient_means(results: list[dict]) -> dict[str, float]:
+  """A row's volumetric Dice per patient, averaged over the row's seeds."""
+  return {patient: float(np.mean([_pooled_dice(rows) for rows in seeds.values()]))
+          for patient, seeds in _patient_parts(results).items()}
+
+
+def _patient_hd95(results: list[dict]) -> list[dict]:
+  """One HD95 row per patient: the mean over its seeds, undefined if any
+  seed's is (a patient counts once however many seeds it has)."""
+  rows = []
+  for seeds in _patient_parts(results).values():
+    values = [p.get("hd95_px", np.nan) for parts in seeds.values() for p in parts]
+    rows.append({"hd95_px": float(np.mean(values)) if np.all(np.isfinite(values)) else np.nan})
+  return rows
 
 
 def summarise_group(results: list[dict]) -> dict:
@@ -286,7 +314,7 @@ def summarise_group(results: list[dict]) -> dict:
   patients)."""
   rows = [p for r in results for p in r["test_per_patient"]]
   dice = np.array(list(_patient_means(results).values()))
-  hd = evaluate.hd95_summary(rows, results[0]["test"].get("hd95_penalty_px", np.nan))
+  hd = evaluate.hd95_summary(_patient_hd95(results), results[0]["test"].get("hd95_penalty_px", np.nan))
   low, high = bootstrap_interval(dice)
   empty = sum(p["slices"] - p["tumour_slices"] for p in rows)
   return {"runs": len(results), "epochs": sorted({r["epochs"] for r in results}),
@@ -367,8 +395,9 @@ def aggregate(sweep: dict, workdir: pathlib.Path, results: pathlib.Path) -> list
            "256x256 with slices in order, pooled over the runs of a row (patients of different folds; a "
            "patient's Dice averaged over the row's seeds). 95% intervals: BCa bootstrap over patients "
            "(scipy.stats.bootstrap, "
-           f"{_BOOTSTRAP_ROUNDS} resamples). HD95: 3-D, pixels, mean over patients where both masks are "
-           "non-empty (undefined ones counted; 'penalised' charges them the image diagonal). FP: tumour-free "
+           f"{_BOOTSTRAP_ROUNDS} resamples). HD95: 3-D, pixels, mean over patients where it is defined (both "
+           "masks non-empty, or both empty: 0; a patient's seeds averaged; patients with an undefined one "
+           "counted; 'penalised' charges them the image diagonal). FP: tumour-free "
            "slices with any predicted pixel. Missed: patients whose (seed-averaged) Dice is below 0.1."
            + (" Difference: paired per-patient Dice difference (seeds averaged per patient) on the patients "
               "both rows scored, to the row named in 'compared with': the chain row before (the last one with "

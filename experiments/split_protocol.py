@@ -5,6 +5,10 @@ Runtime: 2 protocols x 5 folds of the full U-Net on one GPU (not yet measured).
 Should show: the leaky slice split (a patient's slices in train and test)
 scores higher than the patient split on the same data; the gap is the
 inflation in the seed's reported numbers.
+Under the slice protocol each fold scores a part of every patient; the table
+pools a patient's parts into one volumetric Dice (experiments.run), while
+its HD95 is the mean over parts of slices that are not neighbours: compare
+the protocols on Dice.
 """
 
 from experiments.common import common, members

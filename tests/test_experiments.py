@@ -193,6 +193,7 @@ def test_a_row_with_two_seeds_reports_their_paired_difference_as_the_noise_floor
     for fold in (0, 1):
       r = _fake_result("a", fold, base + offset + 0.01 * fold)
       r["overrides"]["seed"] = seed
+      r["test_per_patient"][0]["hd95_px"] = float("nan")  # one empty mask, in both seeds
       results.append(r)
   (noise,) = run.seed_differences(results)
   assert noise["seed"] == 1 and noise["versus_seed"] == 0 and noise["patients"] == 40
@@ -203,6 +204,18 @@ def test_a_row_with_two_seeds_reports_their_paired_difference_as_the_noise_floor
   means = list(run._patient_means(results).values())
   assert row["patients"] == 40 and (row["low"], row["high"]) == pytest.approx(run.bootstrap_interval(means))
   assert row["mean"] == pytest.approx(np.mean(means))
+  assert row["hd95_undefined"] == 2  # f0p0 and f1p0, each counted once for its two seeds
+
+
+def test_a_patient_scored_in_parts_gets_its_volumetric_dice_not_the_parts_mean():
+  """The slice protocol spreads a patient's slices over the folds' test sets:
+  a perfect part (64 pixels) and a tumour-free part with one stray pixel
+  (Dice 0 by the empty rule) are one patient of Dice 128 / 129."""
+  parts = [_fake_result("a", 0, [1.0]), _fake_result("a", 1, [0.0])]
+  for r, (predicted, true) in zip(parts, ((64, 64), (1, 0))):
+    r["test_per_patient"][0].update(patient="p", predicted_pixels=predicted, true_pixels=true)
+  assert run._patient_means(parts) == {"p": pytest.approx(128 / 129)}
+  assert run.summarise_group(parts)["patients"] == 1
 
 
 def test_a_side_row_is_compared_with_the_row_it_names_and_the_chain_skips_it(tmp_path):

@@ -333,3 +333,10 @@ def test_cv_probabilities_are_the_held_out_patients_of_the_named_models(tiny_run
   with pytest.raises(ValueError, match=f"came from elsewhere, not {root / 'run'}"):
     cv_probabilities.check_same_models(out, {config.split.fold: str(root / "run")})
   cv_probabilities.check_same_models(out, {config.split.fold: "elsewhere"})
+
+
+def test_a_patient_file_left_half_written_is_not_a_patient(tmp_path):
+  from benchmarks import cv_files
+  for name in ("TCGA_A_1.npz", "TCGA_B_2.partial.npz", "other.npz"):
+    (tmp_path / name).write_bytes(b"")
+  assert [p.name for p in cv_files.saved_patients(tmp_path)] == ["TCGA_A_1.npz"]

@@ -16,7 +16,11 @@ AXIS = "data"  # the axis gradients, metrics and BatchNorm statistics are averag
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:
-  return jax.sharding.Mesh(np.array(jax.devices() if devices is None else devices), (AXIS,))
+  """Each process's devices as one block, in process order (a stable sort:
+  jax's order within a process is kept): `local_rows` gives process p the
+  p-th block of rows, and `to_host` reads rows back in mesh order."""
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.sharding.Mesh(np.array(sorted(devices, key=lambda d: d.process_index)), (AXIS,))
 
 
 def replicate(tree, mesh):

@@ -47,15 +47,18 @@ def initialize_distributed(config) -> None:
   dist = config.distributed
   if not dist.enabled:
     return
-  # CPU devices of several processes need a collectives backend to talk
-  # (only the CPU client reads this; accelerators use their own).
-  jax.config.update("jax_cpu_collectives_implementation", dist.cpu_collectives)
   kwargs = {}
+  if not dist.coordinator_address and (dist.num_processes > 0 or dist.process_id >= 0):
+    raise ValueError("config.distributed.num_processes and process_id need coordinator_address (host:port of "
+                     "process 0); leave all three unset for JAX to detect the cluster")
   if dist.coordinator_address:
     if dist.num_processes <= 0 or dist.process_id < 0:
       raise ValueError("config.distributed.coordinator_address needs num_processes and process_id")
     kwargs = dict(coordinator_address=dist.coordinator_address, num_processes=dist.num_processes,
                   process_id=dist.process_id)
+  # CPU devices of several processes need a collectives backend to talk
+  # (only the CPU client reads this; accelerators use their own).
+  jax.config.update("jax_cpu_collectives_implementation", dist.cpu_collectives)
   jax.distributed.initialize(**kwargs)
   logging.info("process %d of %d; %d local and %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())

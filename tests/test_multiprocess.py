@@ -170,3 +170,19 @@ def test_two_processes_of_two_devices_match_one_process_of_four(tmp_path):
   ra, rb = _records(single), _records(multi)
   assert [r["step"] for r in ra] == [r["step"] for r in rb]
   np.testing.assert_allclose([r["val_dice"] for r in ra], [r["val_dice"] for r in rb], rtol=1e-5)
+
+
+def test_a_half_given_manual_launch_is_an_error_before_jax_distributed_starts():
+  """num_processes and process_id without the coordinator's address used to be
+  ignored silently (JAX then looked for a cluster); the address without them
+  is refused too."""
+  from configs import default
+  from lgg_jax import train
+  config = default.get_config()
+  config.distributed.enabled = True
+  config.distributed.num_processes, config.distributed.process_id = 2, 1
+  with pytest.raises(ValueError, match="num_processes and process_id need coordinator_address"):
+    train.initialize_distributed(config)
+  config.distributed.coordinator_address, config.distributed.num_processes = "127.0.0.1:1234", 0
+  with pytest.raises(ValueError, match="coordinator_address needs num_processes and process_id"):
+    train.initialize_distributed(config)

@@ -261,12 +261,14 @@ probabilities at 256x256: float32 NHWC (batch, input_size, input_size,
 outside the graph: resize each 256x256 slice to the input size (area
 interpolation), normalise as the graph's metadata says (`lgg_jax.*` keys),
 stack each slice with its k neighbours on each side (edge slices repeat;
-channels pre-contrast, FLAIR, post-contrast of slice s-k first). Threshold
-the probabilities at `lgg_jax.threshold`; test-time augmentation and the
-3-D component step of inference.json are not in the graph (with TTA in
-inference.json, average the graph's outputs over the flipped inputs, each
-flipped back). `onnx_predict.py` does the rest with numpy and onnxruntime
-only, without TTA.
+channels pre-contrast, FLAIR, post-contrast of slice s-k first). The graph
+is one view: the test-time views (`lgg_jax.tta`: none; flips: identity, left-
+right, up-down; dihedral: the 4 rotations by 90 degrees, each with and
+without a transpose), the threshold and the 3-D component step
+(`lgg_jax.largest_component`, `lgg_jax.component_rank`,
+`lgg_jax.component_fraction`) are outside it, and its metadata carries
+them. `python onnx_predict.py model.onnx SLICES.npy MASKS.npy` (numpy,
+scipy and onnxruntime) applies all of them: its masks are the scored ones.
 """
 
 

@@ -7,9 +7,11 @@ jax2onnx (`pip install -e ".[onnx]"`) from the same Flax module the library
 runs, with the plain XLA convolution forms, and the bilinear upsampling
 written as two matrix products (`inference.upsample_matrix`: the same numbers as
 `jax.image.resize`, which jax2onnx cannot take with a symbolic batch).
-Normalisation and the 2.5-D stacking stay outside the graph; the graph's
-metadata (`lgg_jax.*`) says what to feed, and `onnx_predict.py` (numpy and
-onnxruntime only) does it.
+Normalisation, the 2.5-D stacking, the test-time views, the threshold and
+the component step stay outside the graph; the graph's metadata
+(`lgg_jax.*`) says what to feed and how the model was scored, and
+`onnx_predict.py` (numpy, scipy and onnxruntime) does all of it, for one
+graph or an ensemble of them.
 
 jax2onnx 0.17.1's `remove_redundant_transpose_pairs` optimisation leaves a
 tensor that is both one block's output and later blocks' input in the wrong
@@ -97,9 +99,11 @@ def metadata(member: inference.Member) -> dict[str, str]:
           "lgg_jax.channels": "pre-contrast, FLAIR, post-contrast per slice; slice s-k first, s+k last",
           "lgg_jax.normalization": str(data.normalization),
           "lgg_jax.percentiles": ",".join(str(float(p)) for p in data.normalization_percentiles),
-          "lgg_jax.threshold": str(member.settings.threshold), "lgg_jax.output": "probabilities (b, 256, 256)",
-          "lgg_jax.tta": f"none in the graph (the model was scored with {member.settings.tta})",
-          "lgg_jax.model": str(member.config.model.name)}
+          "lgg_jax.output": "probabilities (b, 256, 256) of one view: test-time views and the component step "
+                            "are outside the graph (onnx_predict.py applies them)",
+          "lgg_jax.model": str(member.config.model.name),
+          # How the model was scored (inference.Settings), field by field.
+          **{f"lgg_jax.{name}": str(value) for name, value in member.settings.as_dict().items()}}
 
 
 def export_onnx(member: inference.Member, path) -> pathlib.Path:
@@ -125,8 +129,14 @@ def export_onnx(member: inference.Member, path) -> pathlib.Path:
     entry = model.metadata_props.add()
     entry.key, entry.value = key, value
   partial = path.with_name(f".{path.name}.partial")
-  onnx.save(model, str(partial))
-  partial.rename(path)
+  try:
+    onnx.save(model, str(partial))
+    partial.rename(path)
+  except BaseException as e:
+    partial.unlink(missing_ok=True)
+    if isinstance(e, OSError):
+      raise OSError(e.errno, f"{path}: not written ({e.strerror or e})") from e
+    raise
   return path
 
 

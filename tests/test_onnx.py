@@ -20,7 +20,7 @@ from conftest import REAL_DATA, import_or_skip, require
 import_or_skip("jax2onnx", 'the [onnx] extra: pip install -e ".[onnx]"')
 import_or_skip("onnxruntime", 'the [onnx] extra: pip install -e ".[onnx]"')
 
-from lgg_jax import inference, loading, onnx_export, parallel, predict, state  # noqa: E402
+from lgg_jax import Segmenter, inference, onnx_export, parallel, predict, pretrained, state  # noqa: E402
 from lgg_jax import export as export_lib  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -125,34 +125,104 @@ def test_members_sharing_a_folder_name_are_refused_before_any_file_is_written(tm
   assert not (tmp_path / "onnx").exists()
 
 
-def test_the_reference_script_masks_a_real_patient_as_the_library_does(tmp_path):
-  require(REAL_DATA, "../shared/data/lgg_dev")
-  written = export_lib.export_members_onnx([str(SHIPPED_MEMBER)], tmp_path)
-  assert [p.name for p in written] == ["fold0.onnx"] and (tmp_path / "onnx_predict.py").is_file()
-  member = loading.member_from_export(SHIPPED_MEMBER)
-  case = predict.find_cases(REAL_DATA / "TCGA_DU_5849_19950405")[0]
-  np.save(tmp_path / "slices.npy", case.images)
-  script = ("import runpy, sys\n"
-            "sys.argv = ['onnx_predict.py'] + sys.argv[1:]\n"
-            "runpy.run_path(sys.argv[0].replace('onnx_predict.py', %r), run_name='__main__')\n"
-            "assert 'jax' not in sys.modules, 'the reference script imported jax'\n") % str(tmp_path / "onnx_predict.py")
-  run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "fold0.onnx"), str(tmp_path / "slices.npy"),
-                        str(tmp_path / "masks.npy")], capture_output=True, text=True, timeout=600,
-                       env=_no_jax_env(), cwd=tmp_path)
+SCRIPT_WITHOUT_JAX = ("import runpy, sys\n"
+                      "script = sys.argv.pop(1)\n"
+                      "sys.argv[0] = script\n"
+                      "runpy.run_path(script, run_name='__main__')\n"
+                      "assert 'jax' not in sys.modules, 'the reference script imported jax'\n")
+
+
+def _run_script(folder, models, slices):
+  np.save(folder / "slices.npy", slices)
+  run = subprocess.run([sys.executable, "-c", SCRIPT_WITHOUT_JAX, str(folder / "onnx_predict.py"),
+                        *map(str, models), str(folder / "slices.npy"), str(folder / "masks.npy")],
+                       capture_output=True, text=True, timeout=900, env=_no_jax_env(), cwd=folder)
   assert run.returncode == 0, run.stderr[-3000:]
-  ours = np.load(tmp_path / "masks.npy")
-  library = inference.Predictor(member, settings=member.settings.replace(tta="none")).predict_volume(case.images)
-  library = library >= member.settings.threshold
-  assert ours.shape == library.shape and library.sum() > 1000
+  return np.load(folder / "masks.npy")
+
+
+def test_the_reference_script_gives_the_pretrained_ensembles_masks_on_a_real_patient(tmp_path):
+  """All five shipped members through onnxruntime and the script: the
+  masks `Segmenter.load("pretrained")` gives, component step included (on
+  this patient it removes about half of the thresholded voxels)."""
+  require(REAL_DATA, "../shared/data/lgg_dev")
+  written = export_lib.export_members_onnx(["pretrained"], tmp_path)
+  assert [p.name for p in written] == [f"fold{k}.onnx" for k in range(5)]
+  case = predict.find_cases(next(REAL_DATA.glob("TCGA_CS_5395_*")))[0]
+  seg = Segmenter.load(pretrained.DEFAULT)
+  assert seg.settings.largest_component
+  library = seg.predict(case.images, masks=True)
+  thresholded = seg.predict(case.images) >= seg.threshold
+  assert (thresholded != library).sum() > 0.3 * thresholded.sum()  # the component step matters here
+  ours = _run_script(tmp_path, written, case.images)
+  assert ours.shape == library.shape and ours.dtype == bool and library.sum() > 1000
   assert (ours != library).sum() <= 0.001 * library.sum(), ((ours != library).sum(), library.sum())
 
 
-@pytest.mark.parametrize("size", [128, 64])
-def test_the_reference_preparation_is_the_librarys(size):
+@pytest.mark.parametrize("tta, rank, fraction", [("dihedral", "probability_sum", 0.0), ("flips", "volume", 0.3),
+                                                 ("none", "probability_max", 0.0)])
+def test_the_reference_script_applies_the_views_and_component_rule_it_was_scored_with(tmp_path, tta, rank, fraction):
+  member = _tiny_member("unet")
+  volume = np.random.default_rng(2).integers(0, 256, (6, 256, 256, 3), dtype=np.uint8)
+  plain = inference.Predictor(member, settings=member.settings.replace(tta=tta)).predict_volume(volume)
+  threshold = float(np.quantile(plain, 0.9))  # a tenth of the voxels, in many components
+  member.settings = member.settings.replace(tta=tta, threshold=threshold, largest_component=True,
+                                            component_rank=rank, component_fraction=fraction)
+  library = inference.postprocess(plain, member.settings)
+  assert library.any() and (library != (plain >= threshold)).sum() > 0.01 * library.size
+  onnx_export.export_onnx(member, tmp_path / "model.onnx")
+  onnx_export.copy_predict_script(tmp_path)
+  ours = _run_script(tmp_path, [tmp_path / "model.onnx"], volume)
+  assert (ours != library).sum() <= 0.001 * library.sum(), ((ours != library).sum(), library.sum())
+
+
+def test_the_scripts_views_and_settings_are_the_librarys():
+  from lgg_jax import onnx_predict, registry
+  assert set(onnx_predict.SETTINGS) == set(inference.Settings.names())
+  x = np.random.default_rng(0).standard_normal((2, 8, 8, 3)).astype(np.float32)
+  for tta in registry.names("tta"):
+    ours, theirs = onnx_predict.views(tta), registry.get("tta", tta)()
+    assert len(ours) == len(theirs)
+    for (forward, inverse), (jax_forward, jax_inverse) in zip(ours, theirs):
+      np.testing.assert_array_equal(forward(x), np.asarray(jax_forward(x)))
+      np.testing.assert_array_equal(inverse(x), np.asarray(jax_inverse(x)))
+
+
+def test_the_script_refuses_slices_the_library_refuses_naming_the_file_and_mixed_settings(tmp_path):
+  from lgg_jax import onnx_predict
+  with pytest.raises(ValueError, match="slices.npy: dtype uint16, want uint8"):
+    onnx_predict.check_slices(np.zeros((2, 256, 256, 3), np.uint16), "slices.npy")
+  with pytest.raises(ValueError, match=r"slices.npy: shape \(2, 240, 240, 3\), want \(slices, 256, 256, 3\)"):
+    onnx_predict.check_slices(np.zeros((2, 240, 240, 3), np.uint8), "slices.npy")
+  member = _tiny_member("unet")
+  onnx_export.export_onnx(member, tmp_path / "a.onnx")
+  member.settings = member.settings.replace(tta="flips")
+  onnx_export.export_onnx(member, tmp_path / "b.onnx")
+  with pytest.raises(ValueError, match="b.onnx and .*a.onnx disagree on their inference settings"):
+    onnx_predict.segment([str(tmp_path / "a.onnx"), str(tmp_path / "b.onnx")], np.zeros((2, 256, 256, 3), np.uint8))
+
+
+def test_a_failed_write_leaves_no_partial_file_and_names_the_target(tmp_path, monkeypatch):
+  import onnx
+
+  def full_disk(model, path):
+    pathlib.Path(path).write_bytes(b"half")
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(onnx, "save", full_disk)
+  with pytest.raises(OSError, match=r"model.onnx: not written \(No space left"):
+    onnx_export.export_onnx(_tiny_member("unet"), tmp_path / "model.onnx")
+  assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("size, normalization, neighbours", [(128, "patient", 1), (64, "patient", 1),
+                                                              (128, "unit", 0), (256, "slice", 2)])
+def test_the_reference_preparation_is_the_librarys(size, normalization, neighbours):
   from lgg_jax import onnx_predict
   from lgg_jax.data import preprocess
   member = _tiny_member("unet")
-  member.config.data.image_size = size
+  member.config.data.image_size, member.config.data.normalization = size, normalization
+  member.config.data.neighbours = neighbours
   volume = np.random.default_rng(0).integers(0, 256, (5, 256, 256, 3), dtype=np.uint8)
   volume[:, :40] = 0  # background, left out of the patient's statistics
   meta = onnx_export.metadata(member)

@@ -20,8 +20,10 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SLICES = 10
-PRED = (slice(64, 192), slice(64, 192))     # display rows, columns of every case's predicted square
-TRUTH = (slice(80, 176), slice(80, 176))    # the truth inside it: (70, 70) is a false positive
+# Display rows, columns of every case's predicted square: up and left of the
+# centre, so that a flipped display moves it (a centred square would not).
+PRED = (slice(40, 150), slice(40, 150))
+TRUTH = (slice(80, 176), slice(80, 176))    # overlapping it: (70, 70) is a false positive
 TUMOUR_SLICES = range(3, 8)
 
 
@@ -146,8 +148,21 @@ def test_the_page_lists_sorts_and_shows_patients(predicted, browser):
         "const nv = window.review.nv; return nv.frac2canvasPos(nv.vox2frac([185, 185, window.review.slice]));")
     ratio = browser.execute_script("return window.devicePixelRatio;")
     xy = [v / ratio for v in xy]
-    colour, _ = _pixel(canvas, xy)
+    colour, picture = _pixel(canvas, xy)
     assert colour[0] > colour[1] + 40 and colour[0] > colour[2] + 40, colour
+    # Orientation, on the canvas itself and not through NiiVue's own mapping: the
+    # prediction sits up and left of the slice's centre, and the slice's
+    # brightness ramp rises from top to bottom, as in the PNGs.
+    picture = picture.astype(int)
+    corners = np.array(browser.execute_script(
+        "const nv = window.review.nv, k = window.review.slice;"
+        "return [[0, 0, k], [255, 255, k]].map(v => nv.frac2canvasPos(nv.vox2frac(v)));")) / ratio
+    (left, right), (top, bottom) = np.sort(corners[:, 0]), np.sort(corners[:, 1])  # where the slice is drawn
+    red_rows, red_columns = np.nonzero((picture[..., 0] > picture[..., 1] + 40) & (picture[..., 0] > picture[..., 2] + 40))
+    assert red_rows.mean() < (top + bottom) / 2 - 10 and red_columns.mean() < (left + right) / 2 - 10, (
+        red_rows.mean(), red_columns.mean(), (top, bottom, left, right))
+    grey = picture[int(top):int(bottom), int(left):int(right)].mean(axis=(1, 2))
+    assert grey[: len(grey) // 5].mean() + 20 < grey[-len(grey) // 5:].mean(), grey
     browser.find_element(By.ID, "layer-mask").click()
     time.sleep(0.3)
     colour, before = _pixel(canvas, xy)

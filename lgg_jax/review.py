@@ -141,7 +141,10 @@ def make_handler(root: pathlib.Path, host: str = "127.0.0.1"):
       if path in ("/", "/index.html"):
         self._send_file(ASSETS / "index.html", body)
       elif path == "/api/about":  # looked up on each load: an evaluation written since shows
-        self._send(200, "application/json", json.dumps(find_index(root)).encode(), body)
+        try:
+          self._send(200, "application/json", json.dumps(find_index(root)).encode(), body)
+        except FileNotFoundError as e:  # its index removed since the server started
+          self._send(404, "text/plain", f"{e}\n".encode(), body)
       elif path.startswith("/assets/"):
         self._send_file(contained(ASSETS, path[len("/assets/"):]), body)
       elif path.startswith("/files/"):

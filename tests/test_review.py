@@ -4,6 +4,7 @@ import http.client
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -142,6 +143,10 @@ def test_the_page_finds_an_evaluation_written_after_the_server_started(tmp_path)
     (run / "evaluation" / "test_step1").mkdir(parents=True)
     review.write_index(run / "evaluation" / "test_step1", "evaluate", [])
     assert json.loads(_request(server, "/api/about")[1])["index"] == "evaluation/test_step1/review.json"
+    (run / review.CURVES_FILE).unlink()
+    shutil.rmtree(run / "evaluation")
+    status, body, _ = _request(server, "/api/about")
+    assert status == 404 and b"holds no review.json" in body
   finally:
     server.shutdown()
     server.server_close()

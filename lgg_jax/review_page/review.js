@@ -255,7 +255,9 @@ function drawCurves(text) {
 }
 
 function onKey(event) {
-  if (event.target.matches('input[type=text], input[type=number], input[type=search], textarea')) return;
+  // Keys typed into a field, and a slider's own arrow keys, are theirs (a checkbox has none).
+  if (event.target.matches('input[type=range], input[type=text], input[type=number], input[type=search], textarea, select')) return;
+  if (event.ctrlKey || event.metaKey || event.altKey) return; // Ctrl+P prints, not "previous patient"
   const step = { ArrowUp: 1, ArrowDown: -1 }[event.key];
   if (step !== undefined && state.ready) {
     setSlice(state.slice + step);
@@ -270,13 +272,20 @@ function onKey(event) {
   event.stopPropagation(); // NiiVue's own arrow keys would move the crosshair a second time
 }
 
+async function fetched(url, what) {
+  // A file the server cannot give is an error naming it, not a JSON parse error.
+  const response = await fetch(url);
+  if (!response.ok) throw new Error(`${what} (${url}): ${response.status} ${response.statusText}`);
+  return response;
+}
+
 async function main() {
-  state.about = await (await fetch('/api/about')).json();
+  state.about = await (await fetched('/api/about', 'the review server')).json();
   $('title').textContent = `lgg_jax review: ${state.about.title}`;
   document.title = `review: ${state.about.title}`;
   if (state.about.curves) {
     try {
-      drawCurves(await (await fetch(`/files/${encodePath(state.about.curves)}`)).text());
+      drawCurves(await (await fetched(`/files/${encodePath(state.about.curves)}`, 'the training curves')).text());
     } catch (error) {
       console.warn('training curves not shown:', error);
     }
@@ -287,7 +296,7 @@ async function main() {
     return;
   }
   state.base = state.about.index.includes('/') ? state.about.index.replace(/[^/]*$/, '') : '';
-  const index = await (await fetch(`/files/${encodePath(state.about.index)}`)).json();
+  const index = await (await fetched(`/files/${encodePath(state.about.index)}`, 'the index')).json();
   state.rows = index.cases;
   state.columns = COLUMNS.filter(([key]) => state.rows.some((r) => r[key] !== undefined && r[key] !== null));
   const flagged = state.rows.filter((r) => r.review).length;

@@ -277,7 +277,7 @@ def _patient_parts(results: list[dict]) -> dict[str, dict[int, list[dict]]]:
   parts = {}
   for r in results:
     for p in r["test_per_patient"]:
-      parts.setdefault(p["patient"], {}).setdefault(r["overrides"].get("seed", 0), []).append(p)
+      parts.setdefault(p["patient"], {}).setdefault(r.get("overrides", {}).get("seed", 0), []).append(p)
   return parts
 
 

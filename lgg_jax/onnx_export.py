@@ -38,6 +38,10 @@ from lgg_jax.data import preprocess
 ONNX_FILE = "model.onnx"
 PREDICT_SCRIPT = pathlib.Path(__file__).with_name("onnx_predict.py")
 CONVERTS = ("unet", "fpn", "resnext_unet")
+# jax2onnx's default, opset 23, is refused by onnxruntime before 1.22 ("official
+# support ... till opset 21" in 1.20.1), which 3D Slicer and C++ services may run;
+# every layer here exists in opset 21.
+OPSET = 21
 _MISLAYOUT_PASS = "remove_redundant_transpose_pairs"
 INSTALL = 'pip install -e ".[onnx]"'
 
@@ -121,7 +125,7 @@ def export_onnx(member: inference.Member, path) -> pathlib.Path:
     with _without_transpose_pair_pass():
       model = jax2onnx.to_onnx(probability_function(member), [("B", size, size, channels)], return_mode="proto",
                                model_name=f"lgg_jax_{name}", input_names=["images"],
-                               output_names=["probabilities"])
+                               output_names=["probabilities"], opset=OPSET)
   except Exception as e:  # the converter raises many types for a layer it cannot take
     raise ValueError(f"model {name!r} ({member.source}) did not convert with jax2onnx {version}"
                      f"{_model_frame(e)}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e

@@ -70,6 +70,9 @@ def test_onnxruntime_gives_the_librarys_probabilities(tmp_path, name, norm):
   assert run.returncode == 0, run.stderr[-3000:]
   meta = json.loads(run.stdout.strip().splitlines()[-1])
   assert meta["lgg_jax.input_size"] == str(size) and meta["lgg_jax.neighbours"] == "1"
+  # onnxruntime before 1.22 refuses opset 23, jax2onnx's default (checked with 1.20.1).
+  import onnx
+  assert [o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx")] == [21]
   expected = np.asarray(inference.make_probability_step(member.graphdef, "none", 256)(member.variables, images))
   got = np.load(tmp_path / "out.npy")
   assert got.shape == expected.shape == (3, 256, 256)

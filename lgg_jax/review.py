@@ -22,6 +22,7 @@ import ipaddress
 import json
 import math
 import mimetypes
+import os
 import pathlib
 import socket
 import urllib.parse
@@ -76,10 +77,15 @@ def find_index(folder: pathlib.Path) -> dict:
                           f"and is not a run folder")
 
 
+_OTHER_SEPARATORS = {os.sep, os.altsep} - {None, "/"}
+
+
 def contained(base: pathlib.Path, relative: str) -> pathlib.Path | None:
   """The file `relative` names under `base`, or None if it is not a file
-  there: `..`, absolute paths and symlinks that lead out of `base` give None."""
-  if "\x00" in relative or "\\" in relative or relative.startswith("/"):
+  there: `..`, absolute paths and symlinks that lead out of `base` give None.
+  A backslash is refused only where it separates folders (Windows): on
+  POSIX it is a plain character, and a patient folder may carry one."""
+  if "\x00" in relative or relative.startswith("/") or any(s in relative for s in _OTHER_SEPARATORS):
     return None
   try:
     base = base.resolve()

@@ -61,6 +61,16 @@ def test_serves_files_under_the_folder_and_the_page(served):
   assert about["index"] == review.INDEX_FILE and about["curves"] is None
 
 
+@pytest.mark.skipif(os.sep != "/" or os.altsep, reason="a backslash separates folders here")
+def test_serves_a_case_whose_folder_name_has_a_backslash(served, tmp_path):
+  """On POSIX a backslash is a plain character: such a patient folder's
+  files were refused with 404s, so its case showed nothing."""
+  root = tmp_path / "root"  # the fixture's folder
+  (root / "TCGA\\x").mkdir()
+  (root / "TCGA\\x" / "flair.nii.gz").write_bytes(b"volume")
+  assert _request(served, "/files/TCGA%5Cx/flair.nii.gz")[:2] == (200, b"volume")
+
+
 @pytest.mark.parametrize("path", [
     "/files/../secret.txt", "/files/case/../../secret.txt", "/files/%2e%2e/secret.txt", "/files/..%2fsecret.txt",
     "/files/%2E%2E%2Fsecret.txt", "/files/case%2F..%2F..%2Fsecret.txt", "/files//etc/passwd", "/files/%2Fetc%2Fpasswd",

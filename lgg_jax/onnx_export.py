@@ -31,6 +31,7 @@ import shutil
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 
 from lgg_jax import inference, state
 from lgg_jax.data import preprocess
@@ -85,6 +86,9 @@ def probability_function(member: inference.Member):
   """images (b, size, size, c) -> probabilities (b, 256, 256), the weights inside, plain XLA convs."""
   config = member.config.copy_and_resolve_references()
   config.model.conv_impl = "xla"
+  # onnxruntime's CPU provider has no bfloat16 convolution: a graph computing
+  # in bfloat16 does not load. The weights are float32 either way.
+  config.compute_dtype = "float32"
   graphdef, _ = state.abstract_variables(config)
   variables = jax.device_get(member.variables)
   matrix = inference.upsample_matrix(config.data.image_size, preprocess.SOURCE_SIZE)
@@ -106,6 +110,7 @@ def metadata(member: inference.Member) -> dict[str, str]:
           "lgg_jax.output": "probabilities (b, 256, 256) of one view: test-time views and the component step "
                             "are outside the graph (onnx_predict.py applies them)",
           "lgg_jax.model": str(member.config.model.name),
+          "lgg_jax.compute_dtype": f"float32 (the library computes in {member.config.compute_dtype})",
           # How the model was scored (inference.Settings), field by field.
           **{f"lgg_jax.{name}": str(value) for name, value in member.settings.as_dict().items()}}
 
@@ -120,6 +125,10 @@ def export_onnx(member: inference.Member, path) -> pathlib.Path:
                      f"that convert: {', '.join(CONVERTS)})")
   import onnx
   path = pathlib.Path(path)
+  if member.config.compute_dtype != "float32":
+    logging.warning("%s computes in %s; its ONNX graph computes in float32 (onnxruntime's CPU provider has no "
+                    "%s convolution), so its probabilities differ slightly from the library's",
+                    member.source, member.config.compute_dtype, member.config.compute_dtype)
   size, channels = member.config.data.image_size, state.in_channels(member.config)
   try:
     with _without_transpose_pair_pass():

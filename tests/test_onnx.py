@@ -79,6 +79,29 @@ def test_onnxruntime_gives_the_librarys_probabilities(tmp_path, name, norm):
   np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
+def test_a_bfloat16_member_exports_a_float32_graph_that_onnxruntime_loads(tmp_path):
+  """A graph computing in bfloat16 failed to load: onnxruntime's CPU provider
+  has no bfloat16 Conv (INVALID_GRAPH)."""
+  member = _tiny_member("unet")
+  member.config.compute_dtype = "bfloat16"
+  member = inference.Member(member.config, state.abstract_variables(member.config)[0], member.variables, 0,
+                            "tiny bfloat16 unet")
+  path = onnx_export.export_onnx(member, tmp_path / "model.onnx")
+  images = np.random.default_rng(0).standard_normal((2, 32, 32, 9)).astype(np.float32)
+  np.save(tmp_path / "images.npy", images)
+  run = subprocess.run([sys.executable, "-c", RUN_ONNX, str(path), str(tmp_path / "images.npy"),
+                        str(tmp_path / "out.npy")], capture_output=True, text=True, timeout=300, env=_no_jax_env())
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert json.loads(run.stdout.strip().splitlines()[-1])["lgg_jax.compute_dtype"].startswith("float32")
+  got = np.load(tmp_path / "out.npy")
+  assert got.dtype == np.float32
+  library = np.asarray(inference.make_probability_step(member.graphdef, "none", 256)(member.variables, images))
+  assert library.dtype == np.float32 and np.abs(got - library).max() < 0.05  # bfloat16 rounding, not another model
+  float32_member = _tiny_member("unet")
+  np.testing.assert_allclose(got, inference.make_probability_step(float32_member.graphdef, "none", 256)(
+      member.variables, images), atol=1e-4)
+
+
 def test_the_upsampling_matrix_is_the_librarys_resize():
   probabilities = np.random.default_rng(0).uniform(size=(2, 128, 128)).astype(np.float32)
   matrix = inference.upsample_matrix(128, 256)

@@ -204,6 +204,80 @@ def test_zip_without_kaggle_3m_is_refused(tmp_path):
     builder.build(archive.parent, tmp_path / "tfds")
 
 
+def test_a_zip_from_macos_finder_reads_like_a_plain_one(tiny_dataset, tmp_path):
+  """Finder adds __MACOSX/kaggle_3m/.../._* stubs, and "__MACOSX/" sorted
+  first: the build read the stubs and refused them as bad file names."""
+  plain = kaggle.list_slices(kaggle.open_source(_zip_folder(tiny_dataset, tmp_path / "plain.zip", top="x")))
+  archive = tmp_path / "mac" / "kaggle_3m.zip"
+  archive.parent.mkdir()
+  with zipfile.ZipFile(archive, "w") as z:
+    for f in sorted(tiny_dataset.rglob("*")):
+      relative = f.relative_to(tiny_dataset).as_posix()
+      z.write(f, f"kaggle_3m/{relative}")
+      if f.is_file():
+        z.writestr(f"__MACOSX/kaggle_3m/{f.parent.relative_to(tiny_dataset).as_posix()}/._{f.name}", b"stub")
+    z.writestr("kaggle_3m/.DS_Store", b"finder")
+  source = kaggle.open_source(archive.parent)
+  assert source._prefix == "kaggle_3m/"
+  assert [(s.patient_id, s.index) for s in kaggle.list_slices(source)] == [(s.patient_id, s.index) for s in plain]
+
+
+def test_hidden_files_are_skipped(tiny_dataset, tmp_path):
+  root = _copy(tiny_dataset, tmp_path / "src")
+  patient = sorted(p for p in root.iterdir() if p.is_dir())[0]
+  (patient / ".DS_Store").write_bytes(b"finder")
+  (patient / f"._{patient.name}_1.tif").write_bytes(b"stub")
+  (root / ".ipynb_checkpoints").mkdir()
+  (root / ".ipynb_checkpoints" / "data-checkpoint.csv").write_text("x")
+  assert kaggle.list_slices(kaggle.open_source(root)) == kaggle.list_slices(kaggle.open_source(tiny_dataset))
+
+
+def test_the_top_kaggle_3m_is_read_and_two_at_one_depth_are_refused(tiny_dataset, tmp_path, caplog):
+  """rglob's sorted first was data/dev_subset/kaggle_3m over data/kaggle_3m."""
+  data = tmp_path / "data"
+  shutil.copytree(tiny_dataset, data / "kaggle_3m")
+  subset = data / "dev_subset" / "kaggle_3m"
+  subset.mkdir(parents=True)
+  first = sorted(p for p in tiny_dataset.iterdir() if p.is_dir())[0]
+  shutil.copytree(first, subset / first.name)
+  with caplog.at_level("WARNING"):
+    assert kaggle.open_source(data).location == data / "kaggle_3m"
+  assert str(subset) in caplog.text
+  shutil.move(data / "kaggle_3m", data / "b" / "kaggle_3m")
+  with pytest.raises(kaggle.DataError, match=r"2 kaggle_3m/ folders at the same depth.*dev_subset"):
+    kaggle.open_source(data)
+
+
+def test_a_tiff_outside_the_patient_folders_is_refused(tiny_dataset, tmp_path):
+  root = _copy(tiny_dataset, tmp_path / "src")
+  patient = sorted(p for p in root.iterdir() if p.is_dir())[0]
+  shutil.copy(patient / f"{patient.name}_1.tif", root / f"{patient.name}_99.tif")
+  with pytest.raises(kaggle.DataError, match=f"{patient.name}_99.tif: a TIFF outside any patient folder"):
+    kaggle.list_slices(kaggle.open_source(root))
+
+
+def test_numbering_from_zero_names_the_unexpected_number(tiny_dataset, tmp_path):
+  root = _copy(tiny_dataset, tmp_path / "src")
+  patient = sorted(p for p in root.iterdir() if p.is_dir())[0]
+  last = max(int(f.stem.split("_")[-1]) for f in patient.glob("*[0-9].tif"))
+  for suffix in ("", "_mask"):
+    (patient / f"{patient.name}_{last}{suffix}.tif").rename(patient / f"{patient.name}_0{suffix}.tif")
+  with pytest.raises(kaggle.DataError, match=r"missing \[\], unexpected \[0\]"):
+    kaggle.list_slices(kaggle.open_source(root))
+
+
+@pytest.mark.parametrize("content, message", [
+    ("Name,RNASeqCluster\nTCGA_CS_4941,1\n".encode(), r"data.csv: no Patient column"),
+    ("Patient,Note\nTCGA_CS_4941,caf\xe9\n".encode("latin-1"), r"data.csv: not a UTF-8 CSV table"),
+])
+def test_a_bad_clinical_table_is_an_error_naming_it(tiny_dataset, tmp_path, content, message):
+  root = _copy(tiny_dataset, tmp_path / "src")
+  (root / "data.csv").write_bytes(content)
+  with pytest.raises(kaggle.DataError, match=message) as err:
+    builder.build(root, tmp_path / "tfds")
+  assert str(root / "data.csv") in str(err.value)
+
+
 def test_clinical_table_mismatches_are_warned(tiny_dataset, tmp_path, caplog):
   root = _copy(tiny_dataset, tmp_path / "src")
   lines = (root / "data.csv").read_text().splitlines()

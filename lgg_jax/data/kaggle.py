@@ -35,6 +35,10 @@ class Slice:
   mask_path: str
 
 
+def _hidden(name: str) -> bool:
+  return any(part.startswith(".") for part in name.split("/") if part)
+
+
 class Source:
   """The files of one `kaggle_3m/`, in a folder or inside a zip archive.
 
@@ -48,15 +52,21 @@ class Source:
     if zip_file is None:
       # os.walk with followlinks: a cohort assembled from symlinked patient
       # folders is read like copied ones (pathlib's rglob skips linked folders).
-      self.names = sorted(str((pathlib.Path(root) / f).relative_to(location).as_posix())
-                          for root, _, files in os.walk(location, followlinks=True) for f in files)
-      self.folders = sorted(p.name for p in location.iterdir() if p.is_dir())
+      names = sorted(str((pathlib.Path(root) / f).relative_to(location).as_posix())
+                     for root, _, files in os.walk(location, followlinks=True) for f in files)
+      self.names = [n for n in names if not _hidden(n)]
+      self.folders = sorted(p.name for p in location.iterdir() if p.is_dir() and not _hidden(p.name))
     else:
-      members = [m for m in zip_file.infolist() if m.filename.startswith(prefix)]
+      members = [m for m in zip_file.infolist() if m.filename.startswith(prefix)
+                 and not _hidden(m.filename[len(prefix):])]
+      names = [m.filename for m in zip_file.infolist() if m.filename.startswith(prefix) and not m.is_dir()]
       self.names = sorted(m.filename[len(prefix):] for m in members if not m.is_dir())
       self.folders = sorted({n.split("/")[0] for n in (m.filename[len(prefix):] for m in members)
                              if "/" in n and n.split("/")[0]})
       self._sizes = {m.filename[len(prefix):]: (m.file_size, m.CRC) for m in members}
+    skipped = len(names) - len(self.names)
+    if skipped:  # macOS's .DS_Store and ._* files, Jupyter's .ipynb_checkpoints/: not data
+      logging.info("%s: skipped %d hidden files (names starting with '.')", self.describe(""), skipped)
 
   def describe(self, name: str) -> str:
     return f"{self.location}:{self._prefix}{name}" if self._zip else str(self.location / name)
@@ -92,22 +102,37 @@ def open_source(manual_dir: str | pathlib.Path) -> Source:
   elif manual_dir.name == "kaggle_3m":
     return Source(manual_dir)
   else:
-    folders = sorted(p for p in manual_dir.rglob("kaggle_3m") if p.is_dir())
+    folders = [p for p in manual_dir.rglob("kaggle_3m")
+               if p.is_dir() and not _hidden(p.relative_to(manual_dir).as_posix()) and "__MACOSX" not in p.parts]
     if folders:
-      return Source(folders[0])
+      return Source(_shallowest(folders, lambda p: len(p.parts), manual_dir))
     zips = sorted(manual_dir.rglob("*.zip"))
   for path in zips:
     try:
       archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
       raise DataError(f"{path}: not a readable zip archive ({e})") from e
-    prefixes = sorted({n[:n.index("kaggle_3m/") + len("kaggle_3m/")] for n in archive.namelist()
-                       if "kaggle_3m/" in n})
+    # A zip made by macOS's Finder also holds __MACOSX/kaggle_3m/ (resource stubs).
+    prefixes = {n[:n.index("kaggle_3m/") + len("kaggle_3m/")] for n in archive.namelist()
+                if "kaggle_3m/" in n and not n.startswith("__MACOSX/")}
     if prefixes:
-      return Source(path, archive, prefixes[0])
+      return Source(path, archive, _shallowest(prefixes, lambda n: n.count("/"), path))
     if len(zips) == 1:
       raise DataError(f"{path}: the zip archive holds no kaggle_3m/ folder")
   raise DataError(f"manual_dir {manual_dir} holds no kaggle_3m/ folder and no zip archive with one")
+
+
+def _shallowest(candidates, depth, where):
+  """The one kaggle_3m/ nearest the top (Kaggle's download holds a second
+  copy one level down); two at the same depth are an error naming both."""
+  candidates = sorted(candidates, key=lambda c: (depth(c), str(c)))
+  top = [c for c in candidates if depth(c) == depth(candidates[0])]
+  if len(top) > 1:
+    raise DataError(f"{where} holds {len(top)} kaggle_3m/ folders at the same depth ({', '.join(map(str, top))}): "
+                    f"give manual_dir the one to use")
+  if len(candidates) > 1:
+    logging.warning("%s: reading %s (the others, deeper: %s)", where, top[0], ", ".join(map(str, candidates[1:])))
+  return top[0]
 
 
 _SLICE_RE = re.compile(r"^(?P<patient>.+)_(?P<n>\d+)(?P<mask>_mask)?\.tif$")
@@ -124,6 +149,9 @@ def list_slices(source: Source) -> list[Slice]:
       by_folder.setdefault(parts[0], []).append(parts[1])
     elif len(parts) > 2:
       raise DataError(f"{source.describe(name)}: unexpected nested file")
+    elif name.lower().endswith((".tif", ".tiff")):  # a slice outside any patient folder
+      raise DataError(f"{source.describe(name)}: a TIFF outside any patient folder "
+                      f"(slices belong in kaggle_3m/<patient>/)")
   slices = []
   for folder, files in sorted(by_folder.items()):
     images, masks = {}, {}
@@ -147,8 +175,9 @@ def list_slices(source: Source) -> list[Slice]:
     numbers = sorted(images)
     if numbers != list(range(1, len(numbers) + 1)):
       missing = sorted(set(range(1, numbers[-1] + 1)) - set(numbers))
+      unexpected = sorted(set(numbers) - set(range(1, len(numbers) + 1)))
       raise DataError(f"{source.describe(folder)}: slice numbers are not 1..{len(numbers)}; "
-                      f"missing {missing[:10]}")
+                      f"missing {missing[:10]}, unexpected {unexpected[:10]}")
     slices += [Slice(folder, n, images[n], masks[n]) for n in numbers]
   return slices
 
@@ -196,8 +225,14 @@ def read_clinical(source: Source, patient_ids: list[str]) -> dict[str, dict[str,
   if "data.csv" not in source.names:
     logging.warning("%s is missing: no clinical columns", source.describe("data.csv"))
     return {}
-  text = source.read("data.csv").decode("utf-8-sig")
-  rows = {row["Patient"]: row for row in csv.DictReader(io.StringIO(text))}
+  where = source.describe("data.csv")
+  try:
+    reader = csv.DictReader(io.StringIO(source.read("data.csv").decode("utf-8-sig")))
+    if "Patient" not in (reader.fieldnames or []):
+      raise DataError(f"{where}: no Patient column (its header: {reader.fieldnames})")
+    rows = {row["Patient"]: row for row in reader}
+  except (UnicodeDecodeError, csv.Error) as e:
+    raise DataError(f"{where}: not a UTF-8 CSV table ({e})") from e
   by_folder, seen = {}, set()
   for pid in patient_ids:
     key = clinical_key(pid)
@@ -205,7 +240,7 @@ def read_clinical(source: Source, patient_ids: list[str]) -> dict[str, dict[str,
       by_folder[pid] = rows[key]
       seen.add(key)
     else:
-      logging.warning("%s: patient %s has images but no row", source.describe("data.csv"), pid)
+      logging.warning("%s: patient %s has images but no row", where, pid)
   for key in sorted(set(rows) - seen):
-    logging.warning("%s: patient %s has a row but no images", source.describe("data.csv"), key)
+    logging.warning("%s: patient %s has a row but no images", where, key)
   return by_folder

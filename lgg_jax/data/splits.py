@@ -98,6 +98,14 @@ def _pick_stratified(candidates: np.ndarray, strata: np.ndarray, count: int,
   return np.array(sorted(int(rng.choice(b)) for b in bins if len(b)))
 
 
+def _validation_count(val_fraction: float, outside_test: int, unit: str) -> int:
+  count = max(1, int(round(val_fraction * outside_test)))
+  if count >= outside_test:
+    raise ValueError(f"config.split.val_fraction={val_fraction} leaves no training {unit} "
+                     f"(validation would take {count} of the {outside_test} outside the test fold)")
+  return count
+
+
 def _patient_split(patient_ids, has_tumor, num_folds, fold, val_fraction, seed) -> Split:
   patients = np.unique(patient_ids)  # sorted
   if len(patients) < num_folds + 1:
@@ -109,8 +117,7 @@ def _patient_split(patient_ids, has_tumor, num_folds, fold, val_fraction, seed) 
   folds = _stratified_folds(patients, tumour_fraction, num_folds, rng)
   test = np.flatnonzero(folds == fold)
   rest = np.flatnonzero(folds != fold)
-  n_val = max(1, int(round(val_fraction * len(rest))))
-  val = _pick_stratified(rest, tumour_fraction, n_val, rng)
+  val = _pick_stratified(rest, tumour_fraction, _validation_count(val_fraction, len(rest), "patients"), rng)
   train = np.setdiff1d(rest, val)
   members = {"train": train, "val": val, "test": test}
   return Split(**{name: np.flatnonzero(np.isin(record_patient, idx)) for name, idx in members.items()},
@@ -123,7 +130,7 @@ def _slice_split(patient_ids, has_tumor, num_folds, fold, val_fraction, seed) ->
   folds = _stratified_folds(records, has_tumor.astype(int), num_folds, rng)
   test = np.flatnonzero(folds == fold)
   rest = np.flatnonzero(folds != fold)
-  val = _pick_stratified(rest, has_tumor.astype(int), max(1, int(round(val_fraction * len(rest)))), rng)
+  val = _pick_stratified(rest, has_tumor.astype(int), _validation_count(val_fraction, len(rest), "slices"), rng)
   train = np.setdiff1d(rest, val)
   return Split(train=train, val=val, test=test,
                patients={name: sorted({str(p) for p in patient_ids[idx]})

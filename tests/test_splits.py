@@ -62,3 +62,14 @@ def test_bad_split_settings_are_named(kwargs, message):
   ids, tumour = _records()
   with pytest.raises(ValueError, match=message):
     splits.make_split(ids, tumour, **kwargs)
+
+
+@pytest.mark.parametrize("protocol", ["patient", "slice"])
+def test_a_validation_fraction_leaving_no_training_data_is_an_error(protocol):
+  """8 patients, 5 folds, val_fraction 0.95 (patients; 0.999 slices) gave an empty training split, which
+  failed later in the input pipeline with an unrelated concatenate error."""
+  ids, tumour = _records(n_patients=8)
+  fraction = {"patient": 0.95, "slice": 0.999}[protocol]
+  with pytest.raises(ValueError, match=rf"config.split.val_fraction={fraction} leaves no training"):
+    splits.make_split(ids, tumour, protocol=protocol, val_fraction=fraction)
+  assert len(splits.make_split(ids, tumour, protocol=protocol, val_fraction=0.5).train)

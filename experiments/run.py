@@ -53,7 +53,7 @@ import numpy as np
 import scipy.stats
 from absl import flags, logging
 
-from lgg_jax import cli, command_flags, evaluate, figures, metrics, provenance, report, train
+from lgg_jax import cli, command_flags, config_defaults, evaluate, figures, metrics, provenance, report, train
 from lgg_jax.data import pipeline
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -147,31 +147,45 @@ def missing_files(overrides: dict) -> list[str]:
           if (k.endswith("_path") or k.endswith("manual_dir")) and v and not pathlib.Path(v).expanduser().exists()]
 
 
-def _resolved(config: dict, key: str):
-  for part in key.split("."):
-    if not isinstance(config, dict) or part not in config:
-      return _ABSENT
-    config = config[part]
-  return config
-
-
 _ABSENT = object()
 _MACHINE_PATHS = ("manual_dir", "data_dir")  # where the data sits on one machine, not what trained
 
 
-def settings_changed(result: dict, overrides: dict) -> list[str]:
-  """The member's settings (its sweep's common block and its own overrides)
-  that its finished result file was not made with; a setting the file's
-  config lacks (renamed since) cannot be compared and passes."""
-  changed = []
+def settings_changed(result: dict, overrides: dict, config=None) -> list[str]:
+  """The settings the member would run with (`config`: its sweep's config
+  file, common block and own overrides) that its result file was not made
+  with. A file that carries its whole config is compared setting by setting
+  (an edited config file or a dropped override shows); an older one by its
+  overrides alone."""
+  if "config" in result:
+    return config_defaults.differences(result["config"], config, result.get("member", "result file"))
+  changed, made_with = [], config_defaults.migrate(result.get("overrides", {}))  # keys renamed since, today's
   for key, value in sorted(overrides.items()):
     if key == "config" or key.endswith(_MACHINE_PATHS):  # the base config file; where the data sits
       continue
-    made = result["overrides"][key] if key in result.get("overrides", {}) else _resolved(result.get("config", {}), key)
+    made = made_with.get(key, _ABSENT)
     value = json.loads(json.dumps(value, default=str))  # as the file stores it
     if made is not _ABSENT and made != value:
       changed.append(f"{key}: {made!r} -> {value!r}")
+  changed += [f"{key}: {made!r} -> (not set)" for key, made in sorted(made_with.items())
+              if key not in overrides and key != "config" and not key.endswith(_MACHINE_PATHS)]
   return changed
+
+
+def read_result(path: pathlib.Path, sweep: dict, member: dict) -> tuple[dict | None, str | None]:
+  """A member's result file and None, or None and why it cannot stand for
+  the member (unreadable, or made with other settings)."""
+  try:
+    result = json.loads(path.read_text())
+  except (OSError, ValueError) as e:
+    return None, f"{path} is unreadable ({type(e).__name__}: {e}): move it away to run the member again"
+  overrides = {**sweep.get("common", {}), **overrides_of(member)}
+  config = build_config(sweep["config"], overrides) if "config" in result else None
+  changed = settings_changed(result, overrides, config)
+  if changed:
+    return None, (f"{path} was made with other settings ({'; '.join(changed)}): move it and the member's run "
+                  "folder away to run the member again, or restore the sweep's settings")
+  return result, None
 
 
 def results_dir(sweep: dict, tiny: bool, workdir: pathlib.Path) -> pathlib.Path:
@@ -223,11 +237,9 @@ def run_sweep(sweep: dict, workdir: pathlib.Path, results: pathlib.Path, host_in
     result_file = results / f"{name}.json"
     overrides = {**sweep.get("common", {}), **overrides_of(member)}
     if result_file.exists():
-      changed = settings_changed(json.loads(result_file.read_text()), overrides)
-      status[name] = "finished earlier" if not changed else (
-          f"failed: {result_file} was made with other settings ({'; '.join(changed)}): move it away to run "
-          "the member again, or restore the sweep's settings")
-      if changed:
+      _, why_not = read_result(result_file, sweep, member)
+      status[name] = "finished earlier" if why_not is None else f"failed: {why_not}"
+      if why_not:
         logging.error("%s %s", name, status[name])
       continue
     lacking = missing_files(overrides)
@@ -250,7 +262,7 @@ def run_sweep(sweep: dict, workdir: pathlib.Path, results: pathlib.Path, host_in
           report.write(workdir / name)
         result = _result(member, config, summary, time.perf_counter() - started)
       if cli.is_main_process():
-        result_file.write_text(json.dumps(result, indent=1, default=str))
+        cli.write_whole(result_file, json.dumps(result, indent=1, default=str))
       status[name] = "finished"
     except Exception as e:  # one failing member must not stop the sweep
       status[name] = f"failed: {type(e).__name__}: {e}"
@@ -366,7 +378,12 @@ def aggregate(sweep: dict, workdir: pathlib.Path, results: pathlib.Path) -> list
   for member in sweep["members"]:
     path = results / f"{member_name(member)}.json"
     if path.exists():
-      found[member_name(member)] = json.loads(path.read_text())
+      result, why_not = read_result(path, sweep, member)
+      if why_not:  # a stale file must not fill the sweep's row
+        logging.error("left out of the table: %s", why_not)
+        continue
+      # A row's label as the sweep now has it (a relabelled row kept its results).
+      found[member_name(member)] = {**result, "row": member["_row"]} if "_row" in member else result
   if not found:
     return []
   table, previous, by_label = [], None, {}

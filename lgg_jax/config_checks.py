@@ -13,6 +13,30 @@ from lgg_jax import choices, losses, models, optimizers, registry
 from lgg_jax.data import crops, device_augment, preprocess, splits
 
 
+# (setting, (lowest, excluded?), highest or None): ranges no constructor checks.
+# A negative clip norm flips every gradient; a negative warm-up gives none.
+_RANGES = (
+    ("optimizer.learning_rate", (0, True), None),
+    ("optimizer.grad_clip_norm", (0, False), None),  # 0: no clipping
+    ("schedule.warmup_steps", (0, False), None),
+    ("schedule.cosine.final_lr_fraction", (0, False), 1),
+    ("model.freeze_encoder_epochs", (0, False), None),
+    ("model.freeze_encoder_bn_epochs", (0, False), None),
+    ("inference.threshold", (0, True), 1),
+    ("inference.component_fraction", (0, False), 1),
+    ("data.num_workers", (0, False), None),
+    ("data.crop_context", (0, False), None),
+    ("evaluation.slice_spacing", (0, True), None),
+    ("evaluation.hd95_penalty", (0, False), None),
+)
+
+
+def _get(config, dotted: str):
+  for part in dotted.split("."):
+    config = config[part]
+  return config
+
+
 def validate_config(config, device_count: int, process_count: int) -> None:
   """Fails before any work on settings that would fail (or mislead) later."""
   for name in ("global_batch_size", "eval_batch_size"):
@@ -41,9 +65,18 @@ def validate_config(config, device_count: int, process_count: int) -> None:
   if config.keep_checkpoints < 1:
     raise ValueError(f"config.keep_checkpoints={config.keep_checkpoints} must be at least 1 (resuming needs the "
                      "latest save)")
-  for name in ("num_epochs", "checkpoint_every_epochs", "log_every_steps"):
+  for name in ("num_epochs", "checkpoint_every_epochs", "log_every_steps", "preemption_check_every_steps"):
     if config[name] <= 0:
       raise ValueError(f"config.{name} must be positive, got {config[name]}")
+  for setting, low, high in _RANGES:
+    value = _get(config, setting)
+    if not (low[0] < value if low[1] else low[0] <= value) or not (value <= high if high is not None else True):
+      bounds = f"{'(' if low[1] else '['}{low[0]}, {high if high is not None else 'inf'}]"
+      raise ValueError(f"config.{setting}={value} must be in {bounds}")
+  for name in ("freeze_encoder_epochs", "freeze_encoder_bn_epochs"):
+    if config.model[name] > config.num_epochs:
+      raise ValueError(f"config.model.{name}={config.model[name]} is more than the run's "
+                       f"config.num_epochs={config.num_epochs}")
   splits.check(config.split)
   if config.data.on_device:
     device_augment.check_supported(config.augment)

@@ -233,7 +233,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.schedule.name = "cosine"    # "cosine" | "constant"
   config.schedule.warmup_steps = 100
   config.schedule.cosine = ml_collections.ConfigDict()
-  config.schedule.cosine.final_lr_fraction = 0.01  # of the peak, at the last step
+  config.schedule.cosine.final_lr_fraction = 0.01  # of the peak, at step total_steps (one past the last)
   config.schedule.constant = ml_collections.ConfigDict()
   return config
 
@@ -274,3 +274,27 @@ def from_saved(saved: dict, source: str = "saved config") -> ml_collections.Conf
     raise ValueError(f"{source}: {e}") from None
   config.unlock()
   return config
+
+
+# Settings that change neither what a run trains nor how it is scored: where
+# files sit, and how fast or how often things happen.
+OPERATIONAL = ("data.data_dir", "data.manual_dir", "data.num_workers", "distributed.", "eval_batch_size",
+               "keep_checkpoints", "log_every_steps", "preemption_check_every_steps", "write_report",
+               "checkpoint_every_epochs", "model.conv_impl", "model.pretrained_path")
+_NAMED_BLOCKS = ("model", "loss", "optimizer", "schedule")  # one block each is in use: the one `name` names
+
+
+def differences(saved: dict, config, source: str = "saved config") -> list[str]:
+  """The settings in which `config` differs from `saved` (a config of any
+  version, as written to config.json), leaving out the operational ones and
+  the blocks of the models, losses, optimizers and schedules not in use."""
+  before, now = flatten(from_saved(saved, source).to_dict()), flatten(config.to_dict())
+
+  def read(key):
+    parts = key.split(".")
+    if parts[0] in _NAMED_BLOCKS and len(parts) > 2 and parts[1] != now.get(f"{parts[0]}.name"):
+      return False
+    return not key.startswith(OPERATIONAL)
+
+  return [f"config.{key}: {before.get(key)!r} -> {now.get(key)!r}" for key in sorted(set(before) | set(now))
+          if read(key) and before.get(key) != now.get(key)]

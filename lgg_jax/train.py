@@ -29,7 +29,7 @@ import orbax.checkpoint as ocp
 import tqdm
 from jax.experimental import multihost_utils
 
-from lgg_jax import cli, config_checks, evaluate, figures, inference, losses, optimizers, parallel, provenance, state, steps
+from lgg_jax import cli, config_checks, config_defaults, evaluate, figures, inference, losses, optimizers, parallel, provenance, state, steps
 from lgg_jax.data import device_pipeline, pipeline, splits
 
 STAT_KEYS = ("loss", "dice_sum", "slices", "grad_norm")
@@ -186,6 +186,23 @@ def stream_settings(config) -> dict:
   return {"seed": config.seed, "global_batch_size": config.global_batch_size, "data.image_size": data.image_size,
           "data.tumour_fraction": data.tumour_fraction, "data.crop_size": data.get("crop_size", 0),
           "data.crop_context": data.get("crop_context", 0), "data.on_device": data.get("on_device", False)}
+
+
+def _check_resumed_config(workdir: pathlib.Path, config) -> None:
+  """A run resumes with the settings it started with: another learning rate,
+  loss or epoch count went on silently, and config.json then claimed it."""
+  path = workdir / "config.json"
+  if not path.exists():  # lost: the data order and stream checks still stand
+    return
+  try:
+    saved = json.loads(path.read_text())
+  except ValueError as e:
+    raise ValueError(f"{path}: unreadable ({e}); it is the run's record of how it trained") from e
+  changed = config_defaults.differences(saved, config, str(path))
+  if changed:
+    raise ValueError(f"{workdir}: this run started with other settings (" + "; ".join(changed) + "); resuming "
+                     f"would go on under these. Give the saved values ({path}) or start a new workdir. Scoring "
+                     "under other inference settings is `python -m lgg_jax.evaluate`'s.")
 
 
 def _restore(checkpoints, run: _Setup, config):
@@ -376,6 +393,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
                        "read it as it is) or start a new workdir.")
     start_step, epoch_stats = 0, []
     if checkpoints.latest_step() is not None:
+      _check_resumed_config(workdir, config)
       start_step, epoch_stats, run.train_state = _restore(checkpoints, run, config)
     best = state.best_checkpoint(workdir)  # every save is at or before the latest: nothing to drop on resuming
     best_val_dice = None if best is None else best[2]

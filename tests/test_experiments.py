@@ -314,6 +314,49 @@ def test_rows_and_folds_select_the_members_run(tmp_path):
   assert status["e2-tta-flips-fold1-seed0"] == "finished earlier"
   assert status["e2-tta-flips-fold3-seed0"].startswith("failed: ")
   assert "other settings (inference.tta: 'dihedral' -> 'flips')" in status["e2-tta-flips-fold3-seed0"]
+  # A dropped override shows too, and a file cut short is named, not a crash of the sweep.
+  (results / "e2-tta-flips-fold3-seed0.json").write_text(json.dumps({"overrides": {"optimizer.learning_rate": 1}}))
+  (results / "e2-tta-flips-fold1-seed0.json").write_text('{"member": "e2-tta')
+  status = run.run_sweep(sweep, tmp_path / "runs", results, only_rows=("e2-tta-flips",), only_folds=(1, 3))
+  assert "optimizer.learning_rate: 1 -> (not set)" in status["e2-tta-flips-fold3-seed0"]
+  assert status["e2-tta-flips-fold1-seed0"].startswith(f"failed: {results / 'e2-tta-flips-fold1-seed0.json'} is "
+                                                        "unreadable (JSONDecodeError")
+
+
+def test_a_result_file_is_compared_with_the_whole_config_and_a_stale_one_is_left_out_of_the_table(tmp_path):
+  """A file carrying its config: an edit to the config file or a dropped
+  override changed nothing the old check looked at, and aggregate tabled
+  files run_sweep had just refused."""
+  rows = [{"name": "a", "label": "a", "overrides": {"optimizer.learning_rate": 0.002}},
+          {"name": "b", "label": "b", "overrides": {}}]
+  sweep = {"name": "fake", "config": "configs/unet_cpu.py", "rows": rows, "folds": (0,), "seeds": (0,)}
+  sweep["members"] = run._expand_rows(sweep, "fake.py")
+  rng = np.random.default_rng(0)
+  for member in sweep["members"]:
+    result = _fake_result(member["_row"], 0, rng.uniform(0.4, 0.6, 10))
+    result["overrides"] = run.overrides_of(member)
+    config = run.build_config(sweep["config"], result["overrides"])
+    result["config"] = json.loads(config.to_json_best_effort())
+    (tmp_path / f"{run.member_name(member)}.json").write_text(json.dumps(result))
+  assert [t["label"] for t in run.aggregate(sweep, tmp_path, tmp_path)] == ["a", "b"]
+  # b's file, made with the config file's other loss: as if configs/unet_cpu.py had been edited since.
+  b_file = tmp_path / "b-fold0-seed0.json"
+  stale = json.loads(b_file.read_text())
+  stale["config"]["loss"]["name"] = "bce"
+  b_file.write_text(json.dumps(stale))
+  assert run.read_result(b_file, sweep, sweep["members"][1])[1].startswith(
+      f"{b_file} was made with other settings (config.loss.name: 'bce' -> 'dice_bce')")
+  assert [t["label"] for t in run.aggregate(sweep, tmp_path, tmp_path)] == ["a"]
+  # Machine paths and settings that change nothing trained or scored may differ.
+  stale["config"]["loss"]["name"] = "dice_bce"
+  stale["config"]["data"]["data_dir"], stale["config"]["log_every_steps"] = "/elsewhere", 7
+  stale["config"]["model"]["fpn"]["base_width"] = 3  # a block the U-Net does not read
+  b_file.write_text(json.dumps(stale))
+  assert run.read_result(b_file, sweep, sweep["members"][1]) == (stale, None)
+  # A relabelled row keeps its results: files are found by member name, rows by the sweep's labels.
+  rows[1]["label"] = "b renamed"
+  sweep["members"] = run._expand_rows(sweep, "fake.py")
+  assert [t["label"] for t in run.aggregate(sweep, tmp_path, tmp_path)] == ["a", "b renamed"]
 
 
 def test_an_unknown_row_is_an_error_naming_the_rows(tmp_path):

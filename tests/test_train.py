@@ -186,6 +186,20 @@ def test_slice_protocol_trains_only_on_its_train_slices(tmp_path, tiny_dataset):
     ("checkpoint_every_epochs", 0, "config.checkpoint_every_epochs must be positive"),
     ("log_every_steps", 0, "config.log_every_steps must be positive"),
     ("split.fold", 9, r"config.split.fold must be in \[0, 4\)"),
+    # A negative clip norm flipped every gradient (training climbed the loss); these all ran.
+    ("optimizer.grad_clip_norm", -1.0, r"config.optimizer.grad_clip_norm=-1.0 must be in \[0, inf\]"),
+    ("optimizer.learning_rate", -0.001, r"config.optimizer.learning_rate=-0.001 must be in \(0, inf\]"),
+    ("schedule.warmup_steps", -5, r"config.schedule.warmup_steps=-5 must be in \[0, inf\]"),
+    ("schedule.cosine.final_lr_fraction", 5.0, r"final_lr_fraction=5.0 must be in \[0, 1\]"),
+    ("model.freeze_encoder_epochs", 10, r"config.model.freeze_encoder_epochs=10 is more than the run's "
+                                        r"config.num_epochs"),
+    ("model.freeze_encoder_bn_epochs", -2, r"freeze_encoder_bn_epochs=-2 must be in \[0, inf\]"),
+    ("inference.threshold", 1.5, r"config.inference.threshold=1.5 must be in \(0, 1\]"),
+    ("inference.component_fraction", 2.0, r"component_fraction=2.0 must be in \[0, 1\]"),
+    ("preemption_check_every_steps", 0, "config.preemption_check_every_steps must be positive"),
+    ("data.num_workers", -1, r"config.data.num_workers=-1 must be in \[0, inf\]"),
+    ("data.crop_context", -8, r"config.data.crop_context=-8 must be in \[0, inf\]"),
+    ("evaluation.slice_spacing", -1.0, r"config.evaluation.slice_spacing=-1.0 must be in \(0, inf\]"),
 ])
 def test_bad_config_fails_before_work(tmp_path, key, value, message):
   config = cli.override(tiny_config(tmp_path), {key: value})
@@ -375,7 +389,6 @@ def test_resuming_a_run_on_other_records_stops_and_says_why(tmp_path):
   step_dir = next(p for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   item = step_dir / "data" / "metadata"
   saved = json.loads(item.read_text())
-  config.num_epochs = 2
   item.write_text(json.dumps({k: v for k, v in saved.items() if k != "data_order"}))  # as before 1.1.0
   with pytest.raises(ValueError, match="saved no data order.*different data order"):
     train.train_and_evaluate(config, workdir)
@@ -387,7 +400,27 @@ def test_resuming_a_run_on_other_records_stops_and_says_why(tmp_path):
   with pytest.raises(ValueError, match=r"other settings \(config.global_batch_size: (\d+) -> (\d+)\)"):
     train.train_and_evaluate(config, workdir)
   config.global_batch_size //= 2
-  assert train.train_and_evaluate(config, workdir)["step"] == 2 * saved["iterator"]["next_index"]
+  assert train.train_and_evaluate(config, workdir)["step"] == saved["iterator"]["next_index"]
+
+
+def test_resuming_under_other_settings_stops_naming_them_and_keeps_config_json(tmp_path):
+  """Another learning rate, loss or epoch count went on silently, and the
+  rewritten config.json then claimed the run had trained with it."""
+  config = tiny_config(tmp_path)
+  config.num_epochs = 1
+  workdir = tmp_path / "run"
+  summary = train.train_and_evaluate(config, workdir)
+  saved = (workdir / "config.json").read_text()
+  changed = config.copy_and_resolve_references()
+  changed.num_epochs, changed.optimizer.learning_rate, changed.loss.name = 2, 0.5, "bce"
+  with pytest.raises(ValueError, match=r"started with other settings \(config.loss.name: 'dice_bce' -> 'bce'; "
+                     r"config.num_epochs: 1 -> 2; config.optimizer.learning_rate: 0.003 -> 0.5\)"):
+    train.train_and_evaluate(changed, workdir)
+  assert (workdir / "config.json").read_text() == saved
+  # Where files sit and how often it logs are not how it trained.
+  moved = config.copy_and_resolve_references()
+  moved.log_every_steps, moved.keep_checkpoints = 1, 5
+  assert train.train_and_evaluate(moved, workdir)["test_per_patient_dice"] == summary["test_per_patient_dice"]
 
 
 def test_pretrained_stem_expands_to_neighbouring_slices(tmp_path):

@@ -13,17 +13,18 @@ from lgg_jax import choices, losses, models, optimizers, registry
 from lgg_jax.data import crops, device_augment, preprocess, splits
 
 
-# (setting, (lowest, excluded?), highest or None): ranges no constructor checks.
-# A negative clip norm flips every gradient; a negative warm-up gives none.
+# (setting, (lowest, excluded?), (highest, excluded?) or None): ranges no
+# constructor checks. A negative clip norm flips every gradient; a negative
+# warm-up gives none.
 _RANGES = (
     ("optimizer.learning_rate", (0, True), None),
     ("optimizer.grad_clip_norm", (0, False), None),  # 0: no clipping
     ("schedule.warmup_steps", (0, False), None),
-    ("schedule.cosine.final_lr_fraction", (0, False), 1),
+    ("schedule.cosine.final_lr_fraction", (0, False), (1, False)),
     ("model.freeze_encoder_epochs", (0, False), None),
     ("model.freeze_encoder_bn_epochs", (0, False), None),
-    ("inference.threshold", (0, True), 1),
-    ("inference.component_fraction", (0, False), 1),
+    ("inference.threshold", (0, True), (1, True)),
+    ("inference.component_fraction", (0, False), (1, False)),
     ("data.num_workers", (0, False), None),
     ("data.crop_context", (0, False), None),
     ("evaluation.slice_spacing", (0, True), None),
@@ -70,8 +71,10 @@ def validate_config(config, device_count: int, process_count: int) -> None:
       raise ValueError(f"config.{name} must be positive, got {config[name]}")
   for setting, low, high in _RANGES:
     value = _get(config, setting)
-    if not (low[0] < value if low[1] else low[0] <= value) or not (value <= high if high is not None else True):
-      bounds = f"{'(' if low[1] else '['}{low[0]}, {high if high is not None else 'inf'}]"
+    high = high or (float("inf"), False)
+    if not ((low[0] < value) if low[1] else (low[0] <= value)) or not ((value < high[0]) if high[1]
+                                                                        else (value <= high[0])):
+      bounds = f"{'(' if low[1] else '['}{low[0]}, {high[0]}{')' if high[1] else ']'}"
       raise ValueError(f"config.{setting}={value} must be in {bounds}")
   for name in ("freeze_encoder_epochs", "freeze_encoder_bn_epochs"):
     if config.model[name] > config.num_epochs:

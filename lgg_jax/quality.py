@@ -40,7 +40,7 @@ import pathlib
 import numpy as np
 import scipy.ndimage as ndi
 
-from lgg_jax import inference, metrics
+from lgg_jax import inference, metrics, registry
 
 QUALITY_FILE = "quality.json"
 MIN_VOXELS = 50  # a mask smaller than this (at 256x256) is reported as "no tumour found"
@@ -53,16 +53,23 @@ SIGNALS = SINGLE_MODEL_SIGNALS + ("member_agreement", "member_and_threshold")
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-  """Which signal is the estimate, and the score under which a mask is flagged."""
+  """Which signal is the estimate, and the score under which a mask is flagged.
+  `tta`: the test-time views the signals were measured under. Under other
+  views they are other quantities (dihedral TTA softens the probabilities,
+  so threshold_stability drops and good masks were flagged), so
+  `Segmenter.assess` measures them under this one."""
   signal: str = "view_and_threshold"
   review_threshold: float = 0.7
   source: str = "default"  # where the rule was measured
+  tta: str = "none"
 
   def __post_init__(self):
     if self.signal not in SIGNALS:
       raise ValueError(f"quality signal: want one of {SIGNALS}, got {self.signal!r}")
     if not 0.0 <= self.review_threshold <= 1.0:
       raise ValueError(f"review_threshold: want a score in [0, 1], got {self.review_threshold}")
+    if self.tta not in registry.names("tta"):
+      raise ValueError(f"quality rule tta: want one of {registry.names('tta')}, got {self.tta!r}")
 
   @classmethod
   def load(cls, folder) -> Rule | None:
@@ -72,7 +79,9 @@ class Rule:
       return None
     try:
       saved = json.loads(path.read_text())
-      return cls(str(saved["signal"]), float(saved["review_threshold"]), str(saved.get("source", "")))
+      # Rules written before they named their views were all measured without TTA.
+      return cls(str(saved["signal"]), float(saved["review_threshold"]), str(saved.get("source", "")),
+                 str(saved.get("tta", "none")))
     except (ValueError, KeyError, TypeError) as e:
       raise ValueError(f"{path}: not a quality rule ({e}); want signal and review_threshold") from e
 
@@ -140,10 +149,13 @@ def signals(probabilities: np.ndarray, mask: np.ndarray, settings: inference.Set
 
 
 def estimate(probabilities: np.ndarray, mask: np.ndarray, settings: inference.Settings, rule: Rule,
-             view_masks: list[np.ndarray] = (), member_masks: list[np.ndarray] = ()) -> Estimate:
-  """The rule's estimate and flag for one patient's mask."""
+             view_masks: list[np.ndarray] = (), member_masks: list[np.ndarray] = (),
+             delivered_mask: np.ndarray | None = None) -> Estimate:
+  """The rule's estimate and flag for one patient's mask. `delivered_mask`:
+  the mask the user gets, where the signals come from another pass (the
+  rule's views); its size decides "no tumour found"."""
   found = signals(probabilities, mask, settings, view_masks, member_masks)
-  voxels = int(np.asarray(mask).sum())
+  voxels = int(np.asarray(mask if delivered_mask is None else delivered_mask).sum())
   if voxels < MIN_VOXELS:
     return Estimate(0.0, True, f"no tumour found (mask of {voxels} voxels, under {MIN_VOXELS})", voxels, found)
   if rule.signal not in found:

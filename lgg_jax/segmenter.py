@@ -84,23 +84,34 @@ class Segmenter:
     estimate of one patient (`lgg_jax.quality`). An ensemble's members are
     run one by one, as for its mean: no extra pass; a single model runs once
     more, without TTA, on the mirrored volume (its second view: with the
-    dihedral TTA's own views the mirrored volume would give the same mean)."""
+    dihedral TTA's own views the mirrored volume would give the same mean).
+    Under other views than its rule's (`quality.Rule.tta`), the models run
+    once more under the rule's, which the signals are measured from."""
     settings = self.settings.replace(**overrides)
     predictor = self._predictor(settings.tta)
+    # The quality signals are measured under the views the rule was measured
+    # under: with others, one more pass gives them (and its masks are judged
+    # in place of the delivered ones, which differ from them by the views only).
+    measured = settings.replace(tta=self.rule.tta)
     if len(self.members) > 1:
       members = predictor.member_probabilities(volume)
       probabilities = predictor.mean(members)  # what predict_volume gives, bit for bit
       masks = inference.postprocess(probabilities, settings)
       spread = quality.uncertainty(np.stack(members))
-      estimate = quality.estimate(probabilities, masks, settings, self.rule,
-                                  member_masks=[inference.postprocess(p, settings) for p in members])
+      if measured != settings:
+        members = self._predictor(measured.tta).member_probabilities(volume)
+      judged = predictor.mean(members)
+      estimate = quality.estimate(judged, inference.postprocess(judged, measured), measured, self.rule,
+                                  member_masks=[inference.postprocess(p, measured) for p in members],
+                                  delivered_mask=masks)
     else:
       probabilities = predictor.predict_volume(volume)
       mirrored = self._predictor("none").mirrored_probabilities(volume)
       masks = inference.postprocess(probabilities, settings)
       spread = quality.uncertainty(np.stack([probabilities, mirrored]))
-      estimate = quality.estimate(probabilities, masks, settings, self.rule,
-                                  view_masks=[inference.postprocess(mirrored, settings)])
+      judged = probabilities if measured == settings else self._predictor(measured.tta).predict_volume(volume)
+      estimate = quality.estimate(judged, inference.postprocess(judged, measured), measured, self.rule,
+                                  view_masks=[inference.postprocess(mirrored, measured)], delivered_mask=masks)
     return Assessment(masks, probabilities, spread, estimate)
 
   def predict(self, volume: np.ndarray, *, masks: bool = False, tta: str | None = None,

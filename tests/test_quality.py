@@ -148,6 +148,35 @@ def test_assess_gives_segment_s_masks_and_probabilities_with_a_spread_and_an_est
   np.testing.assert_allclose(both.uncertainty, 0.0, atol=1e-6)  # the same weights twice: no spread
 
 
+def test_the_signals_are_measured_under_the_views_the_rule_was_measured_under(tiny_run, tmp_path):
+  """The single-model rule was measured without TTA; under dihedral TTA the
+  softer probabilities lowered threshold_stability, and good masks were
+  flagged (4 more of 13 dev patients). The delivered masks stay the TTA's."""
+  from lgg_jax.data import pipeline
+  root, config = tiny_run
+  data = pipeline.load(config)
+  volume, _ = data.volume(data.patients(data.split.test)[0])
+  single = Segmenter.load(root / "run")
+  # A threshold that gives this tiny model a mask of about 2% of the voxels, so the signals are not all 0.
+  threshold = float(np.quantile(single.predict(volume, tta="dihedral"), 0.98))
+  plain, dihedral = (single.assess(volume, tta=tta, threshold=threshold) for tta in ("none", "dihedral"))
+  np.testing.assert_array_equal(dihedral.masks, single.segment(volume, tta="dihedral", threshold=threshold)[1])
+  assert not np.array_equal(dihedral.probabilities, plain.probabilities)
+  assert min(plain.masks.sum(), dihedral.masks.sum()) >= quality.MIN_VOXELS
+  assert dihedral.estimate.signals == plain.estimate.signals and dihedral.estimate.score == plain.estimate.score
+  assert dihedral.estimate.predicted_voxels == int(dihedral.masks.sum()) != int(plain.masks.sum())
+  # A rule measured under dihedral views is applied to the dihedral pass itself.
+  quality.Rule("confidence", 0.5, "test", tta="dihedral").save(tmp_path)
+  assert quality.Rule.load(tmp_path).tta == "dihedral"
+  under_dihedral = Segmenter(single.members, rule=quality.Rule.load(tmp_path))
+  own = quality.signals(dihedral.probabilities, dihedral.masks, single.settings.replace(tta="dihedral",
+                                                                                        threshold=threshold))
+  assert under_dihedral.assess(volume, tta="dihedral", threshold=threshold).estimate.signals["confidence"] == \
+      own["confidence"] != plain.estimate.signals["confidence"]
+  with pytest.raises(ValueError, match="quality rule tta: want one of"):
+    quality.Rule("threshold_stability", 0.5, "test", tta="d8")
+
+
 def test_predict_saves_probabilities_and_uncertainty_in_the_input_grid_and_flags_in_its_rows(
     tiny_run, tiny_dataset, tmp_path):
   import nibabel as nib

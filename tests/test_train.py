@@ -194,7 +194,7 @@ def test_slice_protocol_trains_only_on_its_train_slices(tmp_path, tiny_dataset):
     ("model.freeze_encoder_epochs", 10, r"config.model.freeze_encoder_epochs=10 is more than the run's "
                                         r"config.num_epochs"),
     ("model.freeze_encoder_bn_epochs", -2, r"freeze_encoder_bn_epochs=-2 must be in \[0, inf\]"),
-    ("inference.threshold", 1.5, r"config.inference.threshold=1.5 must be in \(0, 1\]"),
+    ("inference.threshold", 1.0, r"config.inference.threshold=1.0 must be in \(0, 1\)"),
     ("inference.component_fraction", 2.0, r"component_fraction=2.0 must be in \[0, 1\]"),
     ("preemption_check_every_steps", 0, "config.preemption_check_every_steps must be positive"),
     ("data.num_workers", -1, r"config.data.num_workers=-1 must be in \[0, inf\]"),

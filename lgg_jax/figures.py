@@ -32,15 +32,19 @@ def overlay(image: np.ndarray, mask: np.ndarray | None, colour=PREDICTION_COLOUR
   return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def training_curves(metrics_path: pathlib.Path, out_dir: pathlib.Path) -> list[pathlib.Path]:
-  """Loss and Dice per epoch, training and validation (the seed's figures 16-18)."""
+LOSS_LABELS = {"dice_bce": "Dice + BCE loss", "dice": "Dice loss", "bce": "BCE loss"}
+
+
+def training_curves(metrics_path: pathlib.Path, out_dir: pathlib.Path, loss_name: str) -> list[pathlib.Path]:
+  """Loss and Dice per epoch, training and validation (the seed's figures 16-18);
+  `loss_name`: the run's config.loss.name, which the loss axis names."""
   records = [json.loads(line) for line in pathlib.Path(metrics_path).read_text().splitlines() if line.strip()]
   if not records:
     return []
   p = plt()
   epochs = [r["epoch"] for r in records]
   written = []
-  for name, keys, ylabel in (("loss_curves.png", ("train_loss", "val_loss"), "Dice + BCE loss"),
+  for name, keys, ylabel in (("loss_curves.png", ("train_loss", "val_loss"), LOSS_LABELS.get(loss_name, f"{loss_name} loss")),
                              ("dice_curves.png", ("train_dice", "val_dice", "val_slice_dice"), "Dice")):
     fig, ax = p.subplots(figsize=(7, 4))
     for key in keys:

@@ -56,7 +56,7 @@ def write(workdir) -> pathlib.Path | None:
     pictures.append((label, row, out / f"{label}_patient.png"))
   if not cli.is_main_process():
     return None
-  curves = figures.training_curves(workdir / "metrics.jsonl", out)
+  curves = figures.training_curves(workdir / "metrics.jsonl", out, config.loss.name)
   lines = [f"# Run report: {workdir.name}", "",
            f"Best checkpoint: step {summary.get('best_step')} (validation per-patient Dice "
            f"{summary.get('best_val_dice', float('nan')):.4f}); final step {summary['step']}.", "",

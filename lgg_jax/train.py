@@ -81,6 +81,21 @@ def _writable_workdir(workdir) -> pathlib.Path:
 
 # --------------------------------------------------------------------------- checkpoints and logs
 
+def _read_records(path: pathlib.Path) -> list[dict]:
+  """metrics.jsonl's records; a last line cut short (the process killed while
+  appending it) is dropped: it came after the checkpoint the run resumes from."""
+  lines = [line for line in path.read_text().splitlines() if line.strip()]
+  records = []
+  for number, line in enumerate(lines, 1):
+    try:
+      records.append(json.loads(line))
+    except ValueError as e:
+      if number < len(lines):
+        raise ValueError(f"{path}: line {number} is not a JSON record ({e})") from e
+      logging.warning("%s: dropped its last line, written in part (%d characters)", path, len(line))
+  return records
+
+
 class MetricsLog:
   """metrics.jsonl, TensorBoard (tensorboardX: no TensorFlow) and progress.png; process 0 only.
 
@@ -101,8 +116,7 @@ class MetricsLog:
     # A resumed run drops records written after its checkpoint, so the log
     # reads like one uninterrupted run.
     if self.path.exists():
-      self.records = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-      self.records = [r for r in self.records if r["step"] <= resume_step]
+      self.records = [r for r in _read_records(self.path) if r["step"] <= resume_step]
       if self.enabled:  # whole: the other processes read this file at the same time
         cli.write_whole(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
     if not self.enabled:

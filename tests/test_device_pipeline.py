@@ -65,7 +65,8 @@ def test_without_augmentation_the_device_batch_is_the_host_batch(resident):
   np.testing.assert_array_equal(res.records[batch["row"]], host["index"])
 
 
-def test_augmented_batches_are_a_function_of_seed_and_position_and_masks_stay_aligned(resident):
+def test_augmented_batches_are_a_function_of_seed_and_position_and_augment_the_batch(resident):
+  """(Alignment of masks with images: test_device_augment's blob tests.)"""
   config, res = resident
   config = config.copy_and_resolve_references()
   config.augment.name = "nnunet"
@@ -79,7 +80,14 @@ def test_augmented_batches_are_a_function_of_seed_and_position_and_masks_stay_al
   np.testing.assert_array_equal(prepare(data, next(again))["image"], first[1]["image"])
   masks = np.asarray(first[0]["mask"])
   assert set(np.unique(masks)) <= {0.0, 1.0}
-  assert not np.array_equal(first[0]["image"], first[1]["image"])
+  # Against the same rows unaugmented: with augment "none" every assertion above held too.
+  plain_config = config.copy_and_resolve_references()
+  plain_config.augment.name, plain_config.augment.missing_sequence_probability = "none", 0.0
+  plain = jax.jit(device_pipeline.make_prepare(plain_config))(
+      data, next(device_pipeline.HostBatches(pipeline.train_order(res, config))))
+  changed = [not np.allclose(a, b) for a, b in zip(np.asarray(first[0]["image"]), np.asarray(plain["image"]))]
+  moved = [not np.array_equal(a, b) for a, b in zip(masks, np.asarray(plain["mask"]))]
+  assert sum(changed) >= len(changed) // 2 and any(moved)
 
 
 def test_on_device_step_on_one_device_equals_eight(resident, tmp_path):

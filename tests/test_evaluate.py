@@ -426,3 +426,21 @@ def test_an_ensemble_needs_other_patients_and_scores_its_members_mean_probabilit
     dice = metrics.dice_from_counts((pred & truth).sum(), pred.sum(), truth.sum())
     assert scored[patient] == (pytest.approx(float(dice), abs=1e-6), int(pred.sum())), patient
   assert largest_gap > 0.05  # the two members really differ
+
+
+@pytest.mark.parametrize("loss_name, label", [("bce", "BCE loss"), ("dice", "Dice loss"),
+                                              ("dice_bce", "Dice + BCE loss")])
+def test_the_loss_curve_names_the_runs_loss(tmp_path, monkeypatch, loss_name, label):
+  """Every report's loss axis said "Dice + BCE loss", also for the loss
+  ablation's bce and dice runs."""
+  import matplotlib.axes
+  from lgg_jax import figures
+  metrics_path = tmp_path / "metrics.jsonl"
+  metrics_path.write_text("".join(json.dumps({"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "train_dice": 0.5,
+                                              "val_dice": 0.4, "val_slice_dice": 0.45}) + "\n" for e in (1, 2)))
+  labels = []
+  original = matplotlib.axes.Axes.set_ylabel
+  monkeypatch.setattr(matplotlib.axes.Axes, "set_ylabel",
+                      lambda self, text, *a, **k: (labels.append(text), original(self, text, *a, **k))[1])
+  written = figures.training_curves(metrics_path, tmp_path, loss_name)
+  assert [p.name for p in written][:1] == ["loss_curves.png"] and labels[0] == label

@@ -314,3 +314,34 @@ def test_cross_validated_masks_come_from_the_model_that_held_each_patient_out(tm
   (export / "model_card.md").write_text("- train: A, F\n- val: C\n- test: F, G\n")
   with pytest.raises(DataError, match="model_card.md: 1 test patient"):
     cohort.assign_models([export], ["F"])
+
+
+def test_the_table_wide_correction_counts_every_tested_cell_and_holds_the_family_error():
+  """Bonferroni within a cell only: over a table of 9 feature x cluster cells
+  of pure noise, some cell is bold in a large share of tables."""
+  rng = np.random.default_rng(5)
+  settings = cohort.AnalysisSettings(clusters=("C1", "C2", "C3"), auc_cluster="C1")
+
+  def table(decided: bool):
+    rows = {}
+    for i in range(60):
+      bevr = rng.uniform(0.2, 0.6)
+      rows[f"P{i:03d}"] = {"manual_bevr": bevr, "manual_asd": rng.uniform(), "manual_mf": rng.uniform(),
+                           "manual_empty": False, "C1": ("1" if bevr < 0.4 else "2") if decided else str(i % 2),
+                           "C2": str(rng.integers(3)), "C3": str(rng.integers(2))}
+      if not decided:
+        rows[f"P{i:03d}"]["C1"] = str(rng.integers(2))
+    return [r for r in cohort.associations(rows, ["manual"], settings) if r["kind"] == "feature"]
+
+  decided = table(True)
+  tested = [r for r in decided if not np.isnan(r["p_min"])]
+  assert len(tested) == 9
+  for r in tested:
+    assert r["p_table"] == pytest.approx(min(1.0, r["p_min"] * 10 * 9))
+    assert r["significant_table"] == (r["p_table"] < settings.alpha)
+  bevr_c1 = next(r for r in tested if (r["measure"], r["cluster"]) == ("bevr", "C1"))
+  assert bevr_c1["significant_table"]
+  noise = [table(False) for _ in range(30)]
+  any_cell = sum(any(r["significant"] for r in t) for t in noise)
+  any_table = sum(any(r["significant_table"] for r in t) for t in noise)
+  assert any_table <= 2 and any_table <= any_cell

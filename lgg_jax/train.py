@@ -339,6 +339,12 @@ def _set_up(config, mesh) -> _Setup:
   return _Setup(data, steps_per_epoch, total_steps, schedule, tx, unfreeze_step, graphdefs, train_state, step_for_epoch, train_iter, device_data, data.order_signature(res.trainable_records))
 
 
+def _stop_if_not_finite(host: dict, where: str, checkpoints) -> None:
+  if not np.isfinite(host["loss"]).all():
+    raise FloatingPointError(f"non-finite training loss in {where}; stopping. The last good checkpoint is step "
+                             f"{checkpoints.latest_step()} in {checkpoints.directory}.")
+
+
 def _epoch_stats(epoch_stats: list) -> dict:
   return jax.tree.map(lambda *xs: np.asarray(xs), *jax.device_get(epoch_stats))
 
@@ -451,10 +457,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
         epoch = (step + 1) // run.steps_per_epoch
         host = _epoch_stats(epoch_stats)
         epoch_stats.clear()
-        if not np.isfinite(host["loss"]).all():
-          raise FloatingPointError(
-              f"non-finite training loss in epoch {epoch} (step {step + 1}); stopping. The last good "
-              f"checkpoint is step {checkpoints.latest_step()} in {checkpoints.directory}.")
+        _stop_if_not_finite(host, f"epoch {epoch} (step {step + 1})", checkpoints)
         member = inference.Member(config, run.graphdefs["eval"], {"params": train_state["params"],
                                                                   "model_state": train_state["model_state"]})
         val, overlays = validate(inference.Predictor(member, mesh, inference.validation_settings(config)),
@@ -471,6 +474,9 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
           save(step + 1, {"val_dice": float(val["patient_dice"]), "improved": improved})
       if preemption.requested(step) and step + 1 < run.total_steps:
         if checkpoints.latest_step() != step + 1:
+          if epoch_stats:  # a state gone non-finite must not become the save a resume starts from
+            _stop_if_not_finite(_epoch_stats(epoch_stats), f"the epoch under way (step {step + 1}), at "
+                                "preemption", checkpoints)
           save(step + 1, {"improved": False})
         checkpoints.wait_until_finished()
         message = f"preempted (SIGTERM): saved step {step + 1}; run the same command to resume"

@@ -484,25 +484,45 @@ def test_unwritable_workdir_is_named(tmp_path):
   assert not pathlib.Path("gs:").exists()
 
 
-def test_non_finite_loss_stops_training_and_keeps_good_checkpoints(tmp_path):
+def _diverging_from(monkeypatch, first_bad_step: int):
+  """The train step, with its loss non-finite from `first_bad_step` on (1-based)."""
+  made, calls = steps.make_train_step, [0]
+
+  def make(*args, **kwargs):
+    step = made(*args, **kwargs)
+
+    def diverging(*a, **k):
+      train_state, stats = step(*a, **k)
+      calls[0] += 1
+      if calls[0] >= first_bad_step:
+        stats = {**stats, "loss": stats["loss"] * np.nan}
+      return train_state, stats
+
+    return diverging
+
+  monkeypatch.setattr(steps, "make_train_step", make)
+
+
+@pytest.mark.parametrize("preempted", [False, True])
+def test_non_finite_loss_stops_training_and_keeps_good_checkpoints(tmp_path, monkeypatch, preempted):
   """A run that diverges in its second epoch stops there, names the first
-  epoch's checkpoint, and writes no checkpoint of the bad epoch."""
+  epoch's checkpoint, and writes no checkpoint of the bad epoch; also when a
+  SIGTERM asks for a save in the middle of that epoch (that save used to
+  become the checkpoint a resume starts from)."""
   config = tiny_config(tmp_path)
-  config.num_epochs = 1
-  config.optimizer.name, config.optimizer.grad_clip_norm = "sgd", 0.0
-  config.schedule.name, config.schedule.warmup_steps = "constant", 0
-  config.optimizer.learning_rate = 1e-3
-  workdir = tmp_path / "run"
-  train.train_and_evaluate(config, workdir)
-  good = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-  assert len(good) == 1
   config.num_epochs = 3
-  config.optimizer.learning_rate = 1e12  # resumes, then diverges within epoch 2
-  with pytest.raises(FloatingPointError, match=f"non-finite training loss in epoch 2.*step {good[0]}"):
+  workdir = tmp_path / "run"
+  per_epoch = train._set_up(config, parallel.make_mesh()).steps_per_epoch
+  _diverging_from(monkeypatch, per_epoch + 1)
+  if preempted:
+    monkeypatch.setattr(train._Preemption, "requested", lambda self, step: step + 1 == per_epoch + 2)
+  message = (r"the epoch under way \(step %d\), at preemption" % (per_epoch + 2) if preempted
+             else r"epoch 2 \(step %d\)" % (2 * per_epoch))
+  with pytest.raises(FloatingPointError, match=f"non-finite training loss in {message}.*step {per_epoch} in"):
     train.train_and_evaluate(config, workdir)
   after = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-  assert after == good
-  params = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(good[0]) / "state")["params"]
+  assert after == [per_epoch]
+  params = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(per_epoch) / "state")["params"]
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 

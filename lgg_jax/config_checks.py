@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pathlib
 
+from ml_collections.config_flags import config_path
+
 from lgg_jax import choices, losses, models, optimizers, registry
 from lgg_jax.data import crops, device_augment, preprocess, splits
 
@@ -30,12 +32,6 @@ _RANGES = (
     ("evaluation.slice_spacing", (0, True), None),
     ("evaluation.hd95_penalty", (0, False), None),
 )
-
-
-def _get(config, dotted: str):
-  for part in dotted.split("."):
-    config = config[part]
-  return config
 
 
 def validate_config(config, device_count: int, process_count: int) -> None:
@@ -70,7 +66,7 @@ def validate_config(config, device_count: int, process_count: int) -> None:
     if config[name] <= 0:
       raise ValueError(f"config.{name} must be positive, got {config[name]}")
   for setting, low, high in _RANGES:
-    value = _get(config, setting)
+    value = config_path.get_value(setting, config)
     high = high or (float("inf"), False)
     if not ((low[0] < value) if low[1] else (low[0] <= value)) or not ((value < high[0]) if high[1]
                                                                         else (value <= high[0])):

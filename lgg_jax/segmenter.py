@@ -98,10 +98,12 @@ class Segmenter:
       probabilities = predictor.mean(members)  # what predict_volume gives, bit for bit
       masks = inference.postprocess(probabilities, settings)
       spread = quality.uncertainty(np.stack(members))
+      judged, judged_masks = probabilities, masks
       if measured != settings:
         members = self._predictor(measured.tta).member_probabilities(volume)
-      judged = predictor.mean(members)
-      estimate = quality.estimate(judged, inference.postprocess(judged, measured), measured, self.rule,
+        judged = predictor.mean(members)
+        judged_masks = inference.postprocess(judged, measured)
+      estimate = quality.estimate(judged, judged_masks, measured, self.rule,
                                   member_masks=[inference.postprocess(p, measured) for p in members],
                                   delivered_mask=masks)
     else:
@@ -109,8 +111,11 @@ class Segmenter:
       mirrored = self._predictor("none").mirrored_probabilities(volume)
       masks = inference.postprocess(probabilities, settings)
       spread = quality.uncertainty(np.stack([probabilities, mirrored]))
-      judged = probabilities if measured == settings else self._predictor(measured.tta).predict_volume(volume)
-      estimate = quality.estimate(judged, inference.postprocess(judged, measured), measured, self.rule,
+      judged, judged_masks = probabilities, masks
+      if measured != settings:
+        judged = self._predictor(measured.tta).predict_volume(volume)
+        judged_masks = inference.postprocess(judged, measured)
+      estimate = quality.estimate(judged, judged_masks, measured, self.rule,
                                   view_masks=[inference.postprocess(mirrored, measured)], delivered_mask=masks)
     return Assessment(masks, probabilities, spread, estimate)
 

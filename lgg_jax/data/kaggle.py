@@ -57,9 +57,9 @@ class Source:
       self.names = [n for n in names if not _hidden(n)]
       self.folders = sorted(p.name for p in location.iterdir() if p.is_dir() and not _hidden(p.name))
     else:
-      members = [m for m in zip_file.infolist() if m.filename.startswith(prefix)
-                 and not _hidden(m.filename[len(prefix):])]
-      names = [m.filename for m in zip_file.infolist() if m.filename.startswith(prefix) and not m.is_dir()]
+      inside = [m for m in zip_file.infolist() if m.filename.startswith(prefix)]
+      members = [m for m in inside if not _hidden(m.filename[len(prefix):])]
+      names = [m for m in inside if not m.is_dir()]
       self.names = sorted(m.filename[len(prefix):] for m in members if not m.is_dir())
       self.folders = sorted({n.split("/")[0] for n in (m.filename[len(prefix):] for m in members)
                              if "/" in n and n.split("/")[0]})

@@ -148,6 +148,31 @@ def test_broken_input_names_the_file_and_writes_nothing(tiny_dataset, tmp_path, 
   assert written == []
 
 
+def test_a_failure_while_writing_leaves_nothing_and_spares_a_concurrent_build(
+    tiny_dataset, tmp_path, monkeypatch):
+  """tfds removes its own `incomplete.*` folder; another build's must survive."""
+  data_dir = tmp_path / "tfds"
+  root = data_dir / kaggle.open_source(tiny_dataset).fingerprint()
+  concurrent = root / "lgg" / "incomplete.other_build"
+  concurrent.mkdir(parents=True)
+  encode, calls = builder._png, []
+
+  def fail_on_the_fifth(array):
+    calls.append(1)
+    if len(calls) == 5:
+      raise OSError("disk full")
+    return encode(array)
+
+  monkeypatch.setattr(builder, "_png", fail_on_the_fifth)
+  with pytest.raises(OSError, match="disk full"):
+    builder.build(tiny_dataset, data_dir)
+  assert concurrent.is_dir()
+  leftovers = [p for p in root.rglob("*") if p != concurrent and p.name.startswith("incomplete")]
+  assert leftovers == [] and list(root.rglob("*.array_record*")) == []
+  monkeypatch.setattr(builder, "_png", encode)
+  assert _records(builder.build(tiny_dataset, data_dir))
+
+
 def test_a_mask_edited_in_place_at_the_same_size_is_prepared_again(tiny_dataset, tmp_path):
   """The cache was keyed on file names and sizes: an edited mask of the same
   size (an uncompressed one always is) silently reused the stale copy."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
-import shutil
 
 import cv2
 import numpy as np
@@ -92,19 +91,15 @@ def build(manual_dir: str | pathlib.Path, data_dir: str | pathlib.Path) -> Lgg:
   `manual_dir` holds kaggle_3m/ (or is it), or holds the downloaded zip.
   The prepared copy lives under `data_dir/<fingerprint of the source>/`, so
   two different sources never share a cache and an edited source is rebuilt.
-  tfds writes into an `incomplete.*` folder and renames it when done; a
-  failure removes that folder, so no partial dataset is ever left.
+  tfds writes into its own `incomplete.*` folder, renames it when done and
+  removes it on any failure, so no partial dataset is left and a concurrent
+  build's folder is not touched.
   """
   tfds.disable_progress_bar()  # ours show the checking and the encoding
   source = kaggle.open_source(manual_dir)
   root = pathlib.Path(data_dir).expanduser() / source.fingerprint()
   builder = Lgg(data_dir=str(root), file_format="array_record")
   builder.source = source
-  try:
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(source.location.parent)))
-  except BaseException:
-    for leftover in root.glob("**/incomplete.*"):
-      shutil.rmtree(leftover, ignore_errors=True)
-    raise
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(source.location.parent)))
   return builder

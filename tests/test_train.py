@@ -320,6 +320,31 @@ def test_the_encoder_unfreezes_with_a_fresh_optimizer(tmp_path):
   assert not np.allclose(moved["head2"]["kernel"], first["head2"]["kernel"], rtol=1e-2, atol=1e-2 * lr)
 
 
+def test_a_mid_epoch_preemption_save_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch):
+  """A SIGTERM in the middle of an epoch saves that step and exits cleanly;
+  the rerun finishes the epoch from there (its statistics included) and
+  ends where an uninterrupted run ends, bit for bit."""
+  config = tiny_config(tmp_path)
+  config.num_epochs = 2
+  full, preempted = tmp_path / "full", tmp_path / "preempted"
+  train.train_and_evaluate(config, full)
+  per_epoch = _records(full)[0]["step"]
+  stop_after = per_epoch + 2
+  assert stop_after < 2 * per_epoch
+  with monkeypatch.context() as patch:
+    patch.setattr(train._Preemption, "requested", lambda self, step: step + 1 == stop_after)
+    summary = train.train_and_evaluate(config, preempted)
+  assert summary == {"preempted": True, "step": stop_after}
+  saved = sorted(int(p.name) for p in (preempted / "checkpoints").iterdir() if p.name.isdigit())
+  assert saved == [per_epoch, stop_after]
+  assert [r["epoch"] for r in _records(preempted)] == [1]  # the part-done epoch is not logged as done
+  train.train_and_evaluate(config, preempted)
+  assert _records(preempted) == _records(full)
+  last = 2 * per_epoch
+  for a, b in zip(jax.tree.leaves(_params(full, last)), jax.tree.leaves(_params(preempted, last))):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_a_run_resumes_after_its_encoder_unfroze(tmp_path):
   """After unfreezing, checkpoints hold the encoder's optimizer state too:
   resuming from one gives the uninterrupted run."""

@@ -26,9 +26,13 @@ PATH may be
     Each volume is brought to RAS+ orientation from its affine, cut into
     axial slices shown as radiologists view them (anterior at the top, the
     patient's right on the left, as the published slices are) and resized
-    to 256x256. uint8 volumes are taken as they are; others are scaled to
-    0..255 by the volume's (a 4-D stack: each channel's) 99.5th percentile, as
-    the published slices were.
+    to 256x256. The volumes must share one voxel grid in space (else an
+    error naming the file). A name's roles are read from its whole words
+    (`t1ce_preop` is post-contrast: `preop` says when, not which; `T1w` with
+    `ce-gd` is post-contrast); a name saying two sequences is an error. uint8
+    volumes stored unscaled are taken as they are; others are scaled
+    linearly so that the volume's (a 4-D stack: each channel's) 99.99th
+    percentile sits where it sits in the published slices (196 of 255).
 
 Per case it writes: the predicted masks (PNG per slice for slice folders), the
 compressed NIfTI volumes the review page shows (`<case>_pre`, `_flair`,
@@ -114,7 +118,16 @@ def _slice_folder(folder: pathlib.Path) -> Case | None:
   images = [f for f in files if not f.stem.endswith("_mask")]
   if not images:
     return None
+  stems = {}
+  for f in images:
+    if f.stem in stems:
+      raise DataError(f"{folder}: {stems[f.stem].name} and {f.name} are both slice {f.stem}; keep one")
+    stems[f.stem] = f
   masks = {f.stem[:-5]: f for f in files if f.stem.endswith("_mask")}
+  orphans = sorted(str(m) for stem, m in masks.items() if stem not in stems)
+  if orphans:
+    raise DataError(f"{', '.join(orphans[:3])}: a mask without its slice (expected "
+                    f"{pathlib.Path(orphans[0]).name.replace('_mask', '')} beside it)")
   truth = None
   if masks:
     truth = np.stack([read_slice(masks[f.stem], mask=True) if f.stem in masks else np.zeros((SIZE, SIZE), bool)
@@ -122,9 +135,17 @@ def _slice_folder(folder: pathlib.Path) -> Case | None:
   return Case(folder.name, [f.stem for f in images], np.stack([read_slice(f) for f in images]), truth)
 
 
+# Where the published volumes put their 99.99th percentile (the median over the
+# 62 dev patients' three sequences, 195-197 of 255; their maximum is near 255):
+# benchmarks/nifti_intensity.py, RESULTS.md. A percentile so high sits near the
+# maximum yet does not follow one hot voxel.
+PUBLISHED_P9999 = 196.0
+
+
 def _scale(volume: np.ndarray) -> np.ndarray:
-  top = float(np.percentile(volume, 99.5)) or 1.0
-  return np.clip(volume / top * 255.0, 0, 255).astype(np.uint8)
+  """Scanner units -> 0..255 as the published slices were scaled."""
+  top = float(np.percentile(volume, 99.99)) or 1.0
+  return np.clip(np.rint(volume / top * PUBLISHED_P9999), 0, 255).astype(np.uint8)
 
 
 _RAS = nib.orientations.axcodes2ornt("RAS")
@@ -145,11 +166,16 @@ _CHANNEL_ROLES = ("pre", "flair", "post")  # the model's input channels, in orde
 _ROLE_NAMES = {"pre": "pre-contrast", "flair": "FLAIR", "post": "post-contrast", "mask": "mask", "t2": "T2",
                "brain": "brain mask"}
 _BRAIN_WORDS = ("brain", "skull")  # a skull-stripping mask is no tumour truth
-# BraTS names end in the sequence after the last '_' (2018-2021) or '-' (2023). Matching
-# that token whole keeps `t1` from catching `t1ce`.
-_BRATS_ROLES = {"t1": "pre", "t1n": "pre", "t1ce": "post", "t1gd": "post", "t1c": "post", "flair": "flair",
-                "t2f": "flair", "seg": "mask", "t2": "t2", "t2w": "t2"}
-_NAMED_ROLES = ("mask", "flair", "post", "pre")  # substrings of other names, the first match wins
+# Whole words of a name (split at anything not a letter or digit), so that `t1`
+# does not catch `t1ce` and `preop` is no pre-contrast: BraTS 2018-2021 (`_t1`,
+# `_t1ce`), 2023 (`-t1n`, `-t1c`, `-t2f`, `-t2w`), BIDS (`T1w`, `ce-gd`), plain words.
+_WORD_ROLES = {"t1": "pre", "t1n": "pre", "t1w": "pre", "pre": "pre", "precontrast": "pre",
+               "t1ce": "post", "t1gd": "post", "t1c": "post", "post": "post", "postcontrast": "post",
+               "flair": "flair", "t2f": "flair", "seg": "mask", "mask": "mask", "t2": "t2", "t2w": "t2"}
+_PLAIN_T1_WORDS = ("t1", "t1w")  # T1 with no contrast named: pre-contrast unless a contrast word says otherwise
+_CONTRAST_WORDS = ("ce", "gd", "gad", "gado", "gadolinium", "contrast", "enhanced")
+_NAMED_ROLES = ("mask", "flair", "post", "pre")  # words run together ("case1flair"): the first inside wins
+_SESSION_WORDS = re.compile(r"(pre|post)[-_]?op(erative)?")  # when a scan was taken, not its contrast
 _STACK = "stack"  # a 4-D (x, y, z, 3) volume: all three channels
 _EXPECTED_SHAPES = ("expected a 3-D volume (x, y, z) or a 4-D one (x, y, z, 3) holding pre-contrast, FLAIR and "
                     "post-contrast in that order")
@@ -166,22 +192,34 @@ def _nifti_stem(path: pathlib.Path) -> str:
 
 def volume_role(path: pathlib.Path) -> str | None:
   """'pre', 'flair', 'post', 'mask', or 't2' or 'brain' (unused) from a NIfTI
-  file's name; None: no role in it."""
+  file's name; None: no role in it. A name naming two sequences is an error."""
   stem = _nifti_stem(path).lower()
-  token = re.split(r"[_-]", stem)[-1]
-  if token in _BRATS_ROLES:
-    return _BRATS_ROLES[token]
-  role = next((role for role in _NAMED_ROLES if role in stem), None)
-  if role == "mask" and any(word in stem for word in _BRAIN_WORDS):
-    return "brain"
-  return role
+  words = [w for w in re.split(r"[^a-z0-9]+", stem) if w]
+  said = {"pre", "precontrast", "post", "postcontrast"} & set(words)  # these decide a plain T1's contrast
+  roles = {_WORD_ROLES[w] for w in words if w in _WORD_ROLES and w not in _PLAIN_T1_WORDS}
+  if any(w in _PLAIN_T1_WORDS for w in words) and not said:
+    roles.add("post" if any(w in _CONTRAST_WORDS for w in words) else "pre")
+  if not roles:
+    inside = _SESSION_WORDS.sub("", stem)
+    roles = {next((role for role in _NAMED_ROLES if role in inside), None)} - {None}
+  if "mask" in roles:
+    return "brain" if any(word in stem for word in _BRAIN_WORDS) else "mask"
+  if "flair" in roles:  # T2-FLAIR is FLAIR
+    roles.discard("t2")
+  if len(roles) > 1:
+    raise DataError(f"{path}: its name reads as {' and '.join(_ROLE_NAMES[r] for r in sorted(roles))}; rename it "
+                    "to say one (pre, flair, post, mask, or BraTS *_t1, *_t1ce, *_flair, *_seg)")
+  return roles.pop() if roles else None
 
 
 def _open_nifti(path: pathlib.Path):
   try:
-    return nib.load(str(path))
+    image = nib.load(str(path))
   except Exception as e:
     raise DataError(f"{path}: unreadable NIfTI ({type(e).__name__}: {e})") from e
+  if len(image.shape) == 4 and image.shape[3] == 1:  # a 3-D volume written as (x, y, z, 1)
+    image = nib.funcs.squeeze_image(image)
+  return image
 
 
 def _is_stack(image) -> bool:
@@ -220,6 +258,24 @@ def _nifti_roles(files: list[pathlib.Path], alone: bool) -> dict[str, tuple[path
   return found
 
 
+def _stored_as_published(image) -> bool:
+  """uint8 voxels with no scaling in the header: the dataset's 0..255, taken as they are."""
+  # A loaded image's header hands its scl_slope/scl_inter to the array proxy.
+  slope, inter = getattr(image.dataobj, "slope", 1.0), getattr(image.dataobj, "inter", 0.0)
+  return image.get_data_dtype() == np.uint8 and slope == 1.0 and inter == 0.0
+
+
+def _ras_affine(image) -> np.ndarray:
+  to_ras = nib.orientations.ornt_transform(nib.io_orientation(image.affine), _RAS)
+  return image.affine @ nib.orientations.inv_ornt_aff(to_ras, image.shape[:3])
+
+
+def _grid_distance(a, b, shape) -> float:
+  """The largest distance (mm) between where two affines put a grid's corners."""
+  corners = np.array([[i, j, k, 1] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)]).T
+  return float(np.linalg.norm((a @ corners - b @ corners)[:3], axis=0).max())
+
+
 def _display_volume(path: pathlib.Path, image, role: str) -> np.ndarray:
   """(Z, Y, X[, 3]) axial display slices; intensity volumes as uint8."""
   try:
@@ -230,7 +286,7 @@ def _display_volume(path: pathlib.Path, image, role: str) -> np.ndarray:
   if bad.any():  # NaN after registration would make the scale NaN and the whole volume empty
     logging.warning("%s: %d non-finite voxel(s) (NaN or infinite) set to 0", path, int(bad.sum()))
     data = np.where(bad, 0.0, data).astype(np.float32)
-  if role != "mask" and image.get_data_dtype() != np.uint8:
+  if role != "mask" and not _stored_as_published(image):
     data = np.stack([_scale(c) for c in np.moveaxis(data, -1, 0)], -1) if role == _STACK else _scale(data)
   to_ras = nib.orientations.ornt_transform(nib.io_orientation(image.affine), _RAS)
   return to_display_slices(nib.orientations.apply_orientation(data, to_ras))
@@ -248,10 +304,17 @@ def _nifti_volumes(name: str, where: pathlib.Path, found: dict) -> Case:
   reference_role = _STACK if _STACK in found else "flair"
   volumes = {role: _display_volume(path, image, role) for role, (path, image) in found.items()}
   shape = volumes[reference_role].shape[:3]
+  reference_path, reference_image = found[reference_role]
+  reference_affine = _ras_affine(reference_image)
+  tolerance = 0.1 * float(min(reference_image.header.get_zooms()[:3]))  # a tenth of a voxel
   for role, volume in volumes.items():
+    path, image = found[role]
     if volume.shape[:3] != shape:
-      raise DataError(f"{found[role][0]}: shape {volume.shape[:3]} in RAS+ differs from "
-                      f"{found[reference_role][0].name}'s {shape}")
+      raise DataError(f"{path}: shape {volume.shape[:3]} in RAS+ differs from {reference_path.name}'s {shape}")
+    distance = _grid_distance(_ras_affine(image), reference_affine, image.shape)
+    if distance > tolerance:  # the same shape on another grid: channels (or the truth) would not overlie
+      raise DataError(f"{path}: its voxels lie up to {distance:.2f} mm from {reference_path.name}'s (affines "
+                      f"differ); resample the case's volumes onto one grid first")
   if _STACK in found:
     channels = [volumes[_STACK][..., c] for c in range(3)]
   else:
@@ -323,6 +386,10 @@ def write_nifti_mask(case: Case, pred: np.ndarray, path: pathlib.Path) -> None:
   write_nifti_volume(case, np.asarray(pred, bool), path)
 
 
+def _holds_case_files(folder: pathlib.Path) -> bool:
+  return any(f.is_file() and (_is_nifti(f) or f.suffix.lower() in _IMAGE_SUFFIXES) for f in folder.iterdir())
+
+
 def find_cases(path: str | os.PathLike) -> list[Case]:
   """The cases under `path`: one slice, NIfTI file or patient folder, or a
   folder of patient folders (a subfolder with files but none of those is
@@ -338,6 +405,10 @@ def find_cases(path: str | os.PathLike) -> list[Case]:
   for reader in (_nifti_case, _slice_folder):
     case = reader(path)
     if case is not None:
+      beside = [sub.name for sub in sorted(path.iterdir()) if sub.is_dir() and _holds_case_files(sub)]
+      if beside:
+        raise DataError(f"{path}: holds a case's own files and patient folders ({', '.join(beside[:3])}); give "
+                        "either one case's files or a folder of patient folders")
       return [case]
   cases = []
   for sub in sorted(p for p in path.iterdir() if p.is_dir()):

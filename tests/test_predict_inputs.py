@@ -58,8 +58,17 @@ def test_one_float_volume_is_scaled_and_taken_as_flair(tmp_path, caplog):
   assert case.name == "brain"
   np.testing.assert_array_equal(case.images[..., 0], case.images[..., 1])
   np.testing.assert_array_equal(case.images[..., 2], case.images[..., 1])
-  assert case.images.max() == 255
   assert len(_warnings(caplog)) == 1
+  # Linear, with the 99.99th percentile where the published slices hold theirs, and
+  # a few hot voxels (here 100 times the rest) neither darken the volume nor stay unclipped.
+  top = np.percentile(volume, 99.99)
+  np.testing.assert_allclose(predict._scale(volume).astype(float), volume / top * predict.PUBLISHED_P9999, atol=0.5)
+  assert abs(np.percentile(case.images, 99.99) - predict.PUBLISHED_P9999) <= 2
+  larger = np.random.default_rng(1).uniform(0, 1000, (64, 64, 32)).astype(np.float32)  # 131,072 voxels
+  hot = larger.copy()
+  hot[0, 0, :4] = 1e5
+  np.testing.assert_allclose(predict._scale(hot)[4:], predict._scale(larger)[4:], atol=1)  # the percentile moves a hair
+  assert predict._scale(hot)[0, 0, :4].tolist() == [255] * 4
 
 
 def test_a_folder_with_only_flair_fills_every_channel_and_says_so(tmp_path, caplog):
@@ -148,7 +157,7 @@ def test_a_4d_float_volume_scales_each_channel_on_its_own(tmp_path):
   rng = np.random.default_rng(1)
   stack = np.stack([rng.uniform(0, top, SHAPE) for top in (10, 1000, 100000)], axis=-1).astype(np.float32)
   [case] = predict.find_cases(_save(tmp_path / "stack.nii.gz", stack))
-  assert [int(case.images[..., c].max()) for c in range(3)] == [255, 255, 255]
+  assert [round(np.percentile(case.images[..., c], 99.99)) for c in range(3)] == [196] * 3
 
 
 def test_a_mask_written_for_a_4d_input_has_its_grid_and_affine(tmp_path):
@@ -232,7 +241,7 @@ def test_a_nan_voxel_after_registration_is_zeroed_with_a_warning_not_an_empty_vo
   with caplog.at_level(logging.WARNING):
     [case] = predict.find_cases(path)
   assert any(str(path) in m and "2 non-finite voxel(s)" in m for m in _warnings(caplog))
-  assert case.images.max() == 255 and case.images[..., 1].mean() > 0.9 * clean.images[..., 1].mean()
+  assert case.images.max() >= predict.PUBLISHED_P9999 and case.images[..., 1].mean() > 0.9 * clean.images[..., 1].mean()
 
 
 def test_a_float_tiff_slice_is_an_error_naming_the_file(tmp_path):
@@ -272,3 +281,82 @@ def test_a_patient_folder_without_readable_slices_is_named_not_dropped(tmp_path,
   assert [c.name for c in cases] == ["TCGA_A"]
   skipped = [m for m in _warnings(caplog) if "skipped" in m]
   assert len(skipped) == 2 and "TCGA_B" in skipped[0] and ".jpg" in skipped[0] and ".dcm" in skipped[1]
+
+
+@pytest.mark.parametrize("name,role", [
+    ("t1ce_preop", "post"), ("T1Gd_preop", "post"), ("t1_postop", "pre"), ("sub-01_ses-preop_ce-gd_T1w", "post"),
+    ("sub-01_ses-preop_T1w", "pre"), ("FLAIR_masked", "flair"), ("T2_FLAIR", "flair"), ("t1_pre_contrast", "pre"),
+    ("T1_post_contrast", "post"), ("case1flair", "flair"), ("brainmask", "brain"), ("tumour_seg", "mask"),
+    ("BraTS20_Training_001_t1", "pre"), ("BraTS-GLI-00000-000-t2f", "flair"), ("scan", None)])
+def test_roles_come_from_whole_words_of_the_name(name, role):
+  assert predict.volume_role(predict.pathlib.Path(f"{name}.nii.gz")) == role
+
+
+def test_a_name_saying_two_sequences_is_an_error_naming_it():
+  with pytest.raises(DataError, match=r"t1_to_flair.nii.gz: its name reads as FLAIR and pre-contrast"):
+    predict.volume_role(predict.pathlib.Path("t1_to_flair.nii.gz"))
+
+
+def test_pre_and_post_operative_scans_keep_their_contrast(tmp_path, caplog):
+  """`preop` once made every name pre-contrast: t1ce_preop filled the pre channel."""
+  for name, value in (("t1_preop", 10), ("flair_preop", 60), ("t1ce_preop", 30)):
+    _save(tmp_path / "case" / f"{name}.nii.gz", _constant(value))
+  with caplog.at_level(logging.WARNING):
+    [case] = predict.find_cases(tmp_path / "case")
+  assert _channel_values(case) == [10, 60, 30] and _warnings(caplog) == []
+
+
+def test_volumes_on_other_grids_are_an_error_naming_the_file(tmp_path):
+  """Same shape, another affine: the mask once overlay nothing (Dice 0, no word)."""
+  flipped = np.diag([-1.0, -1.0, 1.0, 1.0])
+  _save(tmp_path / "case" / "flair.nii.gz", _constant(60), flipped)
+  mask = np.zeros(SHAPE, np.uint8)
+  mask[2:6, 2:6, 1] = 1
+  _save(tmp_path / "case" / "mask.nii.gz", mask)  # identity affine
+  with pytest.raises(DataError, match=r"mask.nii.gz: its voxels lie up to 21.21 mm from flair.nii.gz's"):
+    predict.find_cases(tmp_path / "case")
+  # On the FLAIR's grid the mask is read; written in another orientation, it is the same grid and the same truth.
+  _save(tmp_path / "case" / "mask.nii.gz", mask, flipped)
+  [same_affine] = predict.find_cases(tmp_path / "case")
+  unflip = np.array([[-1, 0, 0, SHAPE[0] - 1], [0, -1, 0, SHAPE[1] - 1], [0, 0, 1, 0], [0, 0, 0, 1]])
+  _save(tmp_path / "case" / "mask.nii.gz", mask[::-1, ::-1], flipped @ unflip)
+  [reoriented] = predict.find_cases(tmp_path / "case")
+  assert same_affine.truth.any(axis=(1, 2)).tolist() == [False, True, False, False]
+  np.testing.assert_array_equal(reoriented.truth, same_affine.truth)
+
+
+def test_a_3d_volume_written_with_a_fourth_axis_of_one_is_read(tmp_path):
+  [case] = predict.find_cases(_save(tmp_path / "flair.nii.gz", _constant(70)[..., None]))
+  assert _channel_values(case) == [70, 70, 70]
+
+
+def test_uint8_voxels_with_a_scale_in_the_header_are_scaled(tmp_path):
+  """The voxels mean up to 398, not the dataset's 0..255: scaled, not wrapped past 255."""
+  ramp = (np.arange(np.prod(SHAPE)) % 200).astype(np.uint8).reshape(SHAPE)
+  image = nib.Nifti1Image(ramp, np.eye(4))
+  image.header.set_slope_inter(2.0, 0.0)
+  nib.save(image, str(tmp_path / "flair.nii.gz"))
+  [case] = predict.find_cases(tmp_path / "flair.nii.gz")
+  assert abs(np.percentile(case.images, 99.99) - predict.PUBLISHED_P9999) <= 2
+
+
+def test_a_folder_holding_a_case_and_patient_folders_is_an_error(tmp_path):
+  """A stray template beside patient folders once became the only case."""
+  _save(tmp_path / "cohort" / "template.nii.gz", _constant(60))
+  for patient in ("P1", "P2"):
+    _save(tmp_path / "cohort" / patient / "flair.nii.gz", _constant(60))
+  with pytest.raises(DataError, match=r"cohort: holds a case's own files and patient folders \(P1, P2\)"):
+    predict.find_cases(tmp_path / "cohort")
+
+
+def test_slice_folders_refuse_a_mask_without_its_slice_and_two_files_for_one_slice(tmp_path):
+  folder = tmp_path / "P"
+  folder.mkdir()
+  tifffile.imwrite(folder / "P_1.tif", np.zeros((256, 256, 3), np.uint8))
+  tifffile.imwrite(folder / "P_2_mask.tif", np.zeros((256, 256), np.uint8))
+  with pytest.raises(DataError, match=r"P_2_mask.tif: a mask without its slice \(expected P_2.tif"):
+    predict.find_cases(folder)
+  (folder / "P_2_mask.tif").unlink()
+  tifffile.imwrite(folder / "P_1.png", np.zeros((256, 256, 3), np.uint8))
+  with pytest.raises(DataError, match=r"P_1.png and P_1.tif are both slice P_1"):
+    predict.find_cases(folder)

@@ -201,7 +201,7 @@ def export_run(workdir, out, checkpoint: str = "best", forward: bool = True, onn
   member = loading.member_from_run(workdir, checkpoint)
   member.settings = member.settings.replace(**overrides)
   summary_path = workdir / "summary.json"
-  summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+  summary = state.read_json(summary_path) if summary_path.is_file() else {}
   lowered = export_forward(member) if forward else None
   with written_whole(out) as partial:
     (partial / loading.CONFIG_FILE).write_text(shareable_config(member.config).to_json_best_effort(indent=2))

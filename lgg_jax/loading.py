@@ -35,7 +35,7 @@ def member_from_run(workdir, checkpoint: str = "best", mesh=None) -> inference.M
   summary = pathlib.Path(workdir) / "summary.json"
   settings = inference.Settings.from_config(config)
   if summary.is_file():
-    settings = inference.Settings.from_dict(json.loads(summary.read_text()).get("inference", {}), settings)
+    settings = inference.Settings.from_dict(state.read_json(summary).get("inference", {}), settings)
   return inference.Member(config, graphdef, variables, step, str(workdir), settings)
 
 
@@ -51,7 +51,7 @@ def member_from_export(folder, mesh=None) -> inference.Member:
   for name in (CONFIG_FILE, WEIGHTS_FILE):
     if not (folder / name).is_file():
       raise FileNotFoundError(f"{folder} is not an exported model: no {name}")
-  config = state.config_from_dict(json.loads((folder / CONFIG_FILE).read_text()), str(folder / CONFIG_FILE))
+  config = state.config_from_dict(state.read_json(folder / CONFIG_FILE), str(folder / CONFIG_FILE))
   graphdef, shapes = state.abstract_variables(config)
   try:
     tensors = load_file(str(folder / WEIGHTS_FILE))
@@ -70,7 +70,7 @@ def member_from_export(folder, mesh=None) -> inference.Member:
                        f"the model needs {shape.shape}")
     flat[path] = tensors[key].astype(shape.dtype)
   variables = parallel.replicate(traverse_util.unflatten_dict(flat), mesh or parallel.make_mesh())
-  saved = json.loads((folder / INFERENCE_FILE).read_text()) if (folder / INFERENCE_FILE).is_file() else {}
+  saved = state.read_json(folder / INFERENCE_FILE) if (folder / INFERENCE_FILE).is_file() else {}
   settings = inference.Settings.from_dict(saved, inference.Settings.from_config(config))
   return inference.Member(config, graphdef, variables, saved.get("step"), str(folder), settings)
 

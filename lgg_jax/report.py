@@ -8,14 +8,13 @@ after training, and the sweep runner for each member.
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import cv2
 import numpy as np
 from ml_collections.config_flags import config_path
 
-from lgg_jax import cli, figures, inference, loading, models, parallel
+from lgg_jax import cli, figures, inference, loading, models, parallel, state
 from lgg_jax.data import pipeline
 
 _KNOBS = ("model.name", "data.image_size", "data.normalization", "data.neighbours", "data.tumour_fraction",
@@ -36,7 +35,7 @@ def _patient_figure(volume, masks, truth, path: pathlib.Path) -> None:
 def write(workdir) -> pathlib.Path | None:
   """Every process must call this (predictions gather across processes); process 0 writes."""
   workdir = pathlib.Path(workdir).expanduser().resolve()
-  summary = json.loads((workdir / "summary.json").read_text())
+  summary = state.read_json(workdir / "summary.json")
   if "test_per_patient" not in summary:
     return None  # no best checkpoint: nothing to show
   member = loading.member_from_run(workdir, "best")

@@ -91,11 +91,20 @@ def config_from_dict(saved: dict, source: str = "saved config") -> ml_collection
   return config_defaults.from_saved(saved, source)
 
 
+def read_json(path) -> dict:
+  """A JSON file this project wrote; cut short or edited by hand, an error naming it."""
+  path = pathlib.Path(path)
+  try:
+    return json.loads(path.read_text())
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path}: not readable JSON ({e}); it may have been cut short or edited") from e
+
+
 def load_config(workdir) -> ml_collections.ConfigDict:
   path = pathlib.Path(workdir) / "config.json"
   if not path.is_file():
     raise FileNotFoundError(f"{pathlib.Path(workdir)} is not a run folder: no config.json")
-  return config_from_dict(json.loads(path.read_text()), str(path))
+  return config_from_dict(read_json(path), str(path))
 
 
 def improved_dice(metrics) -> float:

@@ -367,7 +367,7 @@ def _training_provenance(workdir: pathlib.Path, current: dict) -> dict:
   """A finished run summarised again (a sweep taking it up) keeps the commit,
   packages and devices that trained it; the summarising commit goes beside them."""
   try:
-    previous = json.loads((workdir / "summary.json").read_text())["provenance"]
+    previous = state.read_json(workdir / "summary.json")["provenance"]
   except (OSError, ValueError, KeyError, TypeError):
     return current
   kept = {k: previous[k] for k in ("git_commit", "versions", "devices") if k in previous}

@@ -84,6 +84,37 @@ def test_tiny_models_map_images_to_one_logit_per_pixel(name):
   assert bool(jnp.isfinite(out).all())
 
 
+@pytest.mark.parametrize("name", ["unet", "fpn", "resnext_unet"])
+def test_each_model_takes_exactly_the_sides_its_divisor_admits(name):
+  """Three times the divisor maps to itself; the divisor is no larger than
+  the model needs (ResNeXt-UNet's said 32 and refused 48, which it takes)."""
+  config = _tiny(name)
+  divisor = models.input_divisor(config)
+  model = nnx.view(models.create(config, rngs=nnx.Rngs(0)), use_running_average=True, raise_if_not_found=False)
+  assert model(jnp.ones((1, 3 * divisor, 3 * divisor, 3))).shape == (1, 3 * divisor, 3 * divisor, 1)
+  models.check(config, 3 * divisor)
+  with pytest.raises(ValueError, match=f"must be divisible by {divisor}"):
+    models.check(config, 3 * divisor + divisor // 2)
+  try:  # half the divisor's multiple fails inside the model (or gives another size)
+    half = model(jnp.ones((1, 3 * divisor // 2, 3 * divisor // 2, 3))).shape[1]
+  except (TypeError, ValueError):
+    half = None
+  assert half != 3 * divisor // 2
+
+
+@pytest.mark.parametrize("name,change,message", [
+    ("unet", {"depth": 0}, "config.model.unet.depth=0: at least 1"),
+    ("resnext_unet", {"blocks": (1, 1, 1)}, r"config.model.resnext_unet.blocks=\(1, 1, 1\): four layers"),
+    ("resnext_unet", {"blocks": (1, 0, 1, 1)}, "four layers of at least one block"),
+    ("resnext_unet", {"width_per_group": 3}, "stem_width x width_per_group .* multiple of 64"),
+])
+def test_bad_model_shapes_are_refused_at_config_time_naming_the_setting(name, change, message):
+  config = _tiny(name)
+  config[name].update(change)
+  with pytest.raises(ValueError, match=message):
+    models.check(config, 64)
+
+
 @pytest.mark.parametrize("groups,channels,stride", [(4, 32, 1), (8, 32, 2), (32, 256, 1)])
 def test_grouped_conv_cpu_form_equals_feature_group_count(groups, channels, stride):
   rngs = nnx.Rngs(0)

@@ -100,6 +100,19 @@ def test_export_round_trip_and_ensemble(run, exported):
   assert "not this export's" not in (exported / "model_card.md").read_text()
 
 
+@pytest.mark.parametrize("name", ["config.json", "inference.json", "summary.json"])
+def test_a_json_file_cut_short_is_an_error_naming_it(run, exported, tmp_path, name):
+  source = run[0] if name == "summary.json" else exported
+  copy = tmp_path / "copy"
+  shutil.copytree(source, copy, ignore=shutil.ignore_patterns("checkpoints") if name == "summary.json" else None)
+  if name == "summary.json":
+    (copy / "checkpoints").symlink_to(source / "checkpoints")
+  text = (copy / name).read_text()
+  (copy / name).write_text(text[:len(text) // 2])
+  with pytest.raises(ValueError, match=f"{copy / name}: not readable JSON"):
+    Segmenter.load(copy)
+
+
 def test_exported_forward_pass_runs_with_only_jax_and_numpy(run, exported, tmp_path):
   """A fresh process that imports jax and numpy alone reproduces the model's
   probabilities from the serialized StableHLO."""

@@ -98,11 +98,14 @@ def test_pth_and_safetensors_files_load_and_bad_files_are_named(tv_model, tmp_pa
   del broken["layer2.0.conv1.weight"]
   broken["layer9.0.conv1.weight"] = np.zeros(3)
   broken["layer1.0.bn1.weight"] = np.zeros(7, np.float32)
+  broken["layer1.0.conv2.weight"] = np.zeros((128, 4), np.float32)  # the wrong rank failed inside the transpose
+  broken["conv1.weight"] = np.zeros(64, np.float32)
   with pytest.raises(ValueError) as err:
     weights.load_encoder(encoder, broken, source=str(pth))
   msg = str(err.value)
   assert str(pth) in msg and "layer2.0.conv1.weight" in msg and "layer9.0.conv1.weight" in msg
   assert "layer1.0.bn1.weight: file (7,)" in msg
+  assert "layer1.0.conv2.weight: file (128, 4) (2-D) vs model 4-D" in msg and "conv1.weight: file (64,) (1-D)" in msg
 
 
 @pytest.mark.parametrize("conv_impl", ["xla", "cpu"])

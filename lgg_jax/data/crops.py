@@ -17,8 +17,8 @@ leave no empty corners in the crop.
 
 Validation, evaluation, prediction and exports run on whole 256x256 slices:
 every model here is fully convolutional and takes any side divisible by its
-input divisor (`models.input_divisor`: 2^(depth-1) for the U-Net, 32 for FPN
-and ResNeXt-UNet), so 256 serves all three.
+input divisor (`models.input_divisor`: 2^(depth-1) for the U-Net, 32 for FPN,
+16 for ResNeXt-UNet), so 256 serves all three.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ bottlenecks (1x1 -> grouped 3x3 (stride here, v1.5) -> 1x1, width 2 x planes,
 32 groups, 1x1 projection shortcut). Decoder blocks: 1x1 conv -> 4x4 stride-2
 transposed conv -> 1x1 conv, ReLU after the 1x1s, skips added. Head: 3x3 conv
 256->128 + ReLU, 3x3 conv 128->1. 30,947,777 parameters at full size.
-BatchNorm as torchvision's: eps 1e-5, torch momentum 0.1 (= Flax 0.9).
+BatchNorm as torchvision's: eps 1e-5, torch momentum 0.1 (= Flax 0.9); one
+difference: Flax keeps the biased batch variance in its running average
+where torch keeps the unbiased one (n/(n-1): small only for tiny batches).
 """
 
 from __future__ import annotations
@@ -96,10 +98,22 @@ class ResNeXtUNet(nnx.Module):
 
   @staticmethod
   def input_divisor(**_) -> int:
-    return 32
+    return 16  # the stem and layer2-4 halve; the max-pool is unused
+
+  @staticmethod
+  def check_settings(*, stem_width: int = 64, blocks=(3, 4, 6, 3), groups: int = 32, width_per_group: int = 4,
+                     **_) -> None:
+    blocks = tuple(blocks)
+    if len(blocks) != 4 or min(blocks) < 1:
+      raise ValueError(f"config.model.resnext_unet.blocks={blocks}: four layers of at least one block each "
+                       "(torchvision's layer1-4)")
+    if min(stem_width, groups, width_per_group) < 1 or stem_width * width_per_group % 64:
+      raise ValueError(f"config.model.resnext_unet: stem_width x width_per_group ({stem_width} x {width_per_group}) "
+                       "must be a positive multiple of 64, so each grouped conv splits into whole groups")
 
   def __init__(self, *, in_channels=3, stem_width=64, blocks=(3, 4, 6, 3), groups=32, width_per_group=4,
                sync_batch_norm=True, conv_impl="auto", axis_name=None, dtype=jnp.float32, rngs: nnx.Rngs):
+    self.check_settings(stem_width=stem_width, blocks=blocks, groups=groups, width_per_group=width_per_group)
     self.encoder = ResNeXtEncoder(in_channels=in_channels, stem_width=stem_width, blocks=tuple(blocks),
                                   groups=groups, width_per_group=width_per_group, conv_impl=conv_impl,
                                   axis_name=axis_name if sync_batch_norm else None, dtype=dtype, rngs=rngs)

@@ -30,6 +30,8 @@ class UNet(nnx.Module):
   @staticmethod
   def check_settings(*, depth: int = 4, norm: str = "none", deep_supervision: bool = False, **_) -> None:
     choices.check("config.model.unet.norm", norm, NORMS)
+    if depth < 1:
+      raise ValueError(f"config.model.unet.depth={depth}: at least 1 (one level, no down-sampling)")
     if deep_supervision and depth < 3:
       raise ValueError(f"config.model.unet.deep_supervision needs depth >= 3 (a decoder level below full "
                        f"resolution), got {depth}")

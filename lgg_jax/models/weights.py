@@ -94,7 +94,11 @@ def load_encoder(encoder: nnx.Module, state_dict: dict[str, np.ndarray], source:
   mismatched = []
   for key in sorted(set(targets) & set(state)):
     variable, convert = targets[key]
-    value = convert(np.asarray(state[key]))
+    value = np.asarray(state[key])
+    if value.ndim != len(variable.shape):  # the OIHW -> HWIO transpose needs the right rank
+      mismatched.append(f"{key}: file {value.shape} ({value.ndim}-D) vs model {len(variable.shape)}-D")
+      continue
+    value = convert(value)
     if value.shape != variable.shape:
       mismatched.append(f"{key}: file {value.shape} vs model {tuple(variable.shape)}")
   problems = []

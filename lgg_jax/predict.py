@@ -26,7 +26,8 @@ PATH may be
     Each volume is brought to RAS+ orientation from its affine, cut into
     axial slices shown as radiologists view them (anterior at the top, the
     patient's right on the left, as the published slices are) and resized
-    to 256x256. The volumes must share one voxel grid in space (else an
+    onto 256x256 keeping its proportions in mm (the longer side fills it,
+    the other is centred on black; the written volumes undo this). The volumes must share one voxel grid in space (else an
     error naming the file). A name's roles are read from its whole words
     (`t1ce_preop` is post-contrast: `preop` says when, not which; `T1w` with
     `ce-gd` is post-contrast); a name saying two sequences is an error. uint8
@@ -276,6 +277,27 @@ def _grid_distance(a, b, shape) -> float:
   return float(np.linalg.norm((a @ corners - b @ corners)[:3], axis=0).max())
 
 
+def _display_spacing(image) -> tuple[int, int, float, float, float]:
+  """(rows, columns) of the display slices and their (row, column, slice) spacing in mm."""
+  affine = _ras_affine(image)
+  shape = nib.orientations.apply_orientation(
+      np.zeros(image.shape[:3], bool), nib.orientations.ornt_transform(nib.io_orientation(image.affine), _RAS)).shape
+  zooms = np.linalg.norm(affine[:3, :3], axis=0)  # RAS-ordered voxel sides
+  return shape[1], shape[0], float(zooms[1]), float(zooms[0]), float(zooms[2])  # display slices are (Y, X)
+
+
+def _canvas_box(image) -> tuple[int, int, int, int]:
+  """Where a NIfTI's axial slice lies on the 256x256 canvas (top, left,
+  height, width): its longer side in mm fills the canvas and the other
+  keeps the proportion, centred on black, as the published slices show
+  their heads; stretching a 176x256 grid to square narrowed every head."""
+  rows, columns, row_mm, column_mm, _ = _display_spacing(image)
+  side = max(rows * row_mm, columns * column_mm)
+  height = max(1, round(SIZE * rows * row_mm / side))
+  width = max(1, round(SIZE * columns * column_mm / side))
+  return (SIZE - height) // 2, (SIZE - width) // 2, height, width
+
+
 def _display_volume(path: pathlib.Path, image, role: str) -> np.ndarray:
   """(Z, Y, X[, 3]) axial display slices; intensity volumes as uint8."""
   try:
@@ -326,11 +348,16 @@ def _nifti_volumes(name: str, where: pathlib.Path, found: dict) -> Case:
                       "s" if len(missing) > 1 else "")
     channels = [volumes.get(r, volumes["flair"]) for r in _CHANNEL_ROLES]
 
-  def resized(volume, interpolation):
-    return np.stack([cv2.resize(s, (SIZE, SIZE), interpolation=interpolation) for s in volume])
+  top, left, height, width = _canvas_box(found[reference_role][1])
 
-  images = np.stack([resized(c.astype(np.uint8), cv2.INTER_AREA) for c in channels], -1)
-  truth = resized((volumes["mask"] > 0).astype(np.uint8), cv2.INTER_NEAREST) > 0 if "mask" in volumes else None
+  def on_canvas(volume, interpolation):
+    canvas = np.zeros((len(volume), SIZE, SIZE), volume.dtype)
+    for s, plane in enumerate(volume):
+      canvas[s, top:top + height, left:left + width] = cv2.resize(plane, (width, height), interpolation=interpolation)
+    return canvas
+
+  images = np.stack([on_canvas(c.astype(np.uint8), cv2.INTER_AREA) for c in channels], -1)
+  truth = on_canvas((volumes["mask"] > 0).astype(np.uint8), cv2.INTER_NEAREST) > 0 if "mask" in volumes else None
   return Case(name, [f"slice_{k + 1:03d}" for k in range(shape[0])], images, truth,
               nifti=found[reference_role][1])
 
@@ -364,11 +391,11 @@ def write_nifti_volume(case: Case, slices: np.ndarray, path: pathlib.Path, label
     nib.save(image, str(path))
     return
   orientation = nib.io_orientation(reference.affine)
-  ras_shape = nib.orientations.apply_orientation(np.zeros(reference.shape[:3], bool),
-                                                 nib.orientations.ornt_transform(orientation, _RAS)).shape
-  rows, columns = ras_shape[1], ras_shape[0]  # display slices are (Y, X)
+  rows, columns = _display_spacing(reference)[:2]
+  top, left, height, width = _canvas_box(reference)
   interpolation = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
-  slices = np.stack([cv2.resize(p, (columns, rows), interpolation=interpolation) for p in slices])
+  slices = np.stack([cv2.resize(p[top:top + height, left:left + width], (columns, rows), interpolation=interpolation)
+                     for p in slices])
   from_ras = nib.orientations.ornt_transform(_RAS, orientation)
   volume = nib.orientations.apply_orientation(from_display_slices(slices), from_ras).astype(dtype)
   header = reference.header.copy()
@@ -482,8 +509,9 @@ def voxel_ml(case: Case) -> float | None:
   slice folders (no spacing)."""
   if case.nifti is None:
     return None
-  zooms = np.asarray(case.nifti.header.get_zooms()[:3], float)
-  return float(np.prod(zooms) * np.prod(case.nifti.shape[:3]) / (len(case.slice_names) * SIZE * SIZE) / 1000.0)
+  rows, columns, row_mm, column_mm, slice_mm = _display_spacing(case.nifti)
+  _, _, height, width = _canvas_box(case.nifti)
+  return rows * row_mm / height * columns * column_mm / width * slice_mm / 1000.0
 
 
 def write_case(case: Case, probs: np.ndarray, pred: np.ndarray, settings, out: pathlib.Path,

@@ -360,3 +360,31 @@ def test_slice_folders_refuse_a_mask_without_its_slice_and_two_files_for_one_sli
   tifffile.imwrite(folder / "P_1.png", np.zeros((256, 256, 3), np.uint8))
   with pytest.raises(DataError, match=r"P_1.png and P_1.tif are both slice P_1"):
     predict.find_cases(folder)
+
+
+@pytest.mark.parametrize("shape,zooms,box", [
+    ((8, 16, 2), (1.0, 1.0, 2.0), (0, 64, 256, 128)),    # narrow in x: centred, not stretched
+    ((16, 8, 2), (0.5, 1.0, 2.0), (0, 0, 256, 256)),     # the same mm both ways: fills the canvas
+    ((32, 16, 2), (1.0, 1.0, 2.0), (64, 0, 128, 256)),   # short in y (rows)
+])
+def test_a_grid_keeps_its_proportions_in_mm_and_the_written_mask_is_the_input(tmp_path, shape, zooms, box):
+  """A head scanned on a 176x256 grid reached the model narrowed to 256x256."""
+  x, y = np.meshgrid(np.arange(shape[0]) * zooms[0], np.arange(shape[1]) * zooms[1], indexing="ij")
+  centre = ((shape[0] - 1) * zooms[0] / 2, (shape[1] - 1) * zooms[1] / 2)
+  disk = ((x - centre[0]) ** 2 + (y - centre[1]) ** 2 <= 3.5 ** 2)
+  mask = np.repeat(disk[..., None], shape[2], axis=2).astype(np.uint8)
+  affine = np.diag([*zooms, 1.0])
+  _save(tmp_path / "case" / "flair.nii.gz", np.full(shape, 100, np.uint8), affine)
+  _save(tmp_path / "case" / "mask.nii.gz", mask, affine)
+  [case] = predict.find_cases(tmp_path / "case")
+  top, left, height, width = box
+  assert predict._canvas_box(case.nifti) == box
+  lit = case.images[0, ..., 1] > 0
+  assert lit[top:top + height, left:left + width].all() and lit.sum() == height * width  # black around
+  rows, columns = np.nonzero(case.truth[0])
+  voxel_on_canvas = max(height / shape[1], width / shape[0])  # display rows are y, columns x
+  assert abs(np.ptp(rows) - np.ptp(columns)) <= voxel_on_canvas * 1.01  # a disk stays round, to a voxel
+  predict.write_nifti_mask(case, case.truth, tmp_path / "written.nii.gz")
+  np.testing.assert_array_equal(np.asarray(nib.load(str(tmp_path / "written.nii.gz")).dataobj), mask)
+  true_ml = mask.sum() * np.prod(zooms) / 1000
+  np.testing.assert_allclose(case.truth.sum() * predict.voxel_ml(case), true_ml, rtol=0.15)

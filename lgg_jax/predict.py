@@ -27,8 +27,9 @@ PATH may be
     axial slices shown as radiologists view them (anterior at the top, the
     patient's right on the left, as the published slices are) and resized
     onto 256x256 keeping its proportions in mm (the longer side fills it,
-    the other is centred on black; the written volumes undo this). The volumes must share one voxel grid in space (else an
-    error naming the file). A name's roles are read from its whole words
+    the other is centred on black; the written volumes undo this). The
+    volumes must share one voxel grid in space (else an error naming the
+    file). A name's roles are read from its whole words
     (`t1ce_preop` is post-contrast: `preop` says when, not which; `T1w` with
     `ce-gd` is post-contrast); a name saying two sequences is an error. uint8
     volumes stored unscaled are taken as they are; others are scaled
@@ -266,9 +267,12 @@ def _stored_as_published(image) -> bool:
   return image.get_data_dtype() == np.uint8 and slope == 1.0 and inter == 0.0
 
 
+def _to_ras(image) -> np.ndarray:
+  return nib.orientations.ornt_transform(nib.io_orientation(image.affine), _RAS)
+
+
 def _ras_affine(image) -> np.ndarray:
-  to_ras = nib.orientations.ornt_transform(nib.io_orientation(image.affine), _RAS)
-  return image.affine @ nib.orientations.inv_ornt_aff(to_ras, image.shape[:3])
+  return image.affine @ nib.orientations.inv_ornt_aff(_to_ras(image), image.shape[:3])
 
 
 def _grid_distance(a, b, shape) -> float:
@@ -279,10 +283,10 @@ def _grid_distance(a, b, shape) -> float:
 
 def _display_spacing(image) -> tuple[int, int, float, float, float]:
   """(rows, columns) of the display slices and their (row, column, slice) spacing in mm."""
-  affine = _ras_affine(image)
-  shape = nib.orientations.apply_orientation(
-      np.zeros(image.shape[:3], bool), nib.orientations.ornt_transform(nib.io_orientation(image.affine), _RAS)).shape
-  zooms = np.linalg.norm(affine[:3, :3], axis=0)  # RAS-ordered voxel sides
+  shape = [0, 0, 0]
+  for axis, (ras_axis, _) in enumerate(_to_ras(image)):
+    shape[int(ras_axis)] = image.shape[axis]
+  zooms = np.linalg.norm(_ras_affine(image)[:3, :3], axis=0)  # RAS-ordered voxel sides
   return shape[1], shape[0], float(zooms[1]), float(zooms[0]), float(zooms[2])  # display slices are (Y, X)
 
 
@@ -310,8 +314,7 @@ def _display_volume(path: pathlib.Path, image, role: str) -> np.ndarray:
     data = np.where(bad, 0.0, data).astype(np.float32)
   if role != "mask" and not _stored_as_published(image):
     data = np.stack([_scale(c) for c in np.moveaxis(data, -1, 0)], -1) if role == _STACK else _scale(data)
-  to_ras = nib.orientations.ornt_transform(nib.io_orientation(image.affine), _RAS)
-  return to_display_slices(nib.orientations.apply_orientation(data, to_ras))
+  return to_display_slices(nib.orientations.apply_orientation(data, _to_ras(image)))
 
 
 def _nifti_volumes(name: str, where: pathlib.Path, found: dict) -> Case:
@@ -348,7 +351,7 @@ def _nifti_volumes(name: str, where: pathlib.Path, found: dict) -> Case:
                       "s" if len(missing) > 1 else "")
     channels = [volumes.get(r, volumes["flair"]) for r in _CHANNEL_ROLES]
 
-  top, left, height, width = _canvas_box(found[reference_role][1])
+  top, left, height, width = _canvas_box(reference_image)
 
   def on_canvas(volume, interpolation):
     canvas = np.zeros((len(volume), SIZE, SIZE), volume.dtype)
@@ -358,8 +361,7 @@ def _nifti_volumes(name: str, where: pathlib.Path, found: dict) -> Case:
 
   images = np.stack([on_canvas(c.astype(np.uint8), cv2.INTER_AREA) for c in channels], -1)
   truth = on_canvas((volumes["mask"] > 0).astype(np.uint8), cv2.INTER_NEAREST) > 0 if "mask" in volumes else None
-  return Case(name, [f"slice_{k + 1:03d}" for k in range(shape[0])], images, truth,
-              nifti=found[reference_role][1])
+  return Case(name, [f"slice_{k + 1:03d}" for k in range(shape[0])], images, truth, nifti=reference_image)
 
 
 def _nifti_file(path: pathlib.Path) -> Case:
